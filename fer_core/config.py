@@ -1,0 +1,54 @@
+"""Settings read from the environment, in this one place; other modules take plain arguments."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Settings", "PACKAGE_DIR", "ASSETS_DIR", "SAMPLE_PATH", "default_cache_dir"]
+
+PACKAGE_DIR: Path = Path(__file__).resolve().parent
+#: Files shipped in the repository: bundled weights, the sample of real faces.
+ASSETS_DIR: Path = PACKAGE_DIR / "assets"
+#: A few hundred real FER2013 training faces with their quality fields (enhanced schema).
+SAMPLE_PATH: Path = ASSETS_DIR / "fer2013_sample.parquet"
+
+
+def default_cache_dir() -> Path:
+    """Where loaded data sets are cached: ``$FER_CACHE_DIR``, else ``$XDG_CACHE_HOME/fer_tool``, else ``~/.cache/fer_tool``."""
+    if os.environ.get("FER_CACHE_DIR"):
+        return Path(os.environ["FER_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "fer_tool"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a deployment may set: the data set, the weights, the database, the device."""
+
+    data: str | None = None
+    weights: str | None = None
+    db_url: str | None = None
+    device: str = "auto"
+    cache_dir: Path = Path(".cache")
+    server_name: str = "127.0.0.1"
+    server_port: int = 7860
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+        env = os.environ if environ is None else environ
+        port_text = env.get("GRADIO_SERVER_PORT", "7860")
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise ValueError(f"GRADIO_SERVER_PORT must be a port number, got {port_text!r}") from None
+        return cls(
+            data=env.get("FER_DATA") or None,
+            weights=env.get("FER_WEIGHTS") or None,
+            db_url=env.get("FER_DB_URL") or None,
+            device=env.get("FER_DEVICE", "auto") or "auto",
+            cache_dir=default_cache_dir(),
+            server_name=env.get("GRADIO_SERVER_NAME", "127.0.0.1") or "127.0.0.1",
+            server_port=port,
+        )

@@ -1,0 +1,120 @@
+"""Load FER2013 in any real form into one table of faces, and write tables back out.
+
+Forms (see ``DESIGN.md``):
+
+1. Kaggle folder layout, ``<root>/<split>/<emotion>/<image>`` or ``<root>/<emotion>/<image>``
+   (jpg, png, bmp, tiff);
+2. the original ``fer2013.csv`` (``emotion,pixels,Usage``), or the same records as JSON Lines;
+3. a Parquet file or folder of Parquet files with an ``image`` column and an
+   ``emotion``/``label`` column, or a hub id ``user/name`` read with ``datasets``.
+
+Every form gives a :class:`FaceTable`: ``images`` (N, 48, 48) uint8 and a
+``frame`` with ``sample_id, emotion, emotion_name, split, source`` and any extra
+columns. Folders, CSV and Parquet files are cached on disk, keyed by their
+content, so a second load of the same data is fast.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fer_core._validation import DatasetError, check_path_exists
+from fer_core.config import default_cache_dir
+
+from ._cache import content_key, files_key, read_cached, write_cached
+from ._csv import read_csv
+from ._export import save_table, stratified_split
+from ._folder import list_folder, read_folder
+from ._parquet import parquet_files, read_hub, read_parquet
+from ._table import BASE_COLUMNS, FaceTable
+
+__all__ = ["FaceTable", "BASE_COLUMNS", "load_faces", "save_table", "stratified_split", "DatasetError"]
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_TABLE_SUFFIXES = {".csv": "csv", ".jsonl": "csv", ".ndjson": "csv", ".parquet": "parquet"}
+
+
+def _form_of(path: Path) -> str:
+    if path.is_file():
+        form = _TABLE_SUFFIXES.get(path.suffix.lower())
+        if form is None:
+            raise DatasetError(
+                f"{path.name}: unsupported file type {path.suffix or '(none)'}; give a folder of class folders, "
+                f"a fer2013 .csv, a .jsonl, or a .parquet file"
+            )
+        return form
+    if not any(path.iterdir()):
+        raise DatasetError(f"the folder {str(path)!r} is empty")
+    if parquet_files(path) and not list_folder(path)[0]:
+        return "parquet"
+    return "folder"
+
+
+def load_faces(
+    source: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> FaceTable:
+    """Read a FER data set in any supported form into one :class:`FaceTable`.
+
+    Parameters
+    ----------
+    source : str or Path
+        A folder (Kaggle layout or Parquet files), a ``.csv``/``.jsonl``/``.parquet``
+        file, or a hub id ``user/name`` when no such local path exists.
+    cache_dir : path, optional
+        Where decoded tables are kept; default :func:`fer_core.config.default_cache_dir`.
+    use_cache : bool, default=True
+        Read from and write to the cache. The key is a hash of the files' content,
+        so changed files are read again.
+    progress : bool, default=True
+        Show a progress bar on long loads.
+
+    Raises
+    ------
+    DatasetError
+        Missing path, empty folder, no readable face, a table without the expected columns.
+        Corrupt images inside a folder and malformed rows are skipped with a warning instead.
+    """
+    if isinstance(source, str) and _HUB_ID.match(source) and not Path(source).exists():
+        return read_hub(source, progress=progress)
+    path = check_path_exists(source).resolve()
+    form = _form_of(path)
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+
+    files, skipped = list_folder(path) if form == "folder" else ([], {})
+    if not use_cache:
+        key = None
+    elif form == "folder":
+        key = "folder-" + files_key([(f"{f.sample_id}|{f.label}|{f.split}", f.path) for f in files]) if files else None
+    elif form == "csv":
+        key = "csv-" + content_key(path, kind=path.suffix.lower())
+    else:
+        key = "parquet-" + files_key([(p.relative_to(path).as_posix() if path.is_dir() else p.name, p)
+                                      for p in parquet_files(path)])
+    if key is not None:
+        cached = read_cached(cache, key)
+        if cached is not None:
+            return cached
+
+    if form == "folder":
+        table = read_folder(path, files=files, skipped=skipped, progress=progress)
+    elif form == "csv":
+        table = read_csv(path, progress=progress)
+    else:
+        table = read_parquet(path, progress=progress)
+    if key is not None:
+        write_cached(cache, key, table)
+    return table
+
+
+def summary(table: FaceTable) -> pd.DataFrame:
+    """Face counts per emotion (rows) and split (columns), with totals."""
+    counts = pd.crosstab(table.frame["emotion_name"], table.frame["split"], margins=True, margins_name="total")
+    return counts.astype(np.int64)

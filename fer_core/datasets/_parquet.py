@@ -1,0 +1,187 @@
+"""Reading Parquet files and hub data sets (an ``image`` column and an ``emotion``/``label`` column) with ``datasets``."""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fer_core._validation import DatasetError
+from fer_core.constants import IMAGE_SIZE, SPLIT_ALIASES, UNSPLIT
+
+from ._csv import frame_from_pixel_rows, labels_to_ids
+from ._progress import progress_bar
+from ._table import FaceTable, build_frame, decode_face
+
+__all__ = ["read_parquet", "read_hub", "parquet_files"]
+
+LABEL_COLUMNS = ("emotion", "label", "labels", "emotion_label")
+IMAGE_COLUMNS = ("image", "img")
+SPLIT_COLUMNS = ("split", "usage")
+_NOT_EXTRA = set(LABEL_COLUMNS + IMAGE_COLUMNS + SPLIT_COLUMNS) | {"pixels", "emotion_name", "source", "sample_id"}
+
+
+def parquet_files(path: Path) -> list[Path]:
+    """The Parquet files of a file or folder path, in a fixed order."""
+    if path.is_file():
+        return [path]
+    return sorted(p for p in path.rglob("*.parquet") if not any(part.startswith(".") for part in p.parts))
+
+
+def _split_from_name(path: Path) -> str:
+    """``train-00000-of-00001.parquet``, ``data/validation/x.parquet`` and the like name their split."""
+    for token in [*re.split(r"[-_.]", path.stem), path.parent.name]:
+        split = SPLIT_ALIASES.get(token.lower())
+        if split:
+            return split
+    return UNSPLIT
+
+
+def _decode_images(values: list[Any], *, desc: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    def one(value: Any) -> np.ndarray | None:
+        if isinstance(value, dict):
+            data = value.get("bytes")
+            if data is None and value.get("path") and os.path.isfile(value["path"]):
+                data = Path(value["path"]).read_bytes()
+        else:
+            data = value
+        return decode_face(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
+
+    images = np.zeros((len(values), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    ok = np.zeros(len(values), dtype=bool)
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        for i, face in enumerate(progress_bar(pool.map(one, values, chunksize=256), total=len(values),
+                                              desc=desc, enable=progress)):
+            if face is not None:
+                images[i] = face
+                ok[i] = True
+    return images, ok
+
+
+def _label_ids(dataset: Any, column: str) -> tuple[np.ndarray, pd.Series]:
+    feature = dataset.features[column]
+    values = pd.Series(dataset[column])
+    names = getattr(feature, "names", None)
+    if names:
+        # A ClassLabel: its integer codes follow the copy's own order (often
+        # alphabetical), so map through the names, never assume FER2013 order.
+        values = values.map(lambda code: names[code] if isinstance(code, (int, np.integer)) and 0 <= code < len(names) else code)
+    return labels_to_ids(values)
+
+
+def _from_dataset(dataset: Any, *, split: str, where: str, progress: bool) -> tuple[np.ndarray, pd.DataFrame, dict[str, int]]:
+    """Faces of one ``datasets.Dataset`` split."""
+    columns = {c.lower(): c for c in dataset.column_names}
+    label_col = next((columns[c] for c in LABEL_COLUMNS if c in columns), None)
+    image_col = next((columns[c] for c in IMAGE_COLUMNS if c in columns), None)
+    if label_col is None or (image_col is None and "pixels" not in columns):
+        raise DatasetError(
+            f"{where} needs an 'image' column (or 'pixels') and an 'emotion' or 'label' column; "
+            f"found columns {dataset.column_names}"
+        )
+    if image_col is None:
+        table = pd.DataFrame({"emotion": dataset[label_col], "pixels": dataset[columns["pixels"]]})
+        images, frame, skipped = frame_from_pixel_rows(table, where=where, id_prefix=f"{split}/", progress=progress)
+        frame["split"] = split
+        return images, frame, skipped
+
+    import datasets as hf  # deferred: importing datasets costs about a second
+
+    if isinstance(dataset.features[image_col], hf.Image):
+        dataset = dataset.cast_column(image_col, hf.Image(decode=False))
+    labels, unknown = _label_ids(dataset, label_col)
+    skipped: dict[str, int] = {}
+    if len(unknown):
+        counts = unknown.fillna("<empty>").value_counts()
+        warnings.warn(
+            f"{where}: skipped labels outside the seven emotions: "
+            + ", ".join(f"{name} ({count} rows)" for name, count in counts.items()),
+            stacklevel=4,
+        )
+        skipped.update({f"unknown_class:{name}": int(count) for name, count in counts.items()})
+    images, ok = _decode_images(dataset[image_col], desc=f"decoding {where}", progress=progress)
+    if (~ok).sum():
+        skipped["corrupt_images"] = int((~ok).sum())
+        warnings.warn(f"{where}: skipped {int((~ok).sum())} rows whose image cannot be decoded", stacklevel=4)
+    keep = ok & (labels >= 0)
+    rows = np.flatnonzero(keep)
+    split_col = next((columns[c] for c in SPLIT_COLUMNS if c in columns), None)
+    if split_col is not None:
+        raw = pd.Series(dataset[split_col]).astype("string").str.strip().str.lower().str.replace(r"[\s_-]", "", regex=True)
+        splits = raw.map(lambda s: SPLIT_ALIASES.get(s, s) if isinstance(s, str) else split).tolist()
+    else:
+        splits = [split] * len(labels)
+    frame = build_frame(
+        [f"{split}/{r:05d}" for r in rows],
+        labels[rows],
+        [splits[r] for r in rows],
+        [f"{where}:{r}" for r in rows],
+    )
+    if "sample_id" in columns:
+        ids = pd.Series(dataset[columns["sample_id"]]).astype("string").iloc[rows]
+        if ids.notna().all() and ids.is_unique:
+            frame["sample_id"] = ids.to_numpy()
+    extra = [c for c in dataset.column_names if c.lower() not in _NOT_EXTRA]
+    for column in extra:
+        if isinstance(dataset.features[column], hf.Value):
+            frame[column] = pd.Series(dataset[column]).iloc[rows].to_numpy()
+    return images[rows], frame, skipped
+
+
+def _concat(parts: list[tuple[np.ndarray, pd.DataFrame, dict[str, int]]], name: str) -> FaceTable:
+    skipped: dict[str, int] = {}
+    for _, _, s in parts:
+        for key, count in s.items():
+            skipped[key] = skipped.get(key, 0) + count
+    images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
+    frame = pd.concat([p[1] for p in parts], ignore_index=True)
+    frame = build_frame(
+        frame["sample_id"].tolist(), frame["emotion"].to_numpy(), frame["split"].tolist(), frame["source"].tolist()
+    ).join(frame.drop(columns=["sample_id", "emotion", "emotion_name", "split", "source"]))
+    return FaceTable(images=images, frame=frame, name=name, skipped=skipped)
+
+
+def read_parquet(path: Path, *, progress: bool = True) -> FaceTable:
+    """Read one Parquet file or a folder of them; the split comes from a split column, else the file name."""
+    import datasets as hf
+
+    files = parquet_files(path)
+    if not files:
+        raise DatasetError(f"no .parquet files found in {str(path)!r}")
+    by_split: dict[str, list[str]] = {}
+    for f in files:
+        by_split.setdefault(_split_from_name(f), []).append(str(f))
+    parts = []
+    for split, split_files in by_split.items():
+        try:
+            dataset = hf.Dataset.from_parquet(split_files, keep_in_memory=True)
+        except Exception as err:  # pyarrow raises many kinds for a broken file
+            raise DatasetError(f"cannot read Parquet file(s) {split_files}: {err}") from None
+        where = Path(split_files[0]).name if len(split_files) == 1 else f"{path.name}/{split}"
+        parts.append(_from_dataset(dataset, split=split, where=where, progress=progress))
+    table = _concat(parts, name=path.stem if path.is_file() else path.name)
+    if len(table) == 0:
+        raise DatasetError(f"{str(path)!r} holds no readable face with one of the seven emotions")
+    return table
+
+
+def read_hub(repo_id: str, *, progress: bool = True) -> FaceTable:
+    """Read a hub data set by id (``user/name``) with ``datasets.load_dataset``; needs a network or the local hub cache."""
+    import datasets as hf
+
+    try:
+        loaded = hf.load_dataset(repo_id)
+    except Exception as err:  # offline, unknown repo, gated...: all the user can act on is the message
+        raise DatasetError(f"cannot load the hub data set {repo_id!r}: {err}") from None
+    splits = loaded.items() if isinstance(loaded, hf.DatasetDict) else [(UNSPLIT, loaded)]
+    parts = [
+        _from_dataset(ds, split=SPLIT_ALIASES.get(name.lower(), name), where=f"{repo_id}[{name}]", progress=progress)
+        for name, ds in splits
+    ]
+    return _concat(parts, name=repo_id)

@@ -1,0 +1,46 @@
+"""Shared fixtures: real FER2013 faces from ../shared, a per-test cache folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fer_core.labels import EMOTIONS
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_FER = REPO.parent / "shared" / "fer2013"
+
+needs_shared = pytest.mark.skipif(not SHARED_FER.is_dir(), reason="../shared/fer2013 is not present")
+
+
+def real_face_paths(split: str = "val", per_class: int = 5) -> list[tuple[Path, int]]:
+    """The first ``per_class`` files (sorted by name) of each emotion folder of a shared split."""
+    picked = []
+    for label, emotion in enumerate(EMOTIONS):
+        files = sorted((SHARED_FER / split / emotion).glob("*.png"))[:per_class]
+        picked.extend((path, label) for path in files)
+    return picked
+
+
+def read_grey(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L"))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or write the user's cache."""
+    monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path_factory.mktemp("fer_cache")))
+
+
+@pytest.fixture(scope="session")
+def val_faces() -> tuple[np.ndarray, np.ndarray, list[Path]]:
+    """Five real val faces per class: images (35, 48, 48) uint8, labels (35,), paths."""
+    if not SHARED_FER.is_dir():
+        pytest.skip("../shared/fer2013 is not present")
+    picked = real_face_paths("val", 5)
+    images = np.stack([read_grey(p) for p, _ in picked])
+    labels = np.array([label for _, label in picked])
+    return images, labels, [p for p, _ in picked]
