@@ -1,0 +1,98 @@
+"""The app launches, serves the loaded data, and honours its host and port settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+import app
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_config(url: str, process: subprocess.Popen | None = None, timeout: float = 90) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"app exited with {process.returncode}: {process.stdout.read() if process.stdout else ''}")
+        try:
+            with urllib.request.urlopen(f"{url}/config", timeout=5) as response:
+                return json.loads(response.read())
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"no answer from {url} within {timeout} s")
+
+
+class TestBuildDemo:
+    def test_launched_app_shows_the_bundled_sample(self) -> None:
+        table = app.load_data(None)
+        assert len(table) == 350
+        demo = app.build_demo(table)
+        port = _free_port()
+        demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+        try:
+            config = _wait_for_config(f"http://127.0.0.1:{port}")
+            text = json.dumps(config)
+            assert "Faces per emotion and split" in text
+            assert "fer2013_sample" in text
+        finally:
+            demo.close()
+
+
+@pytest.mark.slow
+class TestCommandLine:
+    def _start(self, args: list[str], env: dict[str, str]) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "app.py", *args], cwd=REPO, env={**os.environ, **env},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def test_port_from_the_environment(self) -> None:
+        port = _free_port()
+        process = self._start([], {"GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"})
+        try:
+            config = _wait_for_config(f"http://127.0.0.1:{port}", process)
+            assert config["version"].startswith("6.")
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+    def test_port_flag_wins_over_the_environment(self) -> None:
+        port = _free_port()
+        process = self._start(["--port", str(port)], {"GRADIO_SERVER_PORT": "1"})
+        try:
+            _wait_for_config(f"http://127.0.0.1:{port}", process)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+
+    def test_bad_data_path_is_a_clean_error(self, tmp_path: Path) -> None:
+        result = subprocess.run(
+            [sys.executable, "app.py", "--data", str(tmp_path / "missing")], cwd=REPO,
+            capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 2
+        assert "error: data set not found" in result.stderr
+        assert "Traceback" not in result.stderr
+
+    def test_bad_port_in_the_environment_is_a_clean_error(self) -> None:
+        result = subprocess.run(
+            [sys.executable, "app.py"], cwd=REPO, env={**os.environ, "GRADIO_SERVER_PORT": "http"},
+            capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 2
+        assert "GRADIO_SERVER_PORT must be a port number" in result.stderr

@@ -1,0 +1,52 @@
+"""Make the bundled sample of real faces: a few per emotion from FER2013's training split, with quality fields.
+
+    python tools/make_sample.py ../shared/fer2013/train --out fer_core/assets/fer2013_sample.parquet
+
+The same command with the same data and seed gives the same sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fer_core.datasets import load_faces, save_table  # noqa: E402
+from fer_core.labels import EMOTIONS  # noqa: E402
+from fer_core.quality import add_quality  # noqa: E402
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("data", help="FER2013 training faces in any form fer_core.datasets reads")
+    parser.add_argument("--out", default=str(REPO / "fer_core/assets/fer2013_sample.parquet"), help="Parquet file to write")
+    parser.add_argument("--per-class", type=int, default=50, help="faces per emotion")
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the selection")
+    return parser
+
+
+def main(args: argparse.Namespace) -> int:
+    table = load_faces(args.data)
+    rng = np.random.default_rng(args.seed)
+    chosen = []
+    for label in range(len(EMOTIONS)):
+        rows = np.flatnonzero(table.labels == label)
+        chosen.extend(sorted(rng.choice(rows, size=min(args.per_class, len(rows)), replace=False)))
+    sample = add_quality(table.select(np.array(chosen)))
+    # Record where each face came from relative to the data set, not this machine's paths.
+    root = Path(args.data).resolve()
+    sources = [Path(s).relative_to(root.parent).as_posix() if Path(s).is_absolute() else s for s in sample.frame["source"]]
+    sample.frame["source"] = sources
+    out = save_table(sample, args.out)
+    print(f"wrote {len(sample)} faces ({out.stat().st_size / 1e6:.2f} MB) to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))
