@@ -1,0 +1,200 @@
+"""Inference: a :class:`Predictor` that loads the weights once and classifies faces or whole photos.
+
+    >>> from fer_core.predict import get_predictor
+    >>> faces = get_predictor().predict_image("photo.jpg")
+    >>> faces[0].label, faces[0].confidence, faces[0].box
+
+Probabilities are calibrated with the temperature stored in the model card
+(fitted on val, see :mod:`fer_core.calibration`).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import threading
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fer_core._validation import check_face_batch
+from fer_core.calibration import softmax
+from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD
+
+__all__ = ["FacePrediction", "Predictor", "get_predictor", "RUNTIMES"]
+
+#: Inference runtimes: eager PyTorch, or the same weights exported to ONNX Runtime (faster on CPU).
+RUNTIMES = ("auto", "torch", "onnx")
+
+
+@dataclass(frozen=True)
+class FacePrediction:
+    """One face of a photo: where it is and what the model thinks of it."""
+
+    box: tuple[int, int, int, int]  # x, y, w, h in the upright image
+    probabilities: dict[str, float]  # every class of the model, calibrated, summing to 1
+    label: str
+    confidence: float
+    detector_score: float | None = None  # None when the whole image was taken as the face
+    face: np.ndarray | None = field(default=None, repr=False, compare=False)  # the 48x48 input
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"box": list(self.box), "label": self.label, "confidence": self.confidence,
+                "probabilities": dict(self.probabilities), "detector_score": self.detector_score}
+
+
+def _normalise(faces: np.ndarray) -> np.ndarray:
+    return ((faces.astype(np.float32) / 255.0 - INPUT_MEAN) / INPUT_STD)[:, None]
+
+
+class _TorchRuntime:
+    name = "torch"
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model = model.eval().to(memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        tensor = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
+        return self.model(tensor).float().numpy()
+
+
+class _OnnxRuntime:
+    """The model exported to ONNX in memory and run by ONNX Runtime (fused conv+BN+ReLU kernels)."""
+
+    name = "onnx"
+
+    def __init__(self, model: torch.nn.Module, threads: int | None) -> None:
+        import onnxruntime as ort
+
+        buffer = io.BytesIO()
+        example = torch.zeros(1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        with warnings.catch_warnings():
+            # The TorchScript-based exporter handles this plain CNN without the extra
+            # onnxscript dependency the newer exporter needs; its deprecation notice is noise here.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.onnx.export(model.eval(), (example,), buffer, input_names=["x"], output_names=["logits"],
+                              dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+class Predictor:
+    """Classify 48x48 faces, or find and classify every face of a photo.
+
+    Parameters
+    ----------
+    weights : path, optional
+        A ``.safetensors`` file with its ``.json`` model card; default the bundled weights.
+    device : {"cpu", "cuda"}, default="cpu"
+    runtime : {"auto", "torch", "onnx"}, default="auto"
+        ``auto`` uses ONNX Runtime on the CPU when it is installed (measured faster), PyTorch otherwise.
+    tta : bool, optional
+        Average with the mirrored face; default from the model card (on only where it paid on val).
+    threads : int, optional
+        CPU threads for inference.
+    """
+
+    def __init__(self, weights: str | Path | None = None, *, device: str = "cpu", runtime: str = "auto",
+                 tta: bool | None = None, threads: int | None = None) -> None:
+        from fer_core.weights import load_model
+
+        if runtime not in RUNTIMES:
+            raise ValueError(f"unknown runtime {runtime!r}; choose one of {list(RUNTIMES)}")
+        self.model, self.card = load_model(weights, device=device)
+        self.labels: list[str] = list(self.card["labels"])
+        self.temperature: float = float(self.card.get("calibration", {}).get("temperature", 1.0))
+        self.tta: bool = bool(self.card.get("inference", {}).get("flip_tta", False)) if tta is None else tta
+        self.model_name: str = f"{self.card['architecture']}@{self.card.get('code_version', 'unknown')}"
+        if runtime == "auto":
+            runtime = "onnx" if device == "cpu" and _has_onnxruntime() else "torch"
+        self._runtime = _OnnxRuntime(self.model, threads) if runtime == "onnx" else _TorchRuntime(self.model)
+        self.runtime: str = self._runtime.name
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ faces
+
+    def logits(self, faces: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        """Uncalibrated logits (N, K) of uint8 faces (N, 48, 48) (or one face (48, 48))."""
+        faces = check_face_batch(faces, name="faces")
+        if faces.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"faces must be 48x48, got {faces.shape[1:]}; use fer_core.faces.to_model_input")
+        out = []
+        for start in range(0, len(faces), batch_size):
+            x = _normalise(faces[start:start + batch_size])
+            with self._lock:  # ONNX Runtime sessions and torch modules are shared by the app's threads
+                logits = self._runtime(x)
+                if self.tta:
+                    logits = (logits + self._runtime(np.ascontiguousarray(x[..., ::-1]))) / 2
+            out.append(logits)
+        return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
+
+    def predict_faces(self, faces: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        """Calibrated probabilities (N, K) of uint8 faces (N, 48, 48); rows sum to 1."""
+        return softmax(self.logits(faces, batch_size=batch_size), self.temperature)
+
+    @torch.inference_mode()
+    def features(self, faces: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
+        """Penultimate-layer features (N, F): the pooled output of the last stage."""
+        faces = check_face_batch(faces, name="faces")
+        out = []
+        for start in range(0, len(faces), batch_size):
+            x = torch.from_numpy(_normalise(faces[start:start + batch_size]))
+            out.append(self.model.forward_head(self.model.forward_features(x), pre_logits=True).float().numpy())
+        return np.concatenate(out) if out else np.zeros((0, self.model.num_features), dtype=np.float32)
+
+    # ------------------------------------------------------------ photos
+
+    def predict_image(self, image: Any, *, backend: str = "yunet", score_threshold: float | None = None,
+                      min_face_size: int = 20, whole_image: bool | None = None) -> list[FacePrediction]:
+        """Every face of a photo, largest first, with its box and calibrated probabilities.
+
+        ``whole_image=True`` takes the whole image as one face (FER2013-style crops);
+        ``None`` does so only when no face is found in an image that looks like a face crop.
+        """
+        from fer_core.faces import detect, is_face_crop, prepare_faces, whole_image_as_face
+        from fer_core.images import load_image
+
+        rgb = load_image(image)
+        boxes = [] if whole_image else detect(rgb, backend=backend, score_threshold=score_threshold,
+                                               min_face_size=min_face_size)
+        if boxes:
+            faces = prepare_faces(rgb, boxes)
+            places = [(b.x, b.y, b.w, b.h) for b in boxes]
+            scores: list[float | None] = [float(b.score) for b in boxes]
+        elif whole_image or (whole_image is None and is_face_crop(rgb)):
+            faces = whole_image_as_face(rgb)[None]
+            places, scores = [(0, 0, rgb.shape[1], rgb.shape[0])], [None]
+        else:
+            return []
+        probs = self.predict_faces(faces)
+        results = []
+        for face, place, score, p in zip(faces, places, scores, probs):
+            top = int(p.argmax())
+            results.append(FacePrediction(
+                box=tuple(int(v) for v in place), probabilities={l: float(v) for l, v in zip(self.labels, p)},
+                label=self.labels[top], confidence=float(p[top]), detector_score=score, face=face))
+        return results
+
+
+def _has_onnxruntime() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("onnxruntime") is not None and importlib.util.find_spec("onnx") is not None
+
+
+@functools.lru_cache(maxsize=4)
+def get_predictor(weights: str | None = None, runtime: str = "auto") -> Predictor:
+    """The predictor for ``weights`` (default: the bundled ones), built once per process."""
+    return Predictor(weights, runtime=runtime)

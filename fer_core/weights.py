@@ -1,0 +1,84 @@
+"""Saving and loading model weights as safetensors with a JSON model card; pickles are refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fer_core._validation import FERError
+from fer_core.config import ASSETS_DIR
+
+__all__ = ["WeightsError", "DEFAULT_WEIGHTS", "save_model", "load_model", "card_path"]
+
+#: The bundled trained weights, used by the app and the commands by default.
+DEFAULT_WEIGHTS: Path = ASSETS_DIR / "fer_model.safetensors"
+_PICKLE_SUFFIXES = {".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".tar"}
+
+
+class WeightsError(FERError):
+    """A weights file is missing, not safetensors, or does not match its model card."""
+
+
+def card_path(weights: str | Path) -> Path:
+    """The model card that travels with a weights file: ``model.safetensors`` -> ``model.json``."""
+    return Path(weights).with_suffix(".json")
+
+
+def save_model(model: torch.nn.Module, path: str | Path, card: dict[str, Any]) -> Path:
+    """Write ``model``'s weights as safetensors and ``card`` as JSON beside them."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.part")
+    save_file(state, str(tmp), metadata={"format": "pt", "model": str(card.get("architecture", ""))})
+    tmp.replace(path)
+    card_path(path).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def _check_safetensors(path: Path) -> None:
+    if path.suffix.lower() in _PICKLE_SUFFIXES:
+        raise WeightsError(
+            f"{path.name}: refusing to load a pickled PyTorch file (it could run arbitrary code); "
+            f"convert it to .safetensors (safetensors.torch.save_file(model.state_dict(), ...))"
+        )
+    with path.open("rb") as handle:
+        head = handle.read(8)
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        raise WeightsError(f"{path.name} is a pickle/zip PyTorch file, not safetensors; refusing to unpickle it")
+    if len(head) < 8 or int.from_bytes(head, "little") > 100_000_000:
+        raise WeightsError(f"{path.name} is not a safetensors file")
+
+
+def load_model(path: str | Path | None = None, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build the model named in the weights' model card and load the weights (safetensors only).
+
+    Returns the model in eval mode and its card.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from fer_core.model import create_model
+
+    path = Path(path) if path is not None else DEFAULT_WEIGHTS
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {str(path)!r}")
+    _check_safetensors(path)
+    card_file = card_path(path)
+    if not card_file.is_file():
+        raise WeightsError(f"{path.name} has no model card: expected {card_file.name} beside it")
+    try:
+        card = json.loads(card_file.read_text())
+        state = load_file(str(path), device=str(device))
+    except (json.JSONDecodeError, SafetensorError, OSError) as err:
+        raise WeightsError(f"cannot read {path.name} or its card: {err}") from None
+    try:
+        model = create_model(card["architecture"], num_classes=len(card["labels"]), **card.get("model_kwargs", {}))
+        model.load_state_dict(state)
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise WeightsError(f"{path.name} does not match its model card {card_file.name}: {err}") from None
+    return model.to(device).eval(), card

@@ -1,0 +1,71 @@
+"""The evaluation command: metrics checked against known predictions on a class-folder set."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fer_core.evaluate import compute_metrics, get_args_parser, main
+from fer_core.model import create_model
+from fer_core.predict import Predictor
+from fer_core.weights import save_model
+
+LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+class TestComputeMetrics:
+    def test_known_predictions(self) -> None:
+        y_true = np.array([0, 0, 0, 0, 3, 3, 3, 3, 6, 6])
+        y_pred = np.array([0, 0, 0, 3, 3, 3, 3, 3, 6, -1])  # -1: no face found, counts as wrong
+        m = compute_metrics(y_true, y_pred, LABELS, quality=np.linspace(0, 1, 10), faces_found=0.9)
+        assert m["n"] == 10 and m["accuracy"] == pytest.approx(0.8)
+        assert m["per_class_recall"]["angry"] == pytest.approx(0.75)
+        assert m["per_class_recall"]["happy"] == 1.0 and m["per_class_recall"]["neutral"] == 0.5
+        assert m["per_class_precision"]["happy"] == pytest.approx(0.8)
+        assert m["confusion"][0] == [3, 0, 0, 1, 0, 0, 0]
+        assert m["confusion"][6] == [0, 0, 0, 0, 0, 0, 1]  # the face not found is in no column
+        assert [b["n"] for b in m["quality_bands"]] == [3, 2, 2, 3]
+        # Quality-weighted: the wrong faces have quality 3/9 and 1.0.
+        assert m["quality_weighted_accuracy"] == pytest.approx(1 - (3 / 9 + 1.0) / 5.0)
+        assert m["faces_found"] == 0.9
+
+
+class TestCommand:
+    def test_class_folders_with_synonyms_match_the_predictor(self, tmp_path: Path, val_faces, capsys: pytest.CaptureFixture) -> None:
+        images, labels, _ = val_faces
+        torch.manual_seed(0)
+        weights = save_model(create_model("fer_tiny").eval(), tmp_path / "tiny.safetensors",
+                             {"architecture": "fer_tiny", "labels": LABELS})
+        names = {"angry": "Anger", "happy": "happiness", "surprise": "surprised"}
+        for i, (face, label) in enumerate(zip(images, labels)):
+            folder = tmp_path / "data" / names.get(LABELS[label], LABELS[label])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(face).save(folder / f"{i}.png")
+        (tmp_path / "data" / "contempt").mkdir()
+        Image.fromarray(images[0]).save(tmp_path / "data" / "contempt" / "x.png")
+
+        args = get_args_parser().parse_args([str(tmp_path / "data"), "--weights", str(weights), "--json", str(tmp_path / "m.json"),
+                                             "--plots", str(tmp_path / "plots"), "--export", str(tmp_path / "f.npz"), "--runtime", "torch"])
+        with pytest.warns(UserWarning, match="contempt"):
+            assert main(args) == 0
+        printed = capsys.readouterr().out
+        metrics = json.loads((tmp_path / "m.json").read_text())
+        predicted = Predictor(weights, runtime="torch").predict_faces(images).argmax(1)
+        assert metrics["n"] == 35
+        assert metrics["accuracy"] == pytest.approx(float((predicted == labels).mean()))
+        assert f"accuracy: {metrics['accuracy']:.4f}" in printed
+        assert np.asarray(metrics["confusion"]).sum() == 35
+        assert set(metrics) >= {"n", "accuracy", "macro_f1", "per_class_recall", "confusion", "faces_found"}
+        assert (tmp_path / "plots" / "confusion.png").stat().st_size > 1000
+        exported = np.load(tmp_path / "f.npz")
+        assert exported["features"].shape[0] == exported["logits"].shape[0] == exported["probs"].shape[0] == 35
+        assert (tmp_path / "f.csv").read_text().splitlines()[0] == "sample_id,dataset,emotion,split"
+
+    def test_missing_data_is_a_clean_error(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        assert main(get_args_parser().parse_args([str(tmp_path / "none")])) == 2
+        assert "error: data set not found" in capsys.readouterr().err

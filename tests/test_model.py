@@ -1,0 +1,86 @@
+"""Every registered architecture: shapes, gradients, registry errors; weights files: safetensors only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fer_core.model import MODEL_CONFIGS, count_params, create_model, list_models
+from fer_core.weights import WeightsError, card_path, load_model, save_model
+
+
+@pytest.mark.parametrize("name", list_models())
+class TestArchitectures:
+    def test_forward_shape_and_gradients(self, name: str) -> None:
+        torch.manual_seed(0)
+        model = create_model(name)
+        x = torch.randn(2, 1, 48, 48)
+        logits = model(x)
+        assert logits.shape == (2, 7)
+        assert torch.isfinite(logits).all()
+        logits.sum().backward()
+        assert all(p.grad is not None for p in model.parameters())
+
+    def test_features_and_head_compose_to_forward(self, name: str) -> None:
+        model = create_model(name).eval()
+        x = torch.randn(3, 1, 48, 48)
+        features = model.forward_features(x)
+        assert features.shape[1] == model.num_features
+        torch.testing.assert_close(model.forward_head(features), model(x))
+        assert model.forward_head(features, pre_logits=True).shape == (3, model.num_features)
+
+
+class TestRegistry:
+    def test_unknown_name_lists_the_choices(self) -> None:
+        with pytest.raises(ValueError, match=r"unknown model 'resnet50'; choose one of \['fer_cnn_small'"):
+            create_model("resnet50")
+
+    def test_num_classes_override(self) -> None:
+        assert create_model("fer_tiny", num_classes=6)(torch.zeros(1, 1, 48, 48)).shape == (1, 6)
+
+    def test_sizes_grow_with_the_variant(self) -> None:
+        assert count_params(create_model("fer_tiny")) < count_params(create_model("fer_cnn_small")) < count_params(create_model("fer_resnet_wide"))
+        assert set(MODEL_CONFIGS) == set(list_models())
+
+
+class TestWeightsFiles:
+    def _card(self) -> dict:
+        return {"architecture": "fer_tiny", "labels": ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]}
+
+    def test_round_trip(self, tmp_path: Path) -> None:
+        model = create_model("fer_tiny").eval()
+        path = save_model(model, tmp_path / "m.safetensors", self._card())
+        loaded, card = load_model(path)
+        x = torch.randn(4, 1, 48, 48)
+        torch.testing.assert_close(loaded(x), model(x))
+        assert card["architecture"] == "fer_tiny" and card_path(path).is_file()
+
+    @pytest.mark.parametrize("suffix", [".pt", ".pth", ".ckpt"])
+    def test_pickled_files_are_refused(self, tmp_path: Path, suffix: str) -> None:
+        path = tmp_path / f"model{suffix}"
+        torch.save(create_model("fer_tiny").state_dict(), path)
+        with pytest.raises(WeightsError, match="refusing to load a pickled PyTorch file"):
+            load_model(path)
+
+    def test_a_pickle_renamed_safetensors_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "model.safetensors"
+        torch.save(create_model("fer_tiny").state_dict(), path)
+        card_path(path).write_text("{}")
+        with pytest.raises(WeightsError, match="not safetensors; refusing to unpickle"):
+            load_model(path)
+
+    def test_missing_file_and_missing_card(self, tmp_path: Path) -> None:
+        with pytest.raises(WeightsError, match="weights file not found"):
+            load_model(tmp_path / "nothing.safetensors")
+        path = save_model(create_model("fer_tiny"), tmp_path / "m.safetensors", self._card())
+        card_path(path).unlink()
+        with pytest.raises(WeightsError, match="has no model card"):
+            load_model(path)
+
+    def test_card_that_does_not_match_the_weights(self, tmp_path: Path) -> None:
+        path = save_model(create_model("fer_tiny"), tmp_path / "m.safetensors", self._card())
+        card_path(path).write_text('{"architecture": "fer_cnn_small", "labels": ["a", "b", "c", "d", "e", "f", "g"]}')
+        with pytest.raises(WeightsError, match="does not match its model card"):
+            load_model(path)

@@ -1,0 +1,114 @@
+"""The Predictor: faces in, calibrated probabilities out; photos in, boxes and labels out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fer_core.config import SAMPLE_PATH
+from fer_core.datasets import load_faces
+from fer_core.faces import box_iou, compose_scene
+from fer_core.model import create_model
+from fer_core.predict import Predictor
+from fer_core.weights import save_model
+
+LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small randomly initialised model with a calibration temperature in its card."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("weights")
+    return save_model(create_model("fer_tiny").eval(), folder / "tiny.safetensors",
+                      {"architecture": "fer_tiny", "labels": LABELS, "calibration": {"temperature": 1.5}})
+
+
+@pytest.fixture(scope="module")
+def sample_faces() -> np.ndarray:
+    return load_faces(SAMPLE_PATH, progress=False).images[::10]
+
+
+class TestFaces:
+    @pytest.mark.parametrize("runtime", ["torch", "onnx"])
+    def test_probabilities_sum_to_one_and_input_is_untouched(self, weights: Path, sample_faces: np.ndarray, runtime: str) -> None:
+        predictor = Predictor(weights, runtime=runtime)
+        before = sample_faces.copy()
+        probs = predictor.predict_faces(sample_faces)
+        assert probs.shape == (len(sample_faces), 7)
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+        np.testing.assert_array_equal(sample_faces, before)
+
+    def test_runtimes_agree(self, weights: Path, sample_faces: np.ndarray) -> None:
+        torch_logits = Predictor(weights, runtime="torch").logits(sample_faces)
+        onnx_logits = Predictor(weights, runtime="onnx").logits(sample_faces)
+        np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-3, rtol=1e-3)
+
+    def test_temperature_from_the_card_softens_probabilities(self, weights: Path, sample_faces: np.ndarray) -> None:
+        predictor = Predictor(weights, runtime="torch")
+        logits = predictor.logits(sample_faces)
+        raw = torch.softmax(torch.from_numpy(logits), 1).numpy()
+        probs = predictor.predict_faces(sample_faces)
+        assert predictor.temperature == 1.5
+        np.testing.assert_array_equal(probs.argmax(1), raw.argmax(1))
+        assert (probs.max(1) <= raw.max(1) + 1e-6).all()
+
+    def test_batch_equals_one_by_one(self, weights: Path, sample_faces: np.ndarray) -> None:
+        predictor = Predictor(weights, runtime="onnx")
+        batched = predictor.predict_faces(sample_faces)
+        single = np.concatenate([predictor.predict_faces(face) for face in sample_faces])
+        np.testing.assert_allclose(batched, single, atol=1e-5)
+
+    def test_flip_tta_is_symmetric(self, weights: Path, sample_faces: np.ndarray) -> None:
+        predictor = Predictor(weights, runtime="torch", tta=True)
+        np.testing.assert_allclose(predictor.logits(sample_faces), predictor.logits(sample_faces[:, :, ::-1].copy()), atol=1e-4)
+
+    def test_features(self, weights: Path, sample_faces: np.ndarray) -> None:
+        predictor = Predictor(weights, runtime="torch")
+        assert predictor.features(sample_faces).shape == (len(sample_faces), predictor.model.num_features)
+
+    def test_bad_faces(self, weights: Path) -> None:
+        predictor = Predictor(weights, runtime="torch")
+        with pytest.raises(ValueError, match="must be uint8"):
+            predictor.predict_faces(np.zeros((2, 48, 48), dtype=np.float32))
+        with pytest.raises(ValueError, match="must be 48x48"):
+            predictor.predict_faces(np.zeros((2, 64, 64), dtype=np.uint8))
+        with pytest.raises(ValueError, match="unknown runtime"):
+            Predictor(weights, runtime="tensorrt")
+
+
+class TestPhotos:
+    def test_every_face_of_a_composed_photo(self, weights: Path) -> None:
+        faces = load_faces(SAMPLE_PATH, progress=False).images
+        photo, squares = compose_scene([faces[3], faces[60], faces[200]], seed=1, face_size=(120, 180))
+        found = Predictor(weights, runtime="onnx").predict_image(photo)
+        assert len(found) == 3
+        areas = [f.box[2] * f.box[3] for f in found]
+        assert areas == sorted(areas, reverse=True)
+        for square in squares:
+            assert max(box_iou(f.box, square) for f in found) >= 0.3
+        for face in found:
+            assert face.label in LABELS and face.confidence == max(face.probabilities.values())
+            assert sum(face.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+            assert face.face.shape == (48, 48) and 0.6 <= face.detector_score <= 1.0
+
+    def test_a_48x48_face_is_used_whole_when_no_face_is_found(self, weights: Path, sample_faces: np.ndarray) -> None:
+        predictor = Predictor(weights, runtime="torch")
+        noise = np.random.default_rng(0).integers(0, 255, (48, 48), dtype=np.uint8)
+        found = predictor.predict_image(noise)
+        assert len(found) == 1 and found[0].box == (0, 0, 48, 48) and found[0].detector_score is None
+        np.testing.assert_array_equal(found[0].face, noise)
+        direct = predictor.predict_faces(noise)[0]
+        assert found[0].probabilities == pytest.approx(dict(zip(LABELS, direct.tolist())), abs=1e-6)
+
+    def test_a_photo_without_faces_gives_nothing(self, weights: Path) -> None:
+        gradient = np.tile(np.linspace(0, 255, 640, dtype=np.uint8), (480, 1))
+        assert Predictor(weights, runtime="torch").predict_image(gradient) == []
+
+    def test_whole_image_forced(self, weights: Path) -> None:
+        gradient = np.tile(np.linspace(0, 255, 640, dtype=np.uint8), (480, 1))
+        found = Predictor(weights, runtime="torch").predict_image(gradient, whole_image=True)
+        assert len(found) == 1 and found[0].box == (0, 0, 640, 480)
