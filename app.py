@@ -8,12 +8,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from fer_core._validation import FERError
 from fer_core.config import SAMPLE_PATH, Settings
 from fer_core.labels import DISPLAY_NAMES, EMOTIONS
+
+if TYPE_CHECKING:
+    import gradio as gr
 
 # The app must run offline: no usage analytics calls home (a user may still opt in).
 # Gradio is imported inside the builders, after the settings are checked: it

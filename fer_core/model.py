@@ -8,7 +8,6 @@ exposes ``forward_features`` (the last feature map, for saliency) and
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
@@ -15,7 +14,6 @@ from PIL import Image
 
 from conftest import REPO, SHARED_FER, needs_shared
 from fer_core.datasets import DatasetError, FaceTable, load_faces, save_table, stratified_split
-from fer_core.datasets import _folder
 from fer_core.labels import EMOTIONS
 
 
