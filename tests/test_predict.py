@@ -47,6 +47,16 @@ class TestFaces:
         onnx_logits = Predictor(weights, runtime="onnx").logits(sample_faces)
         np.testing.assert_allclose(onnx_logits, torch_logits, atol=1e-3, rtol=1e-3)
 
+    def test_int8_runtime_stays_close_and_is_cached(self, weights: Path, sample_faces: np.ndarray) -> None:
+        from fer_core.config import default_cache_dir
+
+        reference = Predictor(weights, runtime="onnx").logits(sample_faces)
+        quantised = Predictor(weights, runtime="onnx-int8")
+        assert quantised.runtime == "onnx-int8"
+        logits = quantised.logits(sample_faces)
+        assert np.corrcoef(logits.ravel(), reference.ravel())[0, 1] > 0.98
+        assert list((default_cache_dir() / "models").glob("*-int8-*.onnx"))
+
     def test_temperature_from_the_card_softens_probabilities(self, weights: Path, sample_faces: np.ndarray) -> None:
         predictor = Predictor(weights, runtime="torch")
         logits = predictor.logits(sample_faces)
