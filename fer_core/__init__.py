@@ -26,6 +26,9 @@ __all__ = [
     "to_model_input",
     "load_image",
     "score_faces",
+    "Predictor",
+    "get_predictor",
+    "create_model",
 ]
 
 _LAZY = {
@@ -36,6 +39,9 @@ _LAZY = {
     "to_model_input": "fer_core.faces",
     "load_image": "fer_core.images",
     "score_faces": "fer_core.quality",
+    "Predictor": "fer_core.predict",
+    "get_predictor": "fer_core.predict",
+    "create_model": "fer_core.model",
 }
 
 

@@ -47,6 +47,7 @@ def main() -> int:
     run = Path(args.run)
     shutil.copyfile(run / "model.safetensors", DEFAULT_WEIGHTS)
     card = json.loads((run / "model.json").read_text())
+    card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     sample = check_sample(args.val)
     predictor = Predictor(DEFAULT_WEIGHTS)
     id_to_class = np.asarray(card["fer2013_id_to_class"])

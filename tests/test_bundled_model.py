@@ -1,0 +1,42 @@
+"""The weights shipped in the repository: they load, and reproduce the accuracy written in their card."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO, needs_shared, SHARED_FER
+from fer_core.predict import Predictor
+from fer_core.weights import DEFAULT_WEIGHTS, card_path
+
+sys.path.insert(0, str(REPO / "tools"))
+from bundle_model import check_sample  # noqa: E402
+
+
+class TestBundledWeights:
+    def test_small_safetensors_with_a_complete_card(self) -> None:
+        assert DEFAULT_WEIGHTS.suffix == ".safetensors"
+        assert DEFAULT_WEIGHTS.stat().st_size < 20_000_000
+        card = json.loads(card_path(DEFAULT_WEIGHTS).read_text())
+        assert card["labels"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+        for key in ("architecture", "input", "training", "val_metrics", "calibration", "code_version"):
+            assert key in card
+        assert card["training"]["command"].startswith("python -m fer_core.train")
+        assert 0 < card["calibration"]["temperature"] < 10
+
+    @needs_shared
+    def test_accuracy_on_the_fixed_val_sample_matches_the_card(self) -> None:
+        card = json.loads(card_path(DEFAULT_WEIGHTS).read_text())
+        check = card["checks"]["val_sample"]
+        sample = check_sample(SHARED_FER / "val")
+        assert len(sample) == check["faces"]
+        predictor = Predictor(runtime=check["runtime"], tta=check["flip_tta"])
+        accuracy = float((predictor.predict_faces(sample.images).argmax(1) == sample.labels).mean())
+        # Another CPU may round a borderline face the other way: one face of slack.
+        assert accuracy == pytest.approx(check["accuracy"], abs=1.01 / len(sample))
+        # Every class is recognised at least sometimes, disgust included.
+        recall = [(predictor.predict_faces(sample.images[sample.labels == k]).argmax(1) == k).mean() for k in range(7)]
+        assert min(recall) > 0
