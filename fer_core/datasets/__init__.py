@@ -38,7 +38,8 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _TABLE_SUFFIXES = {".csv": "csv", ".jsonl": "csv", ".ndjson": "csv", ".parquet": "parquet"}
 
 
-def _form_of(path: Path) -> str:
+def _form_of(path: Path, folder_files: list) -> str:
+    """``csv``, ``parquet`` or ``folder``; ``folder_files`` is what :func:`list_folder` found in a folder."""
     if path.is_file():
         form = _TABLE_SUFFIXES.get(path.suffix.lower())
         if form is None:
@@ -49,7 +50,7 @@ def _form_of(path: Path) -> str:
         return form
     if not any(path.iterdir()):
         raise DatasetError(f"the folder {str(path)!r} is empty")
-    if parquet_files(path) and not list_folder(path)[0]:
+    if not folder_files and parquet_files(path):
         return "parquet"
     return "folder"
 
@@ -85,10 +86,11 @@ def load_faces(
     if isinstance(source, str) and _HUB_ID.match(source) and not Path(source).exists():
         return read_hub(source, progress=progress)
     path = check_path_exists(source).resolve()
-    form = _form_of(path)
+    # The folder is listed once: its image files decide the form and are then read.
+    files, skipped = list_folder(path) if path.is_dir() else ([], {})
+    form = _form_of(path, files)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
 
-    files, skipped = list_folder(path) if form == "folder" else ([], {})
     if not use_cache:
         key = None
     elif form == "folder":
