@@ -177,8 +177,10 @@ class Predictor:
             preferred = self.card.get("inference", {}).get("runtime", "onnx")
             runtime = preferred if device == "cpu" and _has_onnxruntime() else "torch"
         if runtime.startswith("onnx"):
-            digest = hashlib.sha256(Path(weights or DEFAULT_WEIGHTS).read_bytes()).hexdigest()[:16]
-            self._runtime: Any = _OnnxRuntime(self.model, threads, int8=runtime == "onnx-int8", weights_digest=digest)
+            int8 = runtime == "onnx-int8"
+            # Only the int8 model is cached on disk, under the digest of the weights it came from.
+            digest = hashlib.sha256(Path(weights or DEFAULT_WEIGHTS).read_bytes()).hexdigest()[:16] if int8 else ""
+            self._runtime: Any = _OnnxRuntime(self.model, threads, int8=int8, weights_digest=digest)
         else:
             self._runtime = _TorchRuntime(self.model)
         self.runtime: str = self._runtime.name
