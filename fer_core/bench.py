@@ -7,6 +7,7 @@ bundled sample and on a 640x480 photo composed with one of them (160 px face).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -61,7 +62,7 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
         "face_ms_median": 1000 * float(np.median(one)), "face_ms_p95": 1000 * float(np.percentile(one, 95)),
         "throughput": throughput, "best_batch": best, "best_faces_per_s": throughput[best],
         "photo_ms_median": 1000 * float(np.median(photo_times)), "photo_ms_p95": 1000 * float(np.percentile(photo_times, 95)),
-        "photo_faces_found": len(found), "weights_mb": __import__("os").path.getsize(path) / 1e6,
+        "photo_faces_found": len(found), "weights_mb": os.path.getsize(path) / 1e6,
     }
 
 

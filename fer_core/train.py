@@ -420,7 +420,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  val acc {metrics['val_accuracy']:.4f}  "
               f"macro-F1 {metrics['val_macro_f1']:.4f}  lr {lr:.4g}  {seconds:.1f}s", flush=True)
 
-    _finish(out, args, state, label_map, train, val, device, amp, count_params(model))
+    _finish(out, args, state, label_map, train, val, device, count_params(model))
     return 0
 
 
@@ -450,7 +450,7 @@ FLIP_TTA_MIN_GAIN = 0.003
 
 
 def _finish(out: Path, args: argparse.Namespace, state: dict[str, Any], label_map: LabelMap, train, val,
-            device: torch.device, amp: torch.dtype | None, n_params: int) -> None:
+            device: torch.device, n_params: int) -> None:
     """Write the best epoch as ``model.safetensors`` with its card (metrics, calibration), and the curve."""
     from fer_core.calibration import expected_calibration_error, fit_temperature, softmax
     from fer_core.model import MODEL_CONFIGS
