@@ -10,11 +10,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from fer_core._validation import FERError
 from fer_core.config import SAMPLE_PATH, Settings
-from fer_core.labels import DISPLAY_NAMES, EMOTIONS
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -25,31 +22,8 @@ if TYPE_CHECKING:
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 TITLE = "FER tool: facial expression recognition you can see, test and correct"
-#: Faces are 48x48: shown enlarged with nearest-neighbour scaling so the pixels stay crisp.
-GALLERY_SCALE = 4
-
-
-def _enlarge(face: np.ndarray, scale: int = GALLERY_SCALE) -> np.ndarray:
-    return np.kron(face, np.ones((scale, scale), dtype=np.uint8))
-
-
-def build_data_tab(table) -> None:
-    """A first look at the loaded faces: counts per emotion and split, and a few faces of each emotion."""
-    import gradio as gr
-
-    from fer_core.datasets import summary
-
-    gr.Markdown(
-        f"**{table.name}**: {len(table):,} faces. Prediction, browsing and relabelling tabs build on this data."
-    )
-    counts = summary(table).reset_index().rename(columns={"emotion_name": "emotion"})
-    gr.Dataframe(value=counts, label="Faces per emotion and split", interactive=False)
-    examples = []
-    labels = table.labels
-    for label, emotion in enumerate(EMOTIONS):
-        for row in np.flatnonzero(labels == label)[:4]:
-            examples.append((_enlarge(table.images[row]), f"{DISPLAY_NAMES[emotion]} · {table.frame['sample_id'].iloc[row]}"))
-    gr.Gallery(value=examples, label="A few faces of each emotion", columns=7, height="auto", object_fit="none")
+#: Largest upload the server accepts; fer_core.images refuses larger files with the same limit.
+MAX_UPLOAD = "25mb"
 
 
 def load_data(path: str | None):
@@ -61,11 +35,21 @@ def load_data(path: str | None):
 def build_demo(table) -> "gr.Blocks":
     import gradio as gr
 
+    from ui.data_tab import build_data_tab
+    from ui.predict_tab import build_predict_tab
+
     with gr.Blocks(title="FER tool") as demo:
         gr.Markdown(f"# {TITLE}")
+        with gr.Tab("Predict"):
+            build_predict_tab()
         with gr.Tab("Data"):
             build_data_tab(table)
     return demo
+
+
+def launch(demo: "gr.Blocks", *, host: str, port: int, **kwargs) -> None:
+    """Start serving ``demo`` with the app's limits (upload size)."""
+    demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, **kwargs)
 
 
 def get_args_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -90,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     demo = build_demo(table)
-    demo.launch(server_name=args.host, server_port=args.port)
+    launch(demo, host=args.host, port=args.port)
     return 0
 
 

@@ -6,13 +6,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings", "PACKAGE_DIR", "ASSETS_DIR", "SAMPLE_PATH", "default_cache_dir"]
+__all__ = ["Settings", "PACKAGE_DIR", "ASSETS_DIR", "SAMPLE_PATH", "EXAMPLES_DIR", "default_cache_dir"]
 
 PACKAGE_DIR: Path = Path(__file__).resolve().parent
 #: Files shipped in the repository: bundled weights, the sample of real faces.
 ASSETS_DIR: Path = PACKAGE_DIR / "assets"
 #: A few hundred real FER2013 training faces with their quality fields (enhanced schema).
 SAMPLE_PATH: Path = ASSETS_DIR / "fer2013_sample.parquet"
+#: Example photos of real faces for the Predict tab (made by tools/make_examples.py).
+EXAMPLES_DIR: Path = ASSETS_DIR / "examples"
 
 
 def default_cache_dir() -> Path:

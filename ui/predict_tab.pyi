@@ -1,0 +1,397 @@
+"""The Predict tab: a photo (upload, drag and drop, paste) or the webcam in, every face out.
+
+The work is done by plain functions (:func:`analyse_photo`, :func:`predict_json`,
+:func:`annotate_frame`) that the tab's events and the ``predict`` API endpoint call, so they
+are tested without a browser. Gradio is imported only inside :func:`build_predict_tab`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from fer_core._validation import FERError
+from fer_core.config import EXAMPLES_DIR
+from fer_core.draw import draw_predictions, fit_for_display, overlay_saliency
+from fer_core.explain import grad_cam, heatmap_overlay
+from fer_core.faces import DEFAULT_SCORE_THRESHOLDS
+from fer_core.images import DEFAULT_MAX_BYTES, load_image
+from fer_core.labels import DISPLAY_NAMES
+from fer_core.predict import FacePrediction, Predictor, get_predictor
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+__all__ = [
+    "PhotoAnalysis",
+    "analyse_photo",
+    "predict_json",
+    "annotate_frame",
+    "faces_table",
+    "build_predict_tab",
+    "DEFAULT_SENSITIVITY",
+    "DEFAULT_MIN_FACE",
+]
+
+#: Detector sensitivity shown to people: 1 - the detector's score threshold (YuNet's 0.6 -> 0.4).
+DEFAULT_SENSITIVITY: float = round(1.0 - DEFAULT_SCORE_THRESHOLDS["yunet"], 2)
+#: Smallest face side kept, in pixels of the photo as given.
+DEFAULT_MIN_FACE: int = 20
+#: Enlargement of the model's 48x48 input in the "selected face" view.
+FACE_VIEW_SCALE: int = 6
+
+NO_FACE_MESSAGE = (
+    "**No face found.** Try a smaller minimum face size or a higher detector sensitivity, "
+    "or tick *The whole image is one face* if the picture is already a cropped face."
+)
+WHOLE_IMAGE_AUTO_MESSAGE = (
+    "**No face was detected in this small image**, which is shaped like a face crop (such as a "
+    "48x48 FER2013 face), so **the whole image was classified as one face**."
+)
+
+
+@dataclass
+class PhotoAnalysis:
+    """Everything the tab shows about one photo; also kept in the session between events."""
+
+    display: np.ndarray  # the photo resized for showing (RGB uint8)
+    scale: float  # display pixels per photo pixel
+    predictions: list[FacePrediction]
+    message: str
+    model: str
+    saliency: list[np.ndarray] | None = field(default=None, repr=False)
+
+    def picture(self, selected: int | None = 0) -> np.ndarray:
+        """The photo with every face boxed (the ``selected`` one thicker), saliency blended if computed."""
+        base = self.display
+        if self.saliency is not None:
+            base = overlay_saliency(base, self.predictions, self.saliency, scale=self.scale)
+        return draw_predictions(base, self.predictions, selected=selected, scale=self.scale)
+
+    def face_view(self, index: int) -> np.ndarray | None:
+        """The selected face as the model saw it (48x48, enlarged crisp), with its saliency if computed."""
+        if not 0 <= index < len(self.predictions) or self.predictions[index].face is None:
+            return None
+        face = self.predictions[index].face
+        picture = heatmap_overlay(face, self.saliency[index]) if self.saliency is not None else np.repeat(face[..., None], 3, 2)
+        return np.kron(picture, np.ones((FACE_VIEW_SCALE, FACE_VIEW_SCALE, 1), dtype=np.uint8))
+
+
+def _threshold(sensitivity: float) -> float:
+    if not 0.0 < float(sensitivity) < 1.0:
+        raise FERError(f"detector sensitivity must lie between 0 and 1, got {sensitivity}")
+    return round(1.0 - float(sensitivity), 4)
+
+
+def _check_min_face(min_face_size: float) -> int:
+    if not 0 <= float(min_face_size) <= 10_000:
+        raise FERError(f"minimum face size must be between 0 and 10000 pixels, got {min_face_size}")
+    return int(min_face_size)
+
+
+def _describe(predictions: list[FacePrediction], whole_image: bool) -> str:
+    if not predictions:
+        return NO_FACE_MESSAGE
+    if predictions[0].detector_score is None:
+        return "The whole image was classified as one face." if whole_image else WHOLE_IMAGE_AUTO_MESSAGE
+    n = len(predictions)
+    faces = "1 face found." if n == 1 else f"{n} faces found, numbered from the largest."
+    return faces + " Click a box or pick a face below to see its seven probabilities."
+
+
+def analyse_photo(
+    source: Any,
+    *,
+    min_face_size: float = DEFAULT_MIN_FACE,
+    sensitivity: float = DEFAULT_SENSITIVITY,
+    whole_image: bool = False,
+    explain: bool = False,
+    predictor: Predictor | None = None,
+) -> PhotoAnalysis:
+    """Find and classify every face of a photo (anything :func:`fer_core.images.load_image` reads).
+
+    ``whole_image=False`` still takes the whole image as the face when nothing is detected in a
+    small image shaped like a face crop (said so in the message). ``explain`` adds Grad-CAM maps.
+
+    Raises
+    ------
+    FERError
+        The image cannot be read (its message is for a person), or a setting is out of range.
+    """
+    predictor = predictor or get_predictor()
+    threshold, min_size = _threshold(sensitivity), _check_min_face(min_face_size)
+    rgb = load_image(source)
+    predictions = predictor.predict_image(
+        rgb, score_threshold=threshold, min_face_size=min_size, whole_image=True if whole_image else None
+    )
+    display, scale = fit_for_display(rgb)
+    analysis = PhotoAnalysis(display, scale, predictions, _describe(predictions, whole_image), predictor.model_name)
+    if explain and predictions:
+        faces = np.stack([p.face for p in predictions])
+        labels = [predictor.labels.index(p.label) for p in predictions]
+        with predictor._lock:  # the torch model is shared by the app's threads
+            analysis.saliency = list(grad_cam(predictor.model, faces, labels))
+    return analysis
+
+
+def predict_json(source: Any, *, predictor: Predictor | None = None, **settings: Any) -> dict[str, Any]:
+    """The ``predict`` API answer: ``{"faces": [{"box", "label", "confidence", "probabilities"}], "model"}``."""
+    analysis = analyse_photo(source, predictor=predictor, **settings)
+    return {
+        "faces": [
+            {"box": list(p.box), "label": p.label, "confidence": round(p.confidence, 6),
+             "probabilities": {k: round(v, 6) for k, v in p.probabilities.items()}}
+            for p in analysis.predictions
+        ],
+        "model": analysis.model,
+    }
+
+
+def annotate_frame(
+    frame: Any,
+    *,
+    min_face_size: float = DEFAULT_MIN_FACE,
+    sensitivity: float = DEFAULT_SENSITIVITY,
+    predictor: Predictor | None = None,
+) -> np.ndarray:
+    """One webcam frame with its faces boxed and labelled (no saliency: it must keep up with the camera)."""
+    predictor = predictor or get_predictor()
+    rgb = load_image(frame)
+    predictions = predictor.predict_image(
+        rgb, score_threshold=_threshold(sensitivity), min_face_size=_check_min_face(min_face_size), whole_image=False
+    )
+    display, scale = fit_for_display(rgb, max_side=960, min_side=1)
+    return draw_predictions(display, predictions, scale=scale)
+
+
+def faces_table(predictions: list[FacePrediction]) -> pd.DataFrame:
+    """One row per face: number, box, top label, confidence, every probability, detector score."""
+    rows = []
+    for number, p in enumerate(predictions, start=1):
+        x, y, w, h = p.box
+        rows.append({"face": number, "x": x, "y": y, "w": w, "h": h, "label": p.label,
+                     "confidence": round(p.confidence, 4),
+                     **{name: round(v, 4) for name, v in p.probabilities.items()},
+                     "detector_score": None if p.detector_score is None else round(p.detector_score, 4)})
+    columns = ["face", "x", "y", "w", "h", "label", "confidence"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+
+
+def face_at(predictions: list[FacePrediction], x: float, y: float) -> int | None:
+    """The face whose box holds the photo point ``(x, y)``; the smallest one where boxes overlap."""
+    inside = [(p.box[2] * p.box[3], i) for i, p in enumerate(predictions)
+              if p.box[0] <= x < p.box[0] + p.box[2] and p.box[1] <= y < p.box[1] + p.box[3]]
+    return min(inside)[1] if inside else None
+
+
+def _probabilities(prediction: FacePrediction) -> dict[str, float]:
+    return {DISPLAY_NAMES.get(k, k): v for k, v in prediction.probabilities.items()}
+
+
+def _write_exports(analysis: PhotoAnalysis, table: pd.DataFrame) -> tuple[str, str]:
+    """The face table as CSV and the API's JSON, in a fresh folder under the system temp dir."""
+    folder = Path(tempfile.gettempdir()) / "fer_predictions" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    csv_path, json_path = folder / "faces.csv", folder / "faces.json"
+    table.to_csv(csv_path, index=False)
+    payload = {"faces": [{"box": list(p.box), "label": p.label, "confidence": p.confidence,
+                          "probabilities": p.probabilities} for p in analysis.predictions], "model": analysis.model}
+    json_path.write_text(json.dumps(payload, indent=2))
+    return str(csv_path), str(json_path)
+
+
+# ------------------------------------------------------------------------------ Gradio
+
+
+def _image_input_class():
+    """``gr.Image`` that hands the upload to :func:`fer_core.images.load_image` undecoded.
+
+    ``gr.Image`` opens every upload with Pillow before the handler runs, so a renamed text file,
+    a truncated JPEG or a decompression bomb would fail inside Gradio with a bare "Error".
+    Passing the file on lets :mod:`fer_core.images` refuse it with a clear message.
+    """
+    import gradio as gr
+from gradio.events import Dependency
+
+    class ImageInput(gr.Image):
+        def get_block_name(self) -> str:
+            return "image"  # the same front end as gr.Image
+
+        def preprocess(self, payload):  # type: ignore[override]
+            if payload is None:
+                return None
+            if payload.path is not None:
+                return payload.path
+            url = payload.url or ""
+            if url.startswith("data:") and "," in url:
+                encoded = url.split(",", 1)[1]
+                if len(encoded) * 3 // 4 > DEFAULT_MAX_BYTES:
+                    raise gr.Error(f"the image is larger than {DEFAULT_MAX_BYTES // 1_000_000} MB")
+                try:
+                    return base64.b64decode(encoded, validate=False)
+                except ValueError:
+                    raise gr.Error("the image data could not be decoded") from None
+            raise gr.Error("send the image as a file (for example with gradio_client.handle_file)")
+
+    return ImageInput
+
+
+def _as_gradio_error(err: Exception) -> Exception:
+    import gradio as gr
+
+    return gr.Error(str(err), title="Cannot read this image" if "image" in str(err).lower() else "Error")
+
+
+def example_paths() -> list[str]:
+    """The bundled example photos, in a fixed order."""
+    order = ["group_of_three.jpg", "astronaut.jpg", "pair.jpg", "fer2013_face.png"]
+    return [str(EXAMPLES_DIR / name) for name in order if (EXAMPLES_DIR / name).is_file()]
+
+
+def build_predict_tab() -> None:
+    """The Predict tab's components and events; call inside ``gr.Blocks`` (and a ``gr.Tab``)."""
+    import gradio as gr
+
+    ImageInput = _image_input_class()
+    empty_table = faces_table([])
+
+    with gr.Row():
+        min_face = gr.Slider(8, 400, value=DEFAULT_MIN_FACE, step=1, label="Minimum face size (pixels)",
+                             info="Smaller faces are ignored")
+        sensitivity = gr.Slider(0.05, 0.7, value=DEFAULT_SENSITIVITY, step=0.05, label="Detector sensitivity",
+                                info="Higher finds more faces, and more false ones")
+        whole_image = gr.Checkbox(False, label="The whole image is one face",
+                                  info="For pictures that are already a cropped face")
+        explain = gr.Checkbox(False, label="Show what drove each prediction",
+                              info="Grad-CAM saliency: red areas pushed most towards the label")
+    with gr.Tabs():
+        with gr.Tab("Photo"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=5):
+                    photo = ImageInput(label="Photo: upload, drop or paste", sources=["upload", "clipboard"],
+                                       type="filepath", height=420)
+                    gr.Examples(example_paths(), inputs=[photo], label="Examples (real faces): click one")
+                with gr.Column(scale=6):
+                    message = gr.Markdown("Upload a photo, paste one, or click an example.")
+                    annotated = gr.Image(label="Faces found (click a face)", interactive=False, format="jpeg",
+                                         height=420)
+            with gr.Row(equal_height=False):
+                face_pick = gr.Dropdown(choices=[], label="Face", interactive=True, scale=2)
+                face_view = gr.Image(label="What the model saw (48x48)", interactive=False, height=300,
+                                     scale=2, format="png")
+                probabilities = gr.Label(label="Emotion probabilities", num_top_classes=7, scale=3)
+            table = gr.Dataframe(value=empty_table, label="Every face", interactive=False, wrap=True)
+            with gr.Row():
+                csv_file = gr.DownloadButton("Download table (CSV)", value=None, interactive=False)
+                json_file = gr.DownloadButton("Download results (JSON)", value=None, interactive=False)
+        with gr.Tab("Webcam"):
+            gr.Markdown("Turn on the camera: every frame comes back with its faces boxed and labelled.")
+            with gr.Row():
+                webcam = ImageInput(label="Camera", sources=["webcam"], streaming=True, type="filepath")
+                webcam_out = gr.Image(label="Faces, live", interactive=False, format="jpeg", streaming=True)
+    analysis_state = gr.State(None)
+
+    def on_photo(image, min_size, sens, whole, show_saliency):
+        if image is None:
+            return (None, "Upload a photo, paste one, or click an example.", gr.update(choices=[], value=None),
+                    None, None, empty_table, gr.update(value=None, interactive=False),
+                    gr.update(value=None, interactive=False), None)
+        try:
+            analysis = analyse_photo(image, min_face_size=min_size, sensitivity=sens, whole_image=whole,
+                                     explain=show_saliency)
+        except FERError as err:
+            raise _as_gradio_error(err) from None
+        preds = analysis.predictions
+        choices = [(f"{i + 1}: {DISPLAY_NAMES.get(p.label, p.label)} {p.confidence:.0%}", i) for i, p in enumerate(preds)]
+        frame = faces_table(preds)
+        csv_path, json_path = _write_exports(analysis, frame)
+        return (
+            analysis.picture(0 if preds else None),
+            analysis.message,
+            gr.update(choices=choices, value=0 if preds else None),
+            _probabilities(preds[0]) if preds else None,
+            analysis.face_view(0) if preds else None,
+            frame,
+            gr.update(value=csv_path, interactive=bool(preds)),
+            gr.update(value=json_path, interactive=bool(preds)),
+            analysis,
+        )
+
+    def on_pick(index, analysis: PhotoAnalysis | None):
+        if analysis is None or index is None or not 0 <= int(index) < len(analysis.predictions):
+            return gr.skip(), gr.skip(), gr.skip()
+        index = int(index)
+        return analysis.picture(index), _probabilities(analysis.predictions[index]), analysis.face_view(index)
+
+    def on_click(analysis: PhotoAnalysis | None, evt: gr.SelectData):
+        if analysis is None or not evt.index:
+            return gr.skip()
+        x, y = evt.index[0] / analysis.scale, evt.index[1] / analysis.scale
+        index = face_at(analysis.predictions, x, y)
+        return gr.skip() if index is None else index
+
+    def on_frame(frame, min_size, sens):
+        if frame is None:
+            return None
+        try:
+            return annotate_frame(frame, min_face_size=min_size, sensitivity=sens)
+        except FERError as err:
+            raise _as_gradio_error(err) from None
+
+    photo_outputs = [annotated, message, face_pick, probabilities, face_view, table, csv_file, json_file,
+                     analysis_state]
+    gr.on(
+        triggers=[photo.change, min_face.release, sensitivity.release, whole_image.input, explain.input],
+        fn=on_photo, inputs=[photo, min_face, sensitivity, whole_image, explain], outputs=photo_outputs,
+        api_visibility="private", show_progress="minimal",
+    )
+    face_pick.input(on_pick, [face_pick, analysis_state], [annotated, probabilities, face_view],
+                    api_visibility="private", show_progress="hidden")
+    annotated.select(on_click, [analysis_state], [face_pick], api_visibility="private", show_progress="hidden") \
+        .then(on_pick, [face_pick, analysis_state], [annotated, probabilities, face_view], api_visibility="private",
+              show_progress="hidden")
+    webcam.stream(on_frame, [webcam, min_face, sensitivity], [webcam_out], stream_every=0.06, time_limit=300,
+                  concurrency_limit=4, api_visibility="private", show_progress="hidden")
+
+    _build_api(ImageInput)
+
+
+def _build_api(image_input_class) -> None:
+    """Hidden components carrying the named API endpoints ``predict`` and ``annotate_frame``."""
+    import gradio as gr
+
+    with gr.Row(visible=False):
+        api_image = image_input_class(type="filepath", label="image")
+        api_result = gr.JSON(label="result")
+        api_frame_out = gr.Image(label="annotated frame", format="jpeg")
+        predict_button = gr.Button("predict")
+        frame_button = gr.Button("annotate_frame")
+
+    def predict(image) -> dict[str, Any]:
+        """Every face of one image: box [x, y, w, h], top label, confidence and the seven probabilities."""
+        if image is None:
+            raise gr.Error("no image was sent")
+        try:
+            return predict_json(image)
+        except FERError as err:
+            raise _as_gradio_error(err) from None
+
+    def frame(image) -> np.ndarray:
+        """One camera frame with its faces boxed and labelled (the webcam path, callable for benchmarks)."""
+        if image is None:
+            raise gr.Error("no image was sent")
+        try:
+            return annotate_frame(image)
+        except FERError as err:
+            raise _as_gradio_error(err) from None
+
+    predict_button.click(predict, [api_image], [api_result], api_name="predict")
+    frame_button.click(frame, [api_image], [api_frame_out], api_name="annotate_frame")
