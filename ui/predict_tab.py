@@ -209,36 +209,40 @@ def _write_exports(analysis: PhotoAnalysis, table: pd.DataFrame) -> tuple[str, s
 # ------------------------------------------------------------------------------ Gradio
 
 
-def _image_input_class():
-    """``gr.Image`` that hands the upload to :func:`fer_core.images.load_image` undecoded.
+def _undecoded_upload(payload: Any) -> str | bytes | None:
+    """The upload as a path (or the bytes of a data URL), not yet decoded."""
+    import gradio as gr
+
+    if payload is None:
+        return None
+    if payload.path is not None:
+        return payload.path
+    url = payload.url or ""
+    if url.startswith("data:") and "," in url:
+        encoded = url.split(",", 1)[1]
+        if len(encoded) * 3 // 4 > DEFAULT_MAX_BYTES:
+            raise gr.Error(f"the image is larger than {DEFAULT_MAX_BYTES // 1_000_000} MB", print_exception=False)
+        try:
+            return base64.b64decode(encoded, validate=False)
+        except ValueError:
+            raise gr.Error("the image data could not be decoded", print_exception=False) from None
+    raise gr.Error("send the image as a file (for example with gradio_client.handle_file)", print_exception=False)
+
+
+def image_input(**kwargs: Any) -> "gr.Image":
+    """A ``gr.Image`` whose handler receives the upload undecoded, for :func:`fer_core.images.load_image`.
 
     ``gr.Image`` opens every upload with Pillow before the handler runs, so a renamed text file,
     a truncated JPEG or a decompression bomb would fail inside Gradio with a bare "Error".
-    Passing the file on lets :mod:`fer_core.images` refuse it with a clear message.
+    Passing the file on lets :mod:`fer_core.images` refuse it with a clear message. (The
+    override is set on the instance: a subclass would make Gradio write a ``.pyi`` stub
+    beside this module at import.)
     """
     import gradio as gr
 
-    class ImageInput(gr.Image):
-        def get_block_name(self) -> str:
-            return "image"  # the same front end as gr.Image
-
-        def preprocess(self, payload):  # type: ignore[override]
-            if payload is None:
-                return None
-            if payload.path is not None:
-                return payload.path
-            url = payload.url or ""
-            if url.startswith("data:") and "," in url:
-                encoded = url.split(",", 1)[1]
-                if len(encoded) * 3 // 4 > DEFAULT_MAX_BYTES:
-                    raise gr.Error(f"the image is larger than {DEFAULT_MAX_BYTES // 1_000_000} MB")
-                try:
-                    return base64.b64decode(encoded, validate=False)
-                except ValueError:
-                    raise gr.Error("the image data could not be decoded") from None
-            raise gr.Error("send the image as a file (for example with gradio_client.handle_file)")
-
-    return ImageInput
+    component = gr.Image(**kwargs)
+    component.preprocess = _undecoded_upload  # type: ignore[method-assign]
+    return component
 
 
 def _as_gradio_error(err: Exception, source: Any = None) -> Exception:
@@ -262,7 +266,6 @@ def build_predict_tab() -> None:
     """The Predict tab's components and events; call inside ``gr.Blocks`` (and a ``gr.Tab``)."""
     import gradio as gr
 
-    ImageInput = _image_input_class()
     empty_table = faces_table([])
     # Load the model and the detector now, so the first visitor does not wait for them.
     annotate_frame(np.zeros((240, 320, 3), dtype=np.uint8))
@@ -280,7 +283,7 @@ def build_predict_tab() -> None:
         with gr.Tab("Photo"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=5):
-                    photo = ImageInput(label="Photo: upload, drop or paste", sources=["upload", "clipboard"],
+                    photo = image_input(label="Photo: upload, drop or paste", sources=["upload", "clipboard"],
                                        type="filepath", height=420)
                     gr.Examples(example_paths(), inputs=[photo], label="Examples (real faces): click one")
                 with gr.Column(scale=6):
@@ -299,7 +302,7 @@ def build_predict_tab() -> None:
         with gr.Tab("Webcam"):
             gr.Markdown("Turn on the camera: every frame comes back with its faces boxed and labelled.")
             with gr.Row():
-                webcam = ImageInput(label="Camera", sources=["webcam"], streaming=True, type="filepath")
+                webcam = image_input(label="Camera", sources=["webcam"], streaming=True, type="filepath")
                 webcam_out = gr.Image(label="Faces, live", interactive=False, format="jpeg", streaming=True)
     analysis_state = gr.State(None)
 
@@ -365,15 +368,15 @@ def build_predict_tab() -> None:
     webcam.stream(on_frame, [webcam, min_face, sensitivity], [webcam_out], stream_every=0.06, time_limit=300,
                   concurrency_limit=4, api_visibility="private", show_progress="hidden")
 
-    _build_api(ImageInput)
+    _build_api()
 
 
-def _build_api(image_input_class) -> None:
+def _build_api() -> None:
     """Hidden components carrying the named API endpoints ``predict`` and ``annotate_frame``."""
     import gradio as gr
 
     with gr.Row(visible=False):
-        api_image = image_input_class(type="filepath", label="image")
+        api_image = image_input(type="filepath", label="image")
         api_whole = gr.Checkbox(False, label="whole_image")
         api_result = gr.JSON(label="result")
         api_frame_out = gr.Image(label="annotated frame", format="jpeg")
