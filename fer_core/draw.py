@@ -101,9 +101,9 @@ def overlay_saliency(
     height, width = out.shape[:2]
     for prediction, cam in zip(predictions, maps):
         if prediction.detector_score is None:  # the whole image was the face: centre square
-            side = min(prediction.box[2], prediction.box[3])
-            sx, sy = prediction.box[0] + (prediction.box[2] - side) // 2, prediction.box[1] + (prediction.box[3] - side) // 2
-            square = (sx, sy, side, side)
+            bx, by, bw, bh = prediction.box
+            side = min(bw, bh)
+            square = (bx + (bw - side) // 2, by + (bh - side) // 2, side, side)
         else:
             square = crop_square(prediction.box)
         x, y, side, _ = (round(v * scale) for v in square)

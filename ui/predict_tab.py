@@ -79,7 +79,10 @@ class PhotoAnalysis:
         if not 0 <= index < len(self.predictions) or self.predictions[index].face is None:
             return None
         face = self.predictions[index].face
-        picture = heatmap_overlay(face, self.saliency[index]) if self.saliency is not None else np.repeat(face[..., None], 3, 2)
+        if self.saliency is not None:
+            picture = heatmap_overlay(face, self.saliency[index])
+        else:
+            picture = np.repeat(face[..., None], 3, axis=2)
         return np.kron(picture, np.ones((FACE_VIEW_SCALE, FACE_VIEW_SCALE, 1), dtype=np.uint8))
 
 
@@ -317,7 +320,8 @@ def build_predict_tab() -> None:
         except FERError as err:
             raise _as_gradio_error(err, image) from None
         preds = analysis.predictions
-        choices = [(f"{i + 1}: {DISPLAY_NAMES.get(p.label, p.label)} {p.confidence:.0%}", i) for i, p in enumerate(preds)]
+        choices = [(f"{i + 1}: {DISPLAY_NAMES.get(p.label, p.label)} {p.confidence:.0%}", i)
+                   for i, p in enumerate(preds)]
         frame = faces_table(preds)
         csv_path, json_path = _write_exports(analysis, frame)
         return (

@@ -1,0 +1,123 @@
+"""App-level benchmark: start ``python app.py``, then time the ``predict`` API and the webcam path.
+
+    python -m ui.bench [--requests 50] [--frames 100]
+
+Prints the start-up time (process start to the first answered ``predict``), the median and
+p95 latency of ``predict`` on a 640x480 photo with one face through ``gradio_client``, and
+the frames per second the webcam path (``annotate_frame``, the function the webcam stream
+runs) sustains on 640x480 frames sent one after another. Loopback only.
+"""
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_photo() -> np.ndarray:
+    """A 640x480 photo with one face: the bundled astronaut example, cropped to 4:3 and resized."""
+    from fer_core.config import EXAMPLES_DIR
+
+    rgb = np.asarray(Image.open(EXAMPLES_DIR / "astronaut.jpg").convert("RGB"))
+    side = rgb.shape[1]
+    crop = rgb[: side * 3 // 4, :side]
+    return np.asarray(Image.fromarray(crop).resize((640, 480), Image.Resampling.BICUBIC))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_app(port: int, *, log_path: Path) -> tuple[subprocess.Popen, float]:
+    """``python app.py`` on ``port``; returns the process and its start time (``time.monotonic``)."""
+    env = {**os.environ, "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_SERVER_PORT": str(port)}
+    started = time.monotonic()
+    process = subprocess.Popen([sys.executable, str(REPO / "app.py")], cwd=REPO, env=env,
+                               stdout=log_path.open("w"), stderr=subprocess.STDOUT)
+    return process, started
+
+
+def connect(url: str, process: subprocess.Popen, timeout: float = 120.0):
+    from gradio_client import Client
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the app exited with code {process.returncode}")
+        try:
+            return Client(url, verbose=False)
+        except Exception:  # not listening yet
+            time.sleep(0.2)
+    raise RuntimeError(f"the app did not answer at {url} within {timeout:.0f} s")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=50, help="timed predict calls")
+    parser.add_argument("--frames", type=int, default=100, help="timed webcam-path frames")
+    args = parser.parse_args(argv)
+    from gradio_client import handle_file
+
+    work = Path(tempfile.mkdtemp(prefix="fer_bench_"))
+    photo = work / "photo_640x480.jpg"
+    Image.fromarray(test_photo()).save(photo, quality=90)
+    port = _free_port()
+    process, started = start_app(port, log_path=work / "app.log")
+    try:
+        client = connect(f"http://127.0.0.1:{port}", process)
+        first = client.predict(handle_file(str(photo)), api_name="/predict")
+        startup = time.monotonic() - started
+        if len(first["faces"]) != 1:
+            raise RuntimeError(f"expected one face in the test photo, got {len(first['faces'])}")
+        for _ in range(3):  # warm-up
+            client.predict(handle_file(str(photo)), api_name="/predict")
+        latencies = []
+        for _ in range(args.requests):
+            t0 = time.perf_counter()
+            client.predict(handle_file(str(photo)), api_name="/predict")
+            latencies.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        for _ in range(args.frames):
+            client.predict(handle_file(str(photo)), api_name="/annotate_frame")
+        fps = args.frames / (time.perf_counter() - t0)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+    from ui.predict_tab import annotate_frame
+
+    frame = test_photo()
+    annotate_frame(frame)
+    t0 = time.perf_counter()
+    for _ in range(args.frames):
+        annotate_frame(frame)
+    handler_fps = args.frames / (time.perf_counter() - t0)
+
+    print(f"start-up, python app.py to the first answered predict: {startup:.1f} s")
+    print(f"predict, 640x480 photo with one face, {args.requests} calls through gradio_client: "
+          f"median {statistics.median(latencies):.1f} ms, p95 {_percentile(latencies, 95):.1f} ms, "
+          f"max {max(latencies):.1f} ms")
+    print(f"webcam path, 640x480 frames through the app: {fps:.1f} frames/s "
+          f"(the frame function alone, in process: {handler_fps:.1f} frames/s)")
+    print(f"({os.cpu_count()} CPU cores; model {first['model']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
