@@ -27,23 +27,25 @@ MAX_UPLOAD = "25mb"
 
 
 def load_data(path: str | None):
+    """The data set to browse, with its quality, model and duplicate columns (cached after the first start)."""
+    from fer_core.browse import enrich
     from fer_core.datasets import load_faces
 
-    return load_faces(path or SAMPLE_PATH, progress=True)
+    return enrich(load_faces(path or SAMPLE_PATH, progress=True), progress=True)
 
 
 def build_demo(table) -> "gr.Blocks":
     import gradio as gr
 
-    from ui.data_tab import build_data_tab
+    from ui.browse_tab import Browser, build_browse_tab
     from ui.predict_tab import build_predict_tab
 
     with gr.Blocks(title="FER tool") as demo:
         gr.Markdown(f"# {TITLE}")
         with gr.Tab("Predict"):
             build_predict_tab()
-        with gr.Tab("Data"):
-            build_data_tab(table)
+        with gr.Tab("Browse"):
+            build_browse_tab(Browser(table))
     return demo
 
 

@@ -1,0 +1,783 @@
+"""Exact, near and mirrored duplicate faces of a data set, within and across splits.
+
+FER2013 holds the same face more than once: byte-identical copies, copies re-encoded,
+re-cropped by a pixel or two or brightened, and a few mirror images, some of them across
+splits (a known source of test leakage). Notation: ``N`` faces, each ``(48, 48)`` uint8.
+
+Kinds of pairs (a pair is two faces, ``row_a < row_b``):
+
+``exact``: the same 2,304 bytes (equal blake2b digests of the pixels).
+``near``: not exact, perceptual hashes at Hamming distance ``<= max_distance``.
+``mirrored``: neither of the above, and each face's hash is within ``max_distance`` of the
+    hash of the other face's mirror image (left-right flip); the distance of such a pair is
+    the larger of the two, ``max(d(h_a, m_b), d(m_a, h_b))``, so that it is symmetric.
+
+Perceptual hash. The 64-bit pHash of ``imagehash.phash`` (hash_size 8): the face resized to
+32x32 (Lanczos, Pillow), 2-D DCT-II, the 8x8 lowest frequencies compared with their median.
+:func:`perceptual_hashes` computes it for all faces at once (a Pillow resize per face, the DCT
+as two products with an 8x32 matrix) and gives the same bits as ``imagehash.phash`` on all
+32,064 faces of ``../shared/fer2013`` (train + val) and on their mirror images (bits could
+only differ where a coefficient ties with the median, as in a blank frame). The hash of the
+mirror image needs no second resize: Lanczos resizing commutes with the flip, and flipping a
+row negates its DCT coefficients of odd frequency. Half of the 64 bits are set (the median
+splits them), so distances between faces are even.
+
+Threshold, measured on ``../shared/fer2013`` (32,064 faces): pixel correlation (Pearson, over
+the 2,304 grey levels) and mean absolute difference (MAD, grey levels) of every pair at each
+pHash distance, and contact sheets of random and of the least correlated pairs looked at:
+
+==========  =======  ===========  ===========  ==========  ================================
+distance    pairs    corr p5      corr p50     MAD p50     same face (contact sheets)
+==========  =======  ===========  ===========  ==========  ================================
+0           1,987    1.000        1.000        0.0         all (1,835 byte-exact)
+2           455      0.885        0.965        9.3         all
+4           972      0.826        0.936        12.8        all of 16 random; of the 29 under
+                                                           corr 0.8, about 6 are other faces
+6           1,270    0.671        0.901        15.9        14 of 16 random; about half of
+                                                           the pairs under corr 0.8
+8           2,381    0.488        0.770        34.1        8 of 16 random
+10          10,381   0.351        0.643        46.0        few; random faces: corr p50 0.5
+==========  =======  ===========  ===========  ==========  ================================
+
+so :data:`MAX_DISTANCE` is 4: the largest distance where pairs are still the same face
+(re-encoded, shifted or re-cropped by a few pixels, brightened), about 99 % of them; at 6 one
+pair in eight or so is two different people with a similar pose and lighting.
+
+Mirrored copies exist: with both directions within the distance (the rule above), 4 pairs at
+distance 2 and 7 at distance 4, all the same face mirrored (corr with the flipped face 0.87 to
+0.98); at 6, 42 pairs, mostly different frontal faces (corr p50 0.79). A single direction is
+not enough: frontal faces are nearly symmetric, so ``d(h_a, m_b) <= 4`` alone gives 45 pairs,
+about half of them other people. The same :data:`MAX_DISTANCE` therefore serves both kinds.
+No face of the data set is the byte-exact mirror of another (no mirrored pair at distance 0).
+
+Groups. Faces are grouped by connected components over all pairs (a face and its copy's copy
+are in one group even when their own distance is larger): ``dup_group`` numbers the groups
+0, 1, ... in the order of their first face, -1 for a face with no duplicate
+(``dup_group_size`` 1, ``dup_kind`` ""). ``dup_kind`` is the closest kind of pair the face is
+in (``exact`` before ``near`` before ``mirrored``); ``cross_split`` marks faces whose group
+holds more than one split.
+
+Speed. Pairs within ``k`` bits are found by bands (multi-index hashing): the 64 bits are cut
+into ``k + 1`` bands, two hashes within ``k`` bits agree exactly on at least one band, so only
+faces sharing a band's value are compared (3.8 million candidates on FER2013 at ``k = 4``).
+When that would exceed :data:`_BAND_LIMIT` candidates (8 million; ``k = 6`` gives 40 million on
+FER2013) the search falls back to brute force over all pairs above the diagonal, vectorised in
+blocks of 256 x 4,096 faces (``numpy.bitwise_count`` of the XOR). Both give the same pairs.
+On the full data, 2 CPU cores shared with a training job: hashes 1.8 s (1.1 s of it Pillow's
+resizes), pairs 0.16 s by bands (brute force: 2.5 s), 2.5 to 3.3 s in all (three runs); a
+second call reads the pairs back from the cache in 0.2 s.
+
+Full data (``python -m fer_core.duplicates ../shared/fer2013``, ``k = 4``): 3,425 pairs (1,835
+exact, 1,579 near, 11 mirrored) in 1,697 groups holding 4,069 faces (largest 22, one baby's
+face under three labels); 645 train-val pairs (357 exact, 288 near, 0 mirrored), 1,064 faces
+in groups spanning both splits; 376 pairs disagree on the label (77 exact, 297 near, 2
+mirrored), in 135 groups.
+
+Cache. The pairs (rows, distance, kind) are stored as Parquet under
+:func:`fer_core.config.default_cache_dir` ``/ "duplicates"``, keyed by a hash of the faces'
+pixels and sample ids, ``max_distance``, ``mirrors`` and :data:`DUPLICATES_VERSION`. Groups,
+splits and labels are rebuilt from the table on each call, so a relabelled copy of the same
+faces reuses the entry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from fer_core._validation import FERError, check_face_batch
+from fer_core.config import default_cache_dir
+from fer_core.constants import IMAGE_SIZE
+
+if TYPE_CHECKING:
+    from fer_core.datasets import FaceTable
+
+__all__ = [
+    "DUPLICATES_VERSION",
+    "FACE_COLUMNS",
+    "KINDS",
+    "MAX_DISTANCE",
+    "PAIR_COLUMNS",
+    "DuplicateReport",
+    "find_duplicates",
+    "format_summary",
+    "get_args_parser",
+    "main",
+    "perceptual_hashes",
+    "pixel_digests",
+]
+
+log = logging.getLogger(__name__)
+
+#: Bump when the pairs found for the same faces change (hash, rule), so old cache entries are not reused.
+DUPLICATES_VERSION: int = 1
+#: Largest pHash Hamming distance of a near or mirrored pair, measured on FER2013 (module docstring).
+MAX_DISTANCE: int = 4
+#: Pair kinds, closest first.
+KINDS: tuple[str, ...] = ("exact", "near", "mirrored")
+#: Columns of :attr:`DuplicateReport.pairs`, in order.
+PAIR_COLUMNS: tuple[str, ...] = (
+    "row_a",
+    "row_b",
+    "sample_id_a",
+    "sample_id_b",
+    "split_a",
+    "split_b",
+    "label_a",
+    "label_b",
+    "distance",
+    "kind",
+    "cross_split",
+    "labels_agree",
+    "dup_group",
+)
+#: Columns of :attr:`DuplicateReport.faces`, in order.
+FACE_COLUMNS: tuple[str, ...] = (
+    "sample_id",
+    "split",
+    "emotion",
+    "dup_group",
+    "dup_kind",
+    "dup_group_size",
+    "cross_split",
+    "group_labels_agree",
+)
+
+_HASH_SIZE = 8  # imagehash.phash defaults: 8x8 low frequencies of a 32x32 resize
+_RESIZED = _HASH_SIZE * 4
+_ROW_BLOCK = 256  # faces compared per block: 256 x 4,096 fits the CPU caches
+_COL_BLOCK = 4096
+#: Candidate pairs above which the band search gives way to brute force (memory: about 50 bytes each).
+_BAND_LIMIT = 8_000_000
+_SPLIT_ORDER = ("train", "val", "test", "unsplit")
+
+
+# --------------------------------------------------------------------------- hashes
+
+
+def _dct_matrix() -> np.ndarray:
+    """The first 8 rows of the unnormalised DCT-II of length 32 (``scipy.fftpack.dct`` type 2)."""
+    n = np.arange(_RESIZED)
+    k = np.arange(_HASH_SIZE)
+    return 2.0 * np.cos(np.pi * k[:, None] * (2 * n[None, :] + 1) / (2 * _RESIZED))
+
+
+def _pack(low: np.ndarray) -> np.ndarray:
+    """Bits ``coefficient > median`` of each face's 8x8 low frequencies as uint64, row-major, first bit highest."""
+    flat = low.reshape(len(low), -1)
+    bits = flat > np.median(flat, axis=1, keepdims=True)
+    return np.packbits(bits, axis=1).view(">u8").ravel().astype(np.uint64)
+
+
+def perceptual_hashes(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit pHash of each face and of its mirror image, bit for bit as ``imagehash.phash``.
+
+    Parameters
+    ----------
+    images : (N, 48, 48) uint8, or one face (48, 48)
+        Grey faces (any size is accepted; FER faces are 48x48).
+
+    Returns
+    -------
+    hashes, mirrored : (N,) uint64 each
+        ``hashes[i]`` packs ``imagehash.phash(face).hash`` row by row (first bit highest);
+        ``mirrored[i]`` is the same for ``face[:, ::-1]``. The Hamming distance of two hashes
+        is ``numpy.bitwise_count(a ^ b)``.
+    """
+    images = check_face_batch(images)
+    if len(images) == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    size = (_RESIZED, _RESIZED)
+    small = np.empty((len(images), _RESIZED, _RESIZED), np.float64)
+    for i, face in enumerate(images):
+        small[i] = np.asarray(Image.fromarray(face).resize(size, Image.Resampling.LANCZOS))
+    dct = _dct_matrix()
+    # low[n] = D @ small[n] @ D.T, (face, vertical frequency, horizontal frequency). numpy's own
+    # einsum loops, not BLAS: on a busy machine BLAS threads made this 10 times slower.
+    low = np.einsum("li,nik->nlk", dct, np.einsum("nij,kj->nik", small, dct))
+    flip = np.where(np.arange(_HASH_SIZE) % 2 == 1, -1.0, 1.0)  # a flipped row: odd frequencies change sign
+    return _pack(low), _pack(low * flip)
+
+
+def pixel_digests(images: np.ndarray) -> np.ndarray:
+    """blake2b digest (16 bytes) of each face's pixels, ``(N,)`` of dtype ``S16``; equal digests: exact copies."""
+    images = check_face_batch(images)
+    return np.array(
+        [hashlib.blake2b(np.ascontiguousarray(face).tobytes(), digest_size=16).digest() for face in images],
+        dtype="S16",
+    )
+
+
+# --------------------------------------------------------------------------- pairs
+
+
+def _mirror_check(
+    hashes: np.ndarray, mirrored: np.ndarray, i: np.ndarray, j: np.ndarray, max_distance: int
+) -> np.ndarray:
+    """Rows ``i, j, distance`` of the candidate pairs whose both mirror directions are within the distance."""
+    d = np.maximum(np.bitwise_count(hashes[i] ^ mirrored[j]), np.bitwise_count(mirrored[i] ^ hashes[j]))
+    keep = d <= max_distance
+    return np.stack([i[keep], j[keep], d[keep].astype(np.int64)], axis=1)
+
+
+def _brute_pairs(
+    hashes: np.ndarray, mirrored: np.ndarray | None, max_distance: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_close_pairs` by brute force above the diagonal, in blocks of 256 x 4,096 faces."""
+    n = len(hashes)
+    direct: list[np.ndarray] = []
+    mirror: list[np.ndarray] = []
+    xor = np.empty((_ROW_BLOCK, _COL_BLOCK), np.uint64)
+    count = np.empty((_ROW_BLOCK, _COL_BLOCK), np.uint8)
+    close = np.empty((_ROW_BLOCK, _COL_BLOCK), bool)
+
+    def scan(block: np.ndarray, others: np.ndarray, start: int, col: int) -> tuple[np.ndarray, ...]:
+        rows, cols = len(block), len(others)
+        x = np.bitwise_xor(block[:, None], others[None, :], out=xor[:rows, :cols])
+        d = np.bitwise_count(x, out=count[:rows, :cols])
+        hit = np.less_equal(d, max_distance, out=close[:rows, :cols])
+        if start + rows > col:  # a block across the diagonal: keep j > i only
+            hit &= np.arange(col, col + cols)[None, :] > np.arange(start, start + rows)[:, None]
+        i, j = np.nonzero(hit)
+        return i + start, j + col, d[i, j].astype(np.int64)
+
+    for start in range(0, n, _ROW_BLOCK):
+        block = hashes[start : start + _ROW_BLOCK]
+        for col in range(start, n, _COL_BLOCK):
+            direct.append(np.stack(scan(block, hashes[col : col + _COL_BLOCK], start, col), axis=1))
+            if mirrored is not None:
+                i, j, _ = scan(block, mirrored[col : col + _COL_BLOCK], start, col)
+                mirror.append(_mirror_check(hashes, mirrored, i, j, max_distance))
+    empty = np.zeros((0, 3), np.int64)
+    return (np.concatenate([empty, *direct]), np.concatenate([empty, *mirror]))
+
+
+def _bands(max_distance: int) -> list[tuple[int, int]]:
+    """``(shift, width)`` of ``max_distance + 1`` bands of nearly equal width covering the 64 bits."""
+    count = max_distance + 1
+    widths = [64 // count + (1 if b < 64 % count else 0) for b in range(count)]
+    shifts = 64 - np.cumsum(widths)
+    return [(int(shift), width) for shift, width in zip(shifts, widths)]
+
+
+def _expand(first: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions ``p`` repeated ``count[p]`` times, and ``first[p] + 0 .. count[p] - 1`` beside them."""
+    total = int(count.sum())
+    p = np.repeat(np.arange(len(count)), count)
+    return p, first[p] + np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+
+
+def _same_band(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``(i, j)``, ``i < j``, with ``keys[i] == keys[j]``."""
+    order = np.argsort(keys, kind="stable")
+    ordered = keys[order]
+    end = np.searchsorted(ordered, ordered, side="right")
+    p, q = _expand(np.arange(1, len(keys) + 1), end - np.arange(1, len(keys) + 1))
+    a, b = order[p], order[q]
+    return np.minimum(a, b), np.maximum(a, b)
+
+
+def _across_bands(keys_a: np.ndarray, keys_b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every ``(i, j)``, ``i < j``, with ``keys_a[i] == keys_b[j]``."""
+    order = np.argsort(keys_b, kind="stable")
+    ordered = keys_b[order]
+    low = np.searchsorted(ordered, keys_a, side="left")
+    i, q = _expand(low, np.searchsorted(ordered, keys_a, side="right") - low)
+    j = order[q]
+    keep = i < j
+    return i[keep], j[keep]
+
+
+def _band_candidates(keys_a: np.ndarray, keys_b: np.ndarray | None) -> int:
+    """How many ``(i, j)`` share a band value (ordered pairs, self-pairs included): the work of a band."""
+    ordered = np.sort(keys_a if keys_b is None else keys_b)
+    return int((np.searchsorted(ordered, keys_a, side="right") - np.searchsorted(ordered, keys_a, side="left")).sum())
+
+
+def _band_pairs(
+    hashes: np.ndarray, mirrored: np.ndarray | None, max_distance: int, *, limit: int | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """:func:`_close_pairs` by bands; ``None`` when more than ``limit`` candidates would be checked.
+
+    Two hashes within ``k`` bits agree exactly on at least one of ``k + 1`` bands (pigeonhole),
+    so the faces sharing a band's value are the only candidates.
+    """
+    n = len(hashes)
+    if max_distance >= 64:
+        return None
+    keys = []
+    for shift, width in _bands(max_distance):
+        mask = np.uint64((1 << width) - 1)
+        band = (hashes >> np.uint64(shift)) & mask
+        keys.append((band, None if mirrored is None else (mirrored >> np.uint64(shift)) & mask))
+    if limit is not None:
+        total = sum(_band_candidates(a, None) // 2 + (0 if m is None else _band_candidates(a, m)) for a, m in keys)
+        if total > limit:
+            return None
+    direct, mirror = [np.zeros((0, 3), np.int64)], [np.zeros((0, 3), np.int64)]
+    for band, band_m in keys:
+        i, j = _same_band(band)
+        d = np.bitwise_count(hashes[i] ^ hashes[j]).astype(np.int64)
+        keep = d <= max_distance
+        direct.append(np.stack([i[keep], j[keep], d[keep]], axis=1))
+        if band_m is not None:
+            mirror.append(_mirror_check(hashes, mirrored, *_across_bands(band, band_m), max_distance))
+
+    def unique(rows: list[np.ndarray]) -> np.ndarray:  # a pair found in several bands counts once
+        found = np.concatenate(rows)
+        _, first = np.unique(found[:, 0] * n + found[:, 1], return_index=True)
+        return found[first]
+
+    return unique(direct), unique(mirror)
+
+
+def _close_pairs(
+    hashes: np.ndarray, mirrored: np.ndarray | None, max_distance: int, *, method: str = "auto"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs ``i < j`` within ``max_distance``: direct ``(M, 3)`` and mirrored ``(K, 3)`` rows ``i, j, distance``.
+
+    A mirrored pair needs ``d(h_i, m_j)`` and ``d(m_i, h_j)`` within the distance; its distance
+    is the larger. ``method``: ``bands`` (exact, fast while few faces share band values),
+    ``brute`` (every pair) or ``auto`` (bands unless more than :data:`_BAND_LIMIT`
+    candidates, then brute force). Both give the same pairs.
+    """
+    if method not in ("auto", "bands", "brute"):
+        raise ValueError(f"method must be auto, bands or brute, got {method!r}")
+    if method != "brute":
+        found = _band_pairs(hashes, mirrored, max_distance, limit=_BAND_LIMIT if method == "auto" else None)
+        if found is not None:
+            return found
+    return _brute_pairs(hashes, mirrored, max_distance)
+
+
+def _exact_pairs(digests: np.ndarray) -> np.ndarray:
+    """Every pair ``i < j`` of faces with equal digests, ``(M, 2)``."""
+    order = np.argsort(digests, kind="stable")
+    ordered = digests[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    sizes = np.diff(np.r_[starts, len(ordered)])
+    pairs = []
+    for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
+        members = np.sort(order[start : start + size])
+        a, b = np.triu_indices(size, k=1)
+        pairs.append(np.stack([members[a], members[b]], axis=1))
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+
+
+def _compute_pairs(images: np.ndarray, max_distance: int, mirrors: bool) -> pd.DataFrame:
+    """Raw pairs ``row_a, row_b, distance, kind`` of a batch of faces, sorted by rows."""
+    n = len(images)
+    hashes, mirrored = perceptual_hashes(images)
+    exact = _exact_pairs(pixel_digests(images))
+    direct, mirror = _close_pairs(hashes, mirrored if mirrors else None, max_distance)
+
+    def keys(rows: np.ndarray) -> np.ndarray:
+        return rows[:, 0].astype(np.int64) * n + rows[:, 1]
+
+    # Identical faces have identical hashes, so every exact pair is also a direct pair at distance 0.
+    near = direct[~np.isin(keys(direct), keys(exact))]
+    mirror = mirror[~np.isin(keys(mirror), keys(direct))]
+    frame = pd.DataFrame({
+        "row_a": np.concatenate([exact[:, 0], near[:, 0], mirror[:, 0]]).astype(np.int64),
+        "row_b": np.concatenate([exact[:, 1], near[:, 1], mirror[:, 1]]).astype(np.int64),
+        "distance": np.concatenate([np.zeros(len(exact), np.int64), near[:, 2], mirror[:, 2]]).astype(np.int64),
+        "kind": np.repeat(np.array(KINDS, dtype=object), [len(exact), len(near), len(mirror)]),
+    })
+    return frame.sort_values(["row_a", "row_b"], kind="stable").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- groups and report
+
+
+def _groups(n: int, row_a: np.ndarray, row_b: np.ndarray) -> np.ndarray:
+    """Connected component of each face over the pairs: 0, 1, ... by first face, -1 alone. Union-find."""
+    parent = np.arange(n)
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in zip(row_a.tolist(), row_b.tolist()):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)  # the smaller row is the root: groups ordered by first face
+    roots = np.array([root(x) for x in range(n)], dtype=np.int64)
+    sizes = np.bincount(roots, minlength=n)
+    grouped = sizes[roots] > 1
+    group = np.full(n, -1, dtype=np.int64)
+    firsts = np.unique(roots[grouped])  # sorted roots = first rows of the groups
+    group[grouped] = np.searchsorted(firsts, roots[grouped])
+    return group
+
+
+def _split_rank(split: str) -> tuple[int, str]:
+    """Sort key of split names: train, val, test, unsplit, then any other by name."""
+    return (_SPLIT_ORDER.index(split) if split in _SPLIT_ORDER else len(_SPLIT_ORDER), split)
+
+
+def _split_pair(a: str, b: str) -> str:
+    """``"train-val"`` for ``("val", "train")``: the two splits of a pair, in split order."""
+    first, second = sorted((a, b), key=_split_rank)
+    return f"{first}-{second}"
+
+
+@dataclass(frozen=True)
+class DuplicateReport:
+    """The duplicate pairs and groups of a table's faces.
+
+    Attributes
+    ----------
+    pairs : pandas.DataFrame, columns :data:`PAIR_COLUMNS`
+        One row per pair ``row_a < row_b`` (positions in the table): ids, splits, labels (FER2013
+        ids), ``distance`` (pHash Hamming distance, 0 for exact pairs), ``kind`` (``exact``,
+        ``near``, ``mirrored``), ``cross_split``, ``labels_agree`` and the pair's ``dup_group``.
+    faces : pandas.DataFrame, columns :data:`FACE_COLUMNS`, one row per face in table order
+        ``dup_group`` (-1 alone), ``dup_kind`` (closest kind of the face's pairs, "" alone),
+        ``dup_group_size`` (1 alone), ``cross_split`` (its group holds several splits),
+        ``group_labels_agree`` (every face of its group has the same label).
+    max_distance : int
+        Largest pHash distance of a near or mirrored pair.
+    mirrors : bool
+        Whether mirrored copies were looked for.
+    from_cache : bool
+        Whether the pairs were read from the cache.
+    """
+
+    pairs: pd.DataFrame
+    faces: pd.DataFrame
+    max_distance: int
+    mirrors: bool
+    from_cache: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        """Counts as plain Python values (JSON-ready).
+
+        Keys: ``faces``, ``max_distance``, ``mirrors``, ``pairs``, ``exact_pairs``,
+        ``near_pairs``, ``mirrored_pairs``, ``groups``, ``faces_in_groups``, ``largest_group``,
+        ``cross_split_pairs`` (total), ``cross_split_faces``, ``cross_split`` (per split pair
+        such as ``"train-val"``, every pair of the table's splits listed: ``exact``, ``near``,
+        ``mirrored``, ``total`` pairs), ``label_disagreements`` (pairs whose labels differ, per
+        kind and ``total``), ``groups_with_label_disagreement``.
+        """
+        pairs, faces = self.pairs, self.faces
+        kinds = pairs["kind"].to_numpy()
+        per_kind = {kind: int((kinds == kind).sum()) for kind in KINDS}
+        grouped = faces[faces["dup_group"] >= 0]
+        present = sorted(faces["split"].astype(str).unique(), key=_split_rank)
+        cross: dict[str, dict[str, int]] = {}
+        for i, a in enumerate(present):
+            for b in present[i + 1 :]:
+                cross[_split_pair(a, b)] = {**{kind: 0 for kind in KINDS}, "total": 0}
+        crossing = pairs[pairs["cross_split"]]
+        for (a, b, kind), count in crossing.groupby(["split_a", "split_b", "kind"]).size().items():
+            entry = cross.setdefault(_split_pair(a, b), {**{k: 0 for k in KINDS}, "total": 0})
+            entry[kind] += int(count)
+            entry["total"] += int(count)
+        disagree = pairs[~pairs["labels_agree"]]["kind"].to_numpy()
+        disagreements = {kind: int((disagree == kind).sum()) for kind in KINDS}
+        disagreements["total"] = len(disagree)
+        return {
+            "faces": len(faces),
+            "max_distance": self.max_distance,
+            "mirrors": self.mirrors,
+            "pairs": len(pairs),
+            "exact_pairs": per_kind["exact"],
+            "near_pairs": per_kind["near"],
+            "mirrored_pairs": per_kind["mirrored"],
+            "groups": int(grouped["dup_group"].nunique()),
+            "faces_in_groups": len(grouped),
+            "largest_group": int(faces["dup_group_size"].max()) if len(faces) else 0,
+            "cross_split_pairs": len(crossing),
+            "cross_split_faces": int(faces["cross_split"].sum()),
+            "cross_split": cross,
+            "label_disagreements": disagreements,
+            "groups_with_label_disagreement": int(
+                grouped.loc[~grouped["group_labels_agree"], "dup_group"].nunique()
+            ),
+        }
+
+
+def _report(
+    table: FaceTable, raw: pd.DataFrame, *, max_distance: int, mirrors: bool, from_cache: bool
+) -> DuplicateReport:
+    """Pairs and faces frames from the raw pairs and the table's ids, splits and labels."""
+    frame = table.frame
+    n = len(table)
+    ids = frame["sample_id"].astype(str).to_numpy()
+    splits = frame["split"].astype(str).to_numpy()
+    labels = frame["emotion"].to_numpy(dtype=np.int64)
+    a = raw["row_a"].to_numpy(dtype=np.int64)
+    b = raw["row_b"].to_numpy(dtype=np.int64)
+    group = _groups(n, a, b)
+
+    sizes = np.ones(n, dtype=np.int64)
+    grouped = group >= 0
+    counts = np.bincount(group[grouped], minlength=1)
+    sizes[grouped] = counts[group[grouped]]
+    rank = np.full(n, len(KINDS), dtype=np.int64)
+    kind_rank = pd.Categorical(raw["kind"], categories=list(KINDS)).codes.astype(np.int64)
+    np.minimum.at(rank, a, kind_rank)
+    np.minimum.at(rank, b, kind_rank)
+    dup_kind = np.array([*KINDS, ""], dtype=object)[rank]
+    members = pd.DataFrame({"group": group[grouped], "split": splits[grouped], "label": labels[grouped]})
+    per_group = members.groupby("group").agg(splits=("split", "nunique"), labels=("label", "nunique"))
+    cross_split = np.zeros(n, dtype=bool)
+    labels_agree = np.ones(n, dtype=bool)
+    if grouped.any():
+        cross_split[grouped] = per_group["splits"].to_numpy()[group[grouped]] > 1
+        labels_agree[grouped] = per_group["labels"].to_numpy()[group[grouped]] == 1
+
+    faces = pd.DataFrame({
+        "sample_id": ids,
+        "split": splits,
+        "emotion": labels,
+        "dup_group": group,
+        "dup_kind": dup_kind,
+        "dup_group_size": sizes,
+        "cross_split": cross_split,
+        "group_labels_agree": labels_agree,
+    })
+    pairs = pd.DataFrame({
+        "row_a": a,
+        "row_b": b,
+        "sample_id_a": ids[a],
+        "sample_id_b": ids[b],
+        "split_a": splits[a],
+        "split_b": splits[b],
+        "label_a": labels[a],
+        "label_b": labels[b],
+        "distance": raw["distance"].to_numpy(dtype=np.int64),
+        "kind": raw["kind"].to_numpy(dtype=object),
+        "cross_split": splits[a] != splits[b],
+        "labels_agree": labels[a] == labels[b],
+        "dup_group": group[a],
+    })
+    return DuplicateReport(pairs=pairs, faces=faces, max_distance=max_distance, mirrors=mirrors,
+                           from_cache=from_cache)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def _cache_key(table: FaceTable, max_distance: int, mirrors: bool) -> str:
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(f"fer-duplicates-v{DUPLICATES_VERSION}\0{max_distance}\0{int(mirrors)}\0".encode())
+    digest.update(np.ascontiguousarray(table.images).data)
+    digest.update("\0".join(table.frame["sample_id"].astype(str)).encode())
+    return digest.hexdigest()
+
+
+def _read_cached(path: Path, n: int) -> pd.DataFrame | None:
+    try:
+        raw = pd.read_parquet(path)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        log.warning("ignoring a damaged duplicates cache entry %s: %s", path, err)
+        return None
+    ok = list(raw.columns) == ["row_a", "row_b", "distance", "kind"] and (
+        raw.empty or (int(raw[["row_a", "row_b"]].to_numpy().max()) < n and raw["kind"].isin(KINDS).all())
+    )
+    if not ok:
+        log.warning("ignoring a duplicates cache entry that does not fit the table: %s", path)
+        return None
+    return raw
+
+
+def _write_cached(raw: pd.DataFrame, path: Path) -> None:
+    """Write atomically; a cache that cannot be written only costs time, so failures warn and go on."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".parquet", dir=path.parent)
+        os.close(handle)
+        try:
+            raw.to_parquet(tmp, index=False)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as err:
+        log.warning("could not write the duplicates cache %s: %s", path, err)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _check_max_distance(max_distance: Any) -> int:
+    if isinstance(max_distance, bool) or not isinstance(max_distance, (int, np.integer)) or not 0 <= max_distance <= 64:
+        raise FERError(f"max_distance must be a whole number of bits from 0 to 64, got {max_distance!r}")
+    return int(max_distance)
+
+
+def find_duplicates(
+    table: FaceTable,
+    *,
+    max_distance: int = MAX_DISTANCE,
+    mirrors: bool = True,
+    use_cache: bool = True,
+) -> DuplicateReport:
+    """Exact, near and mirrored duplicate pairs of a table's faces, and their groups.
+
+    Parameters
+    ----------
+    table : FaceTable
+        The faces; their ``sample_id``, ``split`` and ``emotion`` fill the report.
+    max_distance : int, default=MAX_DISTANCE (4)
+        Largest pHash Hamming distance (0 to 64) of a near or mirrored pair; measured on
+        FER2013 (module docstring). Exact pairs are found at any setting.
+    mirrors : bool, default=True
+        Also look for mirror-image copies.
+    use_cache : bool, default=True
+        Read the pairs from, and write them to, the cache under
+        :func:`fer_core.config.default_cache_dir` (keyed by the faces' pixels and ids,
+        ``max_distance``, ``mirrors`` and :data:`DUPLICATES_VERSION`).
+
+    Returns
+    -------
+    DuplicateReport
+        ``pairs``, ``faces`` (one row per face, table order) and ``summary()``.
+
+    Raises
+    ------
+    TypeError
+        If ``table`` is not a :class:`~fer_core.datasets.FaceTable`.
+    FERError
+        If ``max_distance`` is not an integer from 0 to 64.
+    """
+    from fer_core.datasets import FaceTable
+
+    if not isinstance(table, FaceTable):
+        raise TypeError(f"table must be a FaceTable (see fer_core.load_faces), got {type(table).__name__}")
+    max_distance = _check_max_distance(max_distance)
+    mirrors = bool(mirrors)
+    if table.images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):  # pragma: no cover - FaceTable checks it
+        raise FERError(f"faces must be {IMAGE_SIZE}x{IMAGE_SIZE}, got {table.images.shape[1:]}")
+
+    entry = default_cache_dir() / "duplicates" / f"{_cache_key(table, max_distance, mirrors)}.parquet"
+    if use_cache:
+        raw = _read_cached(entry, len(table))
+        if raw is not None:
+            return _report(table, raw, max_distance=max_distance, mirrors=mirrors, from_cache=True)
+    raw = _compute_pairs(table.images, max_distance, mirrors)
+    if use_cache:
+        _write_cached(raw, entry)
+    return _report(table, raw, max_distance=max_distance, mirrors=mirrors, from_cache=False)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m fer_core.duplicates",
+        description="Find exact, near and mirrored duplicate faces of a FER2013 copy, within and across splits.",
+    )
+    parser.add_argument(
+        "data", metavar="DATA", help="data set: Kaggle folder tree, fer2013.csv, Parquet file or hub id"
+    )
+    parser.add_argument(
+        "--max-distance", metavar="K", type=int, default=MAX_DISTANCE,
+        help=f"largest pHash Hamming distance of a near or mirrored pair (default: {MAX_DISTANCE}, measured)",
+    )
+    parser.add_argument("--no-mirrors", action="store_true", help="do not look for mirror-image copies")
+    parser.add_argument("--no-cache", action="store_true", help="recompute even if the pairs are cached")
+    out = parser.add_argument_group("output")
+    out.add_argument("--json", metavar="OUT", default=None, help="write the summary as JSON to this file")
+    out.add_argument(
+        "--pairs", metavar="OUT", default=None, help="write the pairs table to this .csv or .parquet file"
+    )
+    return parser
+
+
+def format_summary(summary: dict[str, Any], name: str = "") -> str:
+    """The summary as a few lines for people; the cross-split count is always there."""
+    mirrors = "mirrored copies included" if summary["mirrors"] else "mirrored copies not looked for"
+    title = f"duplicates in {name}" if name else "duplicates"
+    lines = [
+        f"{title}: {summary['faces']:,} faces, pHash distance <= {summary['max_distance']}, {mirrors}",
+        (
+            f"  pairs: {summary['pairs']:,} ({summary['exact_pairs']:,} exact, {summary['near_pairs']:,} near, "
+            f"{summary['mirrored_pairs']:,} mirrored)"
+        ),
+        (
+            f"  groups: {summary['groups']:,} holding {summary['faces_in_groups']:,} faces "
+            f"(largest {summary['largest_group']})"
+        ),
+        (
+            f"  cross-split duplicates: {summary['cross_split_pairs']:,} pairs, "
+            f"{summary['cross_split_faces']:,} faces in groups spanning splits"
+        ),
+    ]
+    for split_pair, counts in summary["cross_split"].items():
+        lines.append(
+            f"    {split_pair}: {counts['total']:,} pairs ({counts['exact']:,} exact, {counts['near']:,} near, "
+            f"{counts['mirrored']:,} mirrored)"
+        )
+    disagree = summary["label_disagreements"]
+    lines.append(
+        f"  label disagreements: {disagree['total']:,} pairs ({disagree['exact']:,} exact, {disagree['near']:,} near, "
+        f"{disagree['mirrored']:,} mirrored), in {summary['groups_with_label_disagreement']:,} groups"
+    )
+    return "\n".join(lines)
+
+
+def _pairs_writer(path: str) -> str:
+    kind = Path(path).suffix.lower()
+    if kind not in (".csv", ".parquet"):
+        raise FERError(f"cannot write {Path(path).name}: choose a .csv or .parquet file name for --pairs")
+    if not Path(path).expanduser().parent.is_dir():
+        raise FERError(f"cannot write {path}: the folder {Path(path).parent} does not exist")
+    return kind
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        from fer_core.datasets import load_faces
+
+        _check_max_distance(args.max_distance)
+        pairs_kind = _pairs_writer(args.pairs) if args.pairs is not None else None
+        if args.json is not None and not Path(args.json).expanduser().parent.is_dir():
+            raise FERError(f"cannot write {args.json}: the folder {Path(args.json).parent} does not exist")
+        table = load_faces(args.data)
+        start = time.perf_counter()
+        report = find_duplicates(
+            table, max_distance=args.max_distance, mirrors=not args.no_mirrors, use_cache=not args.no_cache
+        )
+        seconds = time.perf_counter() - start
+        summary = report.summary()
+        print(format_summary(summary, table.name))
+        source = "read from the cache" if report.from_cache else "computed"
+        print(f"  {source} in {seconds:.2f} s")
+        if args.json is not None:
+            Path(args.json).expanduser().write_text(json.dumps(summary, indent=2) + "\n")
+            print(f"wrote the summary to {args.json}")
+        if args.pairs is not None:
+            out = Path(args.pairs).expanduser()
+            if pairs_kind == ".csv":
+                report.pairs.to_csv(out, index=False)
+            else:
+                report.pairs.to_parquet(out, index=False)
+            print(f"wrote {len(report.pairs):,} pairs to {args.pairs}")
+    except FERError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(get_args_parser().parse_args()))

@@ -1,0 +1,157 @@
+"""Browsing: filters and orders on a known table (exact counts and order), paging, plots' data,
+and the cached enrichment of a real data set."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fer_core._validation import FERError
+from fer_core.browse import (
+    PROBABILITY_COLUMNS,
+    BrowseQuery,
+    class_counts,
+    enrich,
+    filter_faces,
+    histogram,
+    page_of,
+)
+from fer_core.config import SAMPLE_PATH
+from fer_core.datasets import FaceTable, load_faces
+
+
+def known_frame() -> pd.DataFrame:
+    """Eight faces with hand-set fields: ids f0..f7."""
+    return pd.DataFrame({
+        "sample_id": [f"f{i}" for i in range(8)],
+        "emotion": [0, 3, 3, 6, 1, 3, 4, 5],
+        "split": ["train", "train", "val", "train", "val", "train", "train", "val"],
+        "quality_score": [0.10, 0.90, 0.50, 0.30, np.nan, 0.70, 0.20, 0.60],
+        "edge_score": [0.1, 0.8, 0.5, 0.2, 0.4, 0.9, 0.3, 0.6],
+        "contrast_score": [0.5] * 8,
+        "focus_score": [0.2, 0.9, 0.4, 0.1, 0.5, 0.8, 0.3, 0.7],
+        "brightness_score": [0.5] * 8,
+        "model_label": [0, 3, 6, 6, 1, 3, 2, 5],
+        "model_confidence": [0.55, 0.99, 0.40, 0.80, 0.30, 0.95, 0.50, 0.85],
+        "model_agrees": [True, True, False, True, True, True, False, True],
+        "dup_group": [-1, 7, 7, -1, 9, 9, -1, -1],
+        "dup_group_size": [1, 2, 2, 1, 2, 2, 1, 1],
+        "dup_kind": ["", "exact", "exact", "", "near", "near", "", ""],
+        "dup_cross_split": [False, True, True, False, True, True, False, False],
+    })
+
+
+def ids(frame: pd.DataFrame, rows: np.ndarray) -> list[str]:
+    return list(frame["sample_id"].to_numpy()[rows])
+
+
+class TestFilters:
+    def test_default_keeps_every_face_lowest_quality_first_missing_last(self) -> None:
+        frame = known_frame()
+        assert ids(frame, filter_faces(frame, BrowseQuery())) == ["f0", "f6", "f3", "f2", "f7", "f5", "f1", "f4"]
+
+    def test_split_and_emotions(self) -> None:
+        frame = known_frame()
+        rows = filter_faces(frame, BrowseQuery(split="train", emotions=("happy", "neutral")))
+        assert ids(frame, rows) == ["f3", "f5", "f1"]
+        # Synonyms are accepted as in the rest of the tool.
+        assert ids(frame, filter_faces(frame, BrowseQuery(emotions=("happiness",)))) == ["f2", "f5", "f1"]
+
+    def test_quality_and_component_ranges_are_inclusive(self) -> None:
+        frame = known_frame()
+        rows = filter_faces(frame, BrowseQuery(quality=(0.3, 0.7)))
+        assert ids(frame, rows) == ["f3", "f2", "f7", "f5"]  # f4 has no score: out of any narrowed range
+        rows = filter_faces(frame, BrowseQuery(components={"focus_score": (0.0, 0.3)}))
+        assert ids(frame, rows) == ["f0", "f6", "f3"]
+
+    def test_model_agreement_and_label_status(self) -> None:
+        frame = known_frame()
+        assert ids(frame, filter_faces(frame, BrowseQuery(agreement="disagrees"))) == ["f6", "f2"]
+        corrected = {"f1", "f6"}
+        assert ids(frame, filter_faces(frame, BrowseQuery(label_status="corrected"), corrected=corrected)) == ["f6", "f1"]
+        assert len(filter_faces(frame, BrowseQuery(label_status="original"), corrected=corrected)) == 6
+
+    def test_duplicates_shown_side_by_side(self) -> None:
+        frame = known_frame()
+        assert ids(frame, filter_faces(frame, BrowseQuery(duplicates="unique"))) == ["f0", "f6", "f3", "f7"]
+        # Groups follow their lowest-quality member; members stay together.
+        assert ids(frame, filter_faces(frame, BrowseQuery(duplicates="duplicated"))) == ["f2", "f1", "f5", "f4"]
+        rows = filter_faces(frame, BrowseQuery(duplicates="cross-split", split="train"))
+        assert ids(frame, rows) == ["f5", "f1"]
+
+    def test_orders(self) -> None:
+        frame = known_frame()
+        high = filter_faces(frame, BrowseQuery(sort="quality, highest first"))
+        assert ids(frame, high) == ["f1", "f5", "f7", "f2", "f3", "f6", "f0", "f4"]
+        confident = filter_faces(frame, BrowseQuery(sort="model confidence, lowest first"))
+        assert ids(frame, confident) == ["f4", "f2", "f6", "f0", "f3", "f7", "f5", "f1"]
+        one = filter_faces(frame, BrowseQuery(sort="random", seed=3))
+        assert sorted(ids(frame, one)) == sorted(frame["sample_id"])
+        assert np.array_equal(one, filter_faces(frame, BrowseQuery(sort="random", seed=3)))
+        assert not np.array_equal(one, filter_faces(frame, BrowseQuery(sort="random", seed=4)))
+
+    @pytest.mark.parametrize("kwargs, message", [
+        (dict(quality=(0.8, 0.2)), "0 <= min <= max <= 1"),
+        (dict(components={"sharpness": (0, 1)}), "unknown quality components"),
+        (dict(emotions=("contempt",)), "unknown emotions"),
+        (dict(sort="by name"), "unknown order"),
+        (dict(agreement="maybe"), "model agreement"),
+    ])
+    def test_bad_queries_are_clear_errors(self, kwargs, message) -> None:
+        with pytest.raises(FERError, match=message):
+            BrowseQuery(**kwargs)
+
+
+class TestPagesAndPlots:
+    def test_pages_are_clamped(self) -> None:
+        rows = np.arange(10)
+        page, number, pages = page_of(rows, 2, 4)
+        assert list(page) == [4, 5, 6, 7] and (number, pages) == (2, 3)
+        page, number, _ = page_of(rows, 99, 4)
+        assert list(page) == [8, 9] and number == 3
+        page, number, pages = page_of(np.arange(0), 1, 4)
+        assert len(page) == 0 and (number, pages) == (1, 1)
+        with pytest.raises(FERError, match="page size"):
+            page_of(rows, 1, 0)
+
+    def test_plot_data_counts_the_selection(self) -> None:
+        frame = known_frame()
+        rows = filter_faces(frame, BrowseQuery(split="train"))
+        counts = class_counts(frame, rows)
+        assert list(counts["faces"]) == [1, 0, 0, 2, 1, 0, 1]
+        hist = histogram(frame, rows, "quality_score", bins=10)
+        assert hist["faces"].sum() == 5 and hist.loc[hist["bin"] == 0.1, "faces"].item() == 1
+        per = histogram(frame, rows, "quality_score", bins=10, by_emotion=True)
+        assert per.groupby("emotion")["faces"].sum()["happy"] == 2
+
+
+class TestEnrich:
+    def test_sample_gets_model_and_duplicate_columns_and_is_cached(self, monkeypatch) -> None:
+        table = load_faces(SAMPLE_PATH)
+        enriched = enrich(table)
+        frame = enriched.frame
+        for column in (*PROBABILITY_COLUMNS, "model_label", "model_confidence", "model_agrees", "dup_group_size"):
+            assert column in frame
+        assert np.allclose(frame[list(PROBABILITY_COLUMNS)].sum(axis=1), 1, atol=1e-4)
+        # The bundled sample carries its quality fields: they are kept as they are.
+        assert np.array_equal(frame["quality_score"], table.frame["quality_score"])
+        agreement = frame["model_agrees"].mean()
+        assert 0.5 < agreement <= 1.0  # the model was trained on these faces
+
+        import fer_core.browse as browse
+
+        def fail(*args, **kwargs):
+            raise AssertionError("recomputed instead of read from the cache")
+
+        monkeypatch.setattr(browse, "_model_columns", fail)
+        again = enrich(table)
+        pd.testing.assert_frame_equal(again.frame, frame)
+
+    def test_quality_is_computed_when_missing(self) -> None:
+        table = load_faces(SAMPLE_PATH)
+        bare = FaceTable(images=table.images[:20], frame=table.frame[["sample_id", "emotion", "emotion_name", "split",
+                                                                         "source"]].iloc[:20].reset_index(drop=True),
+                         name="bare")
+        enriched = enrich(bare, use_cache=False)
+        assert np.allclose(enriched.frame["quality_score"], table.frame["quality_score"][:20], atol=1e-6)

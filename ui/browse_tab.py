@@ -1,0 +1,299 @@
+"""The Browse tab: the loaded data set filtered by split, emotion, quality, model agreement and
+duplicates, paged in a crisp gallery, with plots of the current selection and downloads.
+
+The work is in :class:`Browser` (plain Python over an enriched :class:`FaceTable`), tested
+without a browser and replayed by ``python -m ui.browse_bench``. Gradio is imported only in
+:func:`build_browse_tab`.
+"""
+
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fer_core.browse import (
+    PROBABILITY_COLUMNS,
+    SORTS,
+    BrowseQuery,
+    class_counts,
+    filter_faces,
+    histogram,
+    page_of,
+)
+from fer_core.datasets import FaceTable, save_table
+from fer_core.labels import DISPLAY_NAMES, EMOTIONS
+from fer_core.quality import COMPONENT_COLUMNS
+
+__all__ = ["Browser", "PageView", "PAGE_SIZES", "build_browse_tab"]
+
+#: Page sizes offered; the first is the default.
+PAGE_SIZES: tuple[int, ...] = (48, 24, 96, 192)
+#: 48x48 faces are shown 4x larger with nearest-neighbour scaling, so the pixels stay crisp.
+FACE_SCALE = 4
+ALL = "all"
+
+
+@dataclass
+class PageView:
+    """One page of the current selection, ready to show."""
+
+    faces: list[tuple[np.ndarray, str]]  # enlarged face, caption
+    rows: np.ndarray  # their row positions in the table
+    page: int
+    pages: int
+    matches: int
+    seconds: float
+
+
+class Browser:
+    """Filters and pages an enriched table (see :func:`fer_core.browse.enrich`)."""
+
+    def __init__(self, table: FaceTable, *, corrected: set[str] | None = None) -> None:
+        self.table = table
+        self.frame = table.frame
+        self.corrected = corrected or set()
+        self._scale = np.ones((FACE_SCALE, FACE_SCALE), dtype=np.uint8)
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted(self.frame["split"].astype(str).unique())
+
+    def cross_split_duplicates(self) -> int:
+        """Faces that have a duplicate in another split (always shown in the tab)."""
+        if "dup_cross_split" not in self.frame:
+            return 0
+        return int(self.frame["dup_cross_split"].sum())
+
+    def select(self, query: BrowseQuery) -> np.ndarray:
+        return filter_faces(self.frame, query, corrected=self.corrected)
+
+    def caption(self, row: int) -> str:
+        record = self.frame.iloc[row]
+        text = f"{DISPLAY_NAMES[EMOTIONS[int(record['emotion'])]]} · q {record.get('quality_score', float('nan')):.2f}"
+        if "model_label" in self.frame:
+            model = EMOTIONS[int(record["model_label"])]
+            mark = "=" if bool(record["model_agrees"]) else "≠"
+            text += f" · model {mark} {DISPLAY_NAMES[model]} {record['model_confidence']:.0%}"
+        if "dup_group_size" in self.frame and int(record["dup_group_size"]) > 1:
+            text += f" · dup #{int(record['dup_group'])} ({record['dup_kind']})"
+        return text
+
+    def page(self, rows: np.ndarray, page: int, page_size: int) -> PageView:
+        started = time.perf_counter()
+        shown, page, pages = page_of(rows, page, page_size)
+        faces = [(np.kron(self.table.images[r], self._scale), self.caption(int(r))) for r in shown]
+        return PageView(faces, shown, page, pages, len(rows), time.perf_counter() - started)
+
+    def count_text(self, view: PageView) -> str:
+        cross = self.cross_split_duplicates()
+        return (f"**{view.matches:,}** of {len(self.frame):,} faces match · page {view.page} of {view.pages} · "
+                f"{cross:,} faces have a duplicate in another split")
+
+    # ------------------------------------------------------------ details and plots
+
+    def details(self, row: int) -> tuple[np.ndarray, pd.DataFrame, dict[str, float] | None]:
+        """One face large (8x), its fields as a two-column table and the model's probabilities."""
+        record = self.frame.iloc[row]
+        fields = pd.DataFrame({"field": [str(k) for k in record.index],
+                               "value": [_plain(v) for v in record.to_numpy()]})
+        fields = fields[~fields["field"].isin(PROBABILITY_COLUMNS)]
+        probabilities = None
+        if PROBABILITY_COLUMNS[0] in self.frame:
+            probabilities = {DISPLAY_NAMES[e]: float(record[f"p_{e}"]) for e in EMOTIONS}
+        large = np.kron(self.table.images[row], np.ones((8, 8), dtype=np.uint8))
+        return large, fields.reset_index(drop=True), probabilities
+
+    def plots(self, rows: np.ndarray) -> dict[str, pd.DataFrame]:
+        """The data of every plot for the current selection."""
+        out = {"classes": class_counts(self.frame, rows)}
+        if "quality_score" in self.frame:
+            out["quality"] = histogram(self.frame, rows, "quality_score")
+            out["quality_by_emotion"] = histogram(self.frame, rows, "quality_score", by_emotion=True)
+            parts = []
+            for name in COMPONENT_COLUMNS:
+                part = histogram(self.frame, rows, name, bins=10)
+                part["component"] = name
+                parts.append(part)
+            out["components"] = pd.concat(parts, ignore_index=True)
+        return out
+
+    def export(self, rows: np.ndarray, folder: Path) -> tuple[Path, Path]:
+        """The selection as CSV and Parquet (enhanced schema, images included)."""
+        selection = self.table.select(rows)
+        name = _safe_name(self.table.name)
+        csv_path, parquet_path = folder / f"{name}_selection.csv", folder / f"{name}_selection.parquet"
+        save_table(selection, csv_path)
+        save_table(selection, parquet_path)
+        return csv_path, parquet_path
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _safe_name(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:60]
+    return cleaned or "faces"
+
+
+def query_from_inputs(split: str, emotions: list[str], q_min: float, q_max: float, component_bounds: list[float],
+                      label_status: str, agreement: str, duplicates: str, sort: str, seed: float) -> BrowseQuery:
+    """A :class:`BrowseQuery` from the tab's widgets (component bounds as min, max pairs)."""
+    components = {}
+    for i, name in enumerate(COMPONENT_COLUMNS):
+        lo, hi = float(component_bounds[2 * i]), float(component_bounds[2 * i + 1])
+        if (lo, hi) != (0.0, 1.0):
+            components[name] = (lo, hi)
+    return BrowseQuery(
+        split=None if split in (None, ALL) else split,
+        emotions=tuple(emotions or ()),
+        quality=(float(q_min), float(q_max)),
+        components=components,
+        label_status=label_status,
+        agreement=agreement,
+        duplicates=duplicates,
+        sort=sort,
+        seed=int(seed or 0),
+    )
+
+
+# ------------------------------------------------------------------------------ Gradio
+
+
+def build_browse_tab(browser: Browser) -> None:
+    """The Browse tab's components and events; call inside ``gr.Blocks`` (and a ``gr.Tab``)."""
+    import gradio as gr
+
+    from fer_core.datasets import summary
+
+    counts = summary(browser.table).reset_index().rename(columns={"emotion_name": "emotion"})
+    with gr.Accordion(f"Data set {browser.table.name}: {len(browser.table):,} faces", open=False):
+        gr.Dataframe(value=counts, label="Faces per emotion and split", interactive=False)
+
+    from fer_core._validation import FERError
+
+    # The page opens on every face in the default order, computed once here.
+    initial_rows = browser.select(BrowseQuery())
+    initial_view = browser.page(initial_rows, 1, PAGE_SIZES[0])
+    initial_plots = browser.plots(initial_rows)
+
+    with gr.Row():
+        split = gr.Dropdown([ALL, *browser.splits], value=ALL, label="Split", scale=1)
+        emotions = gr.CheckboxGroup(list(EMOTIONS), label="Emotions (none ticked: all)", scale=4)
+        sort = gr.Dropdown(list(SORTS), value=SORTS[0], label="Order", scale=2)
+        seed = gr.Number(0, label="Random seed", precision=0, minimum=0, scale=1)
+    with gr.Row():
+        q_min = gr.Slider(0, 1, value=0, step=0.01, label="Quality at least")
+        q_max = gr.Slider(0, 1, value=1, step=0.01, label="Quality at most")
+        label_status = gr.Radio(["any", "original", "corrected"], value="any", label="Label status")
+        agreement = gr.Radio(["any", "agrees", "disagrees"], value="any", label="Model vs label")
+        duplicates = gr.Radio(["any", "unique", "duplicated", "cross-split"], value="any", label="Duplicates")
+    with gr.Accordion("Component scores", open=False):
+        component_sliders = []
+        with gr.Row():
+            for name in COMPONENT_COLUMNS:
+                with gr.Column(min_width=160):
+                    component_sliders.append(gr.Slider(0, 1, value=0, step=0.01, label=f"{name} at least"))
+                    component_sliders.append(gr.Slider(0, 1, value=1, step=0.01, label=f"{name} at most"))
+    count = gr.Markdown(browser.count_text(initial_view))
+    with gr.Row():
+        prev_button = gr.Button("◀ Previous", size="sm", scale=1)
+        page_number = gr.Number(1, label="Page", precision=0, minimum=1, scale=1)
+        next_button = gr.Button("Next ▶", size="sm", scale=1)
+        page_size = gr.Dropdown(list(PAGE_SIZES), value=PAGE_SIZES[0], label="Faces per page", scale=1)
+    with gr.Row(equal_height=False):
+        gallery = gr.Gallery(initial_view.faces, label="Faces", columns=8, height="auto", object_fit="none",
+                             allow_preview=False, scale=3)
+        with gr.Column(scale=2):
+            face_large = gr.Image(label="Selected face", interactive=False, height=400, format="png")
+            face_probs = gr.Label(label="Model probabilities", num_top_classes=7)
+            face_fields = gr.Dataframe(label="Fields", interactive=False, max_height=400)
+    with gr.Accordion("Plots of the current selection", open=False):
+        with gr.Row():
+            class_plot = gr.BarPlot(initial_plots["classes"], x="emotion", y="faces", title="Faces per emotion",
+                                    sort=None)
+            quality_plot = gr.BarPlot(initial_plots.get("quality"), x="bin", y="faces", title="Quality score",
+                                      x_title="quality (bin start)")
+        with gr.Row():
+            quality_emotion_plot = gr.BarPlot(initial_plots.get("quality_by_emotion"), x="bin", y="faces",
+                                              color="emotion", title="Quality score per emotion")
+            component_plot = gr.BarPlot(initial_plots.get("components"), x="bin", y="faces", color="component",
+                                        title="Component scores")
+    with gr.Row():
+        export_button = gr.Button("Prepare downloads of the selection", size="sm")
+        csv_file = gr.DownloadButton("Download CSV", value=None, interactive=False)
+        parquet_file = gr.DownloadButton("Download Parquet", value=None, interactive=False)
+    rows_state = gr.State(initial_rows)
+    page_rows_state = gr.State(initial_view.rows)
+
+    filter_inputs = [split, emotions, q_min, q_max, *component_sliders, label_status, agreement, duplicates,
+                     sort, seed]
+
+    def query_of(values: list[Any]) -> BrowseQuery:
+        split_v, emotions_v, qmin, qmax = values[:4]
+        bounds = values[4:4 + 2 * len(COMPONENT_COLUMNS)]
+        rest = values[4 + 2 * len(COMPONENT_COLUMNS):]
+        return query_from_inputs(split_v, emotions_v, qmin, qmax, bounds, *rest)
+
+    def show(rows: np.ndarray, page: int, size: int):
+        view = browser.page(rows, page, int(size))
+        return view.faces, browser.count_text(view), view.page, view.rows
+
+    def on_filter(*values):
+        *filters, size = values
+        try:
+            query = query_of(list(filters))
+        except FERError as err:
+            raise gr.Error(str(err), print_exception=False) from None
+        rows = browser.select(query)
+        faces, text, page, shown = show(rows, 1, size)
+        plots = browser.plots(rows)
+        empty = pd.DataFrame({"bin": [], "faces": []})
+        return (faces, text, page, rows, shown, plots["classes"], plots.get("quality", empty),
+                plots.get("quality_by_emotion", empty), plots.get("components", empty),
+                gr.update(value=None, interactive=False), gr.update(value=None, interactive=False))
+
+    def on_page(rows, page, size, step):
+        if rows is None:
+            rows = browser.select(BrowseQuery())
+        faces, text, page, shown = show(rows, int(page or 1) + step, size)
+        return faces, text, page, shown
+
+    def on_select(shown, evt: gr.SelectData):
+        if shown is None or evt.index is None or not 0 <= evt.index < len(shown):
+            return gr.skip(), gr.skip(), gr.skip()
+        large, fields, probabilities = browser.details(int(shown[evt.index]))
+        return large, probabilities, fields
+
+    def on_export(rows):
+        rows = browser.select(BrowseQuery()) if rows is None else rows
+        folder = Path(tempfile.gettempdir()) / "fer_browse" / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        csv_path, parquet_path = browser.export(rows, folder)
+        return (gr.update(value=str(csv_path), interactive=True, label=f"Download CSV ({len(rows):,} faces)"),
+                gr.update(value=str(parquet_path), interactive=True, label=f"Download Parquet ({len(rows):,} faces)"))
+
+    filter_outputs = [gallery, count, page_number, rows_state, page_rows_state, class_plot, quality_plot,
+                      quality_emotion_plot, component_plot, csv_file, parquet_file]
+    filter_triggers = [split.change, emotions.change, sort.change, seed.submit, label_status.change,
+                       agreement.change, duplicates.change, page_size.change, q_min.release, q_max.release,
+                       *[s.release for s in component_sliders]]
+    gr.on(filter_triggers, on_filter, [*filter_inputs, page_size], filter_outputs, api_name="browse",
+          show_progress="minimal")
+    page_outputs = [gallery, count, page_number, page_rows_state]
+    prev_button.click(lambda r, p, s: on_page(r, p, s, -1), [rows_state, page_number, page_size], page_outputs,
+                      api_visibility="private", show_progress="minimal")
+    next_button.click(lambda r, p, s: on_page(r, p, s, +1), [rows_state, page_number, page_size], page_outputs,
+                      api_name="next_page", show_progress="minimal")
+    page_number.submit(lambda r, p, s: on_page(r, p, s, 0), [rows_state, page_number, page_size], page_outputs,
+                       api_visibility="private", show_progress="minimal")
+    gallery.select(on_select, [page_rows_state], [face_large, face_probs, face_fields], api_visibility="private",
+                   show_progress="hidden")
+    export_button.click(on_export, [rows_state], [csv_file, parquet_file], api_name="export_selection")
