@@ -1,0 +1,220 @@
+"""Where the annotation database lives and how to talk to it safely: the one module that knows SQLite.
+
+Everything else in :mod:`annotate` is plain SQLAlchemy and runs unchanged on PostgreSQL
+(``FER_DB_URL=postgresql+psycopg://user:pw@host/db`` for a team server).
+
+SQLite settings, applied to every new connection (see :func:`_sqlite_on_connect`):
+
+``journal_mode=WAL``
+    Readers never block the writer and the writer never blocks readers; a killed process
+    leaves a WAL that the next open replays or discards (no torn commits).
+``synchronous=FULL``
+    The WAL is fsynced at every commit. ``NORMAL`` keeps commits across a process crash but
+    may lose the last ones on power loss; a decision is a person's minute of work and is
+    acknowledged to them, so it must survive both. The cost is one fsync per decision,
+    far below human labelling speed.
+``foreign_keys=ON``
+    SQLite ignores foreign keys unless asked; decisions must point at real faces.
+``busy_timeout`` = :data:`BUSY_TIMEOUT_S`
+    A writer waits for the lock instead of failing at once.
+
+Write transactions start with ``BEGIN IMMEDIATE`` on SQLite: the write lock is taken before
+the first read, so a read-then-write transaction (pick a free face, then lease it) is
+serialised across processes and never fails with ``SQLITE_BUSY_SNAPSHOT`` mid-way. Reads use
+a plain (deferred) ``BEGIN``. Other databases use their default ``BEGIN``; there the lease
+table's primary key catches a race and the transaction is retried.
+
+Busy and locked errors that outlast the busy timeout are retried by :func:`retry` with
+exponential backoff for :data:`RETRY_DEADLINE_S`; only then does :class:`StoreBusyError` reach a caller.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError
+
+from .errors import AnnotateError, StoreBusyError
+
+__all__ = [
+    "DB_FILENAME",
+    "DATA_DIR",
+    "ENV_VAR",
+    "BUSY_TIMEOUT_S",
+    "RETRY_DEADLINE_S",
+    "default_db_url",
+    "to_url",
+    "create_store_engine",
+    "writer",
+    "is_sqlite",
+    "is_transient",
+    "retry",
+    "integrity_check",
+]
+
+#: File name of the default SQLite database.
+DB_FILENAME: str = "fer_annotations.db"
+#: Persistent storage of a Hugging Face Space; used for the default database when it exists.
+DATA_DIR: Path = Path("/data")
+#: Environment variable that overrides the default database URL.
+ENV_VAR: str = "FER_DB_URL"
+#: How long one SQLite statement waits for a lock before reporting busy (seconds).
+BUSY_TIMEOUT_S: float = 30.0
+#: How long :func:`retry` keeps retrying busy/locked errors before giving up (seconds).
+RETRY_DEADLINE_S: float = 120.0
+
+# Execution option that marks a connection whose transactions write (BEGIN IMMEDIATE on SQLite).
+_WRITE_OPTION = "annotate_write"
+
+# SQLite primary result codes for "busy" and "locked" (extended codes keep them in the low byte).
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock, lock not available.
+_PG_TRANSIENT = {"40001", "40P01", "55P03"}
+
+T = TypeVar("T")
+
+
+def default_db_url(environ: Mapping[str, str] | None = None, *, data_dir: str | Path = DATA_DIR,
+                   cwd: str | Path | None = None) -> str:
+    """The database URL to use when none is given.
+
+    ``$FER_DB_URL`` if set (a URL, or a plain file path taken as SQLite); otherwise the SQLite
+    file :data:`DB_FILENAME` under ``/data`` when that folder exists and is writable (a
+    Hugging Face Space with persistent storage), else in the current working directory (the app root).
+    """
+    env = os.environ if environ is None else environ
+    if env.get(ENV_VAR):
+        url = to_url(env[ENV_VAR])
+    else:
+        data = Path(data_dir)
+        folder = data if data.is_dir() and os.access(data, os.W_OK) else Path(cwd) if cwd is not None else Path.cwd()
+        url = to_url(folder.resolve() / DB_FILENAME)
+    # str(URL) masks the password as "***"; this URL is used to connect.
+    return url.render_as_string(hide_password=False)
+
+
+def to_url(url_or_path: str | os.PathLike[str] | URL) -> URL:
+    """A SQLAlchemy URL from a URL string or a plain file path (taken as a SQLite file)."""
+    if isinstance(url_or_path, URL):
+        return url_or_path
+    if isinstance(url_or_path, os.PathLike) or "://" not in str(url_or_path):
+        path = Path(url_or_path).expanduser().resolve()
+        return URL.create("sqlite", database=str(path))
+    try:
+        return make_url(str(url_or_path))
+    except ArgumentError as exc:
+        raise AnnotateError(f"not a database URL: {str(url_or_path)!r} ({exc})") from None
+
+
+def is_sqlite(engine: Engine) -> bool:
+    """True when ``engine`` talks to SQLite."""
+    return engine.dialect.name == "sqlite"
+
+
+def create_store_engine(url: str | os.PathLike[str] | URL) -> Engine:
+    """An Engine for the store at ``url``, with the SQLite safety settings when it is SQLite.
+
+    Raises :class:`AnnotateError` when a SQLite file's folder does not exist (SQLite's own
+    message, "unable to open database file", does not say which folder).
+    """
+    url = to_url(url)
+    if url.get_backend_name() != "sqlite":
+        # pool_pre_ping: a team server restarts; a dead pooled connection is replaced, not reported.
+        return create_engine(url, pool_pre_ping=True)
+    database = url.database or ""
+    if database and database != ":memory:" and not database.startswith("file:"):
+        folder = Path(database).expanduser().resolve().parent
+        if not folder.is_dir():
+            raise AnnotateError(f"cannot create the annotation database {database!r}: folder {str(folder)!r} does not exist")
+    engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    """Per-connection PRAGMAs; also hands BEGIN over to :func:`_sqlite_on_begin`."""
+    # The sqlite3 module's own implicit BEGIN is deferred and skips SELECTs; SQLAlchemy's
+    # documented recipe is to switch it off and emit BEGIN ourselves.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    try:
+        # busy_timeout first, so that switching to WAL waits for a lock rather than failing.
+        cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(conn: Any) -> None:
+    """``BEGIN IMMEDIATE`` for write transactions (see :func:`writer`), plain ``BEGIN`` for reads."""
+    immediate = conn.get_execution_options().get(_WRITE_OPTION, False)
+    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def writer(engine: Engine) -> Engine:
+    """A view of ``engine`` whose transactions take the write lock up front on SQLite.
+
+    Shares the connection pool of ``engine``; use it for every transaction that writes.
+    """
+    return engine.execution_options(**{_WRITE_OPTION: True})
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors that mean "try again": SQLite busy/locked, PostgreSQL serialization failure or deadlock."""
+    if not isinstance(exc, DBAPIError):
+        return False
+    orig = exc.orig
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None and (code & 0xFF) in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return True
+    message = str(orig).lower()
+    if "database is locked" in message or "database is busy" in message or "database table is locked" in message:
+        return True
+    sqlstate = getattr(orig, "pgcode", None) or getattr(orig, "sqlstate", None)
+    return sqlstate in _PG_TRANSIENT
+
+
+def retry(fn: Callable[[], T], *, deadline_s: float = RETRY_DEADLINE_S,
+          on_retry: Callable[[BaseException], None] | None = None) -> T:
+    """Call ``fn`` until it does not raise a transient database error, with exponential backoff.
+
+    ``fn`` must be a whole transaction (it is re-run from the start). Waits start at 5 ms and
+    double up to 0.5 s, with jitter so that colliding writers spread out. After ``deadline_s``
+    seconds the last error is raised as :class:`StoreBusyError`.
+    """
+    start = time.monotonic()
+    delay = 0.005
+    while True:
+        try:
+            return fn()
+        except DBAPIError as exc:
+            if not is_transient(exc):
+                raise
+            if time.monotonic() - start > deadline_s:
+                raise StoreBusyError(
+                    f"the annotation database stayed locked for more than {deadline_s:.0f} s ({exc.orig}); "
+                    "another process may be stuck holding it"
+                ) from exc
+            if on_retry is not None:
+                on_retry(exc)
+            time.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 0.5)
+
+
+def integrity_check(engine: Engine) -> str | None:
+    """SQLite's ``PRAGMA integrity_check`` result (``"ok"`` for a sound file); ``None`` on other databases."""
+    if not is_sqlite(engine):
+        return None
+    with engine.connect() as conn:
+        rows = conn.execute(text("PRAGMA integrity_check")).scalars().all()
+    return "ok" if rows == ["ok"] else "; ".join(map(str, rows))

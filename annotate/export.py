@@ -1,0 +1,101 @@
+"""Exports of the store: the corrections table (CSV or Parquet) and FER+-style vote counts.
+
+Corrections: one row per face with at least one vote, ``sample_id``, the original and
+resolved labels, the vote counts per label and the annotators (see
+:meth:`annotate.store.Store.resolved_labels`). In CSV, ``annotators`` is a JSON list (names
+may hold commas or semicolons); in Parquet it is a list of strings.
+
+FER+ style: like ``fer2013new.csv`` of FER+ (Barsoum et al., 2016), one row per face and one
+column per label holding how many annotators chose it (``not_a_face`` is FER+'s ``NF``,
+``unsure`` its ``unknown``), ready to train on vote distributions.
+
+Files are written to a temporary name next to the target and renamed, so a reader never sees
+half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import AnnotateError
+from .labels import VOTE_LABELS
+from .store import VOTE_COLUMNS, Store
+
+__all__ = [
+    "CORRECTION_COLUMNS",
+    "FERPLUS_COLUMNS",
+    "corrections",
+    "ferplus_votes",
+    "export_corrections",
+    "export_ferplus",
+]
+
+#: Columns of :func:`corrections`, in order.
+CORRECTION_COLUMNS: tuple[str, ...] = (
+    "dataset", "sample_id", "content_sha256", "original_label", "resolved_label", "changed",
+    *VOTE_COLUMNS, "n_annotators", "annotators",
+)
+#: Columns of :func:`ferplus_votes`, in order.
+FERPLUS_COLUMNS: tuple[str, ...] = ("dataset", "sample_id", "original_label", *VOTE_LABELS)
+
+
+def corrections(store: Store, dataset: str | None = None, *, only_changed: bool = False) -> pd.DataFrame:
+    """Faces with votes and their resolved labels (:data:`CORRECTION_COLUMNS`); ``only_changed`` keeps relabelled ones."""
+    table = store.resolved_labels(dataset)
+    if only_changed:
+        table = table[table["changed"]].reset_index(drop=True)
+    return table[list(CORRECTION_COLUMNS)]
+
+
+def ferplus_votes(store: Store, dataset: str | None = None) -> pd.DataFrame:
+    """Vote counts per face and label, FER+ style (:data:`FERPLUS_COLUMNS`), for faces with at least one vote."""
+    table = store.resolved_labels(dataset)
+    out = table[["dataset", "sample_id", "original_label"]].copy()
+    for label, column in zip(VOTE_LABELS, VOTE_COLUMNS):
+        out[label] = table[column].to_numpy()
+    return out
+
+
+def _format(path: Path, fmt: str | None) -> str:
+    fmt = (fmt or path.suffix.lstrip(".")).lower()
+    if fmt not in ("csv", "parquet"):
+        raise AnnotateError(f"cannot tell the export format of {path.name!r}; use a .csv or .parquet file name")
+    return fmt
+
+
+def _write(table: pd.DataFrame, path: str | os.PathLike[str], fmt: str | None) -> Path:
+    path = Path(path).expanduser()
+    fmt = _format(path, fmt)
+    if not path.parent.is_dir():
+        raise AnnotateError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
+    if fmt == "csv" and "annotators" in table.columns:
+        table = table.assign(annotators=[json.dumps(list(names), ensure_ascii=False) for names in table["annotators"]])
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        if fmt == "csv":
+            table.to_csv(tmp, index=False)
+        else:
+            table.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def export_corrections(store: Store, path: str | os.PathLike[str], dataset: str | None = None, *,
+                       only_changed: bool = False, fmt: str | None = None) -> Path:
+    """Write :func:`corrections` to ``path`` (``.csv`` or ``.parquet``, or ``fmt``); returns the path."""
+    return _write(corrections(store, dataset, only_changed=only_changed), path, fmt)
+
+
+def export_ferplus(store: Store, path: str | os.PathLike[str], dataset: str | None = None, *,
+                   fmt: str | None = None) -> Path:
+    """Write :func:`ferplus_votes` to ``path`` (``.csv`` or ``.parquet``, or ``fmt``); returns the path."""
+    return _write(ferplus_votes(store, dataset), path, fmt)
