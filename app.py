@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fer_core._validation import FERError
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 # reads GRADIO_SERVER_PORT itself at import and would fail with a traceback.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+APP_DIR = Path(__file__).resolve().parent
 TITLE = "FER tool: facial expression recognition you can see, test and correct"
 #: Largest upload the server accepts; fer_core.images refuses larger files with the same limit.
 MAX_UPLOAD = "25mb"
@@ -34,24 +36,49 @@ def load_data(path: str | None):
     return enrich(load_faces(path or SAMPLE_PATH, progress=True), progress=True)
 
 
-def build_demo(table) -> "gr.Blocks":
+def open_annotations(db: str | None = None):
+    """The relabel store: ``db`` (path or URL), else ``$FER_DB_URL``, else ``/data`` or beside the app."""
+    from annotate import default_db_url, open_store
+
+    return open_store(db or default_db_url(cwd=APP_DIR))
+
+
+def build_demo(table, store=None) -> "gr.Blocks":
+    """The app over an enriched table (:func:`load_data`) and a relabel store (default: :func:`open_annotations`)."""
     import gradio as gr
 
+    from fer_core.predict import get_predictor
     from ui.browse_tab import Browser, build_browse_tab
     from ui.predict_tab import build_predict_tab
+    from ui.relabel_tab import RelabelDesk, build_relabel_tab
+
+    store = store if store is not None else open_annotations()
+
+    def corrected() -> set[str]:
+        resolved = store.resolved_labels(table.name)
+        return set(resolved.loc[resolved["changed"].astype(bool), "sample_id"])
+
+    def history(sample_id: str):
+        decisions = store.decisions(table.name)
+        return decisions[decisions["sample_id"] == sample_id]
 
     with gr.Blocks(title="FER tool") as demo:
         gr.Markdown(f"# {TITLE}")
+        selection = gr.State(None)  # rows the Browse tab sends to the Relabel tab
         with gr.Tab("Predict"):
             build_predict_tab()
         with gr.Tab("Browse"):
-            build_browse_tab(Browser(table))
+            build_browse_tab(Browser(table, corrected=corrected, history=history), selection)
+        with gr.Tab("Relabel"):
+            build_relabel_tab(RelabelDesk(store, table, model_version=get_predictor().model_name), selection)
     return demo
 
 
 def launch(demo: "gr.Blocks", *, host: str, port: int, **kwargs) -> None:
-    """Start serving ``demo`` with the app's limits (upload size)."""
-    demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, **kwargs)
+    """Start serving ``demo`` with the app's limits (upload size) and keyboard shortcuts."""
+    from ui.relabel_tab import KEYBOARD_JS
+
+    demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, js=KEYBOARD_JS, **kwargs)
 
 
 def get_args_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -60,6 +87,9 @@ def get_args_parser(settings: Settings) -> argparse.ArgumentParser:
                         help="data set to open (folder, fer2013.csv, Parquet, hub id); default: $FER_DATA or the bundled sample")
     parser.add_argument("--host", default=settings.server_name, help="address to serve on ($GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=settings.server_port, help="port ($GRADIO_SERVER_PORT)")
+    parser.add_argument("--db", default=settings.db_url,
+                        help="relabel store: SQLite file or database URL ($FER_DB_URL); default: "
+                             "/data/fer_annotations.db when /data exists, else fer_annotations.db beside app.py")
     return parser
 
 
@@ -72,10 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     args = get_args_parser(settings).parse_args(argv)
     try:
         table = load_data(args.data)
+        store = open_annotations(args.db)
     except FERError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    demo = build_demo(table)
+    demo = build_demo(table, store)
     launch(demo, host=args.host, port=args.port)
     return 0
 

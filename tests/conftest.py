@@ -31,8 +31,9 @@ def read_grey(path: Path) -> np.ndarray:
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests never read or write the user's cache."""
+    """Tests never read or write the user's cache, nor a relabel database beside the app."""
     monkeypatch.setenv("FER_CACHE_DIR", str(tmp_path_factory.mktemp("fer_cache")))
+    monkeypatch.setenv("FER_DB_URL", f"sqlite:///{tmp_path_factory.mktemp('fer_db') / 'annotations.db'}")
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ without a browser and replayed by ``python -m ui.browse_bench``. Gradio is impor
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,12 +52,19 @@ class PageView:
 
 
 class Browser:
-    """Filters and pages an enriched table (see :func:`fer_core.browse.enrich`)."""
+    """Filters and pages an enriched table (see :func:`fer_core.browse.enrich`).
 
-    def __init__(self, table: FaceTable, *, corrected: set[str] | None = None) -> None:
+    ``corrected``: returns the ``sample_id`` of faces whose label the relabel store changed
+    (asked only when the label-status filter is used); ``history``: one face's decisions.
+    Without a store both are empty.
+    """
+
+    def __init__(self, table: FaceTable, *, corrected: Callable[[], set[str]] | None = None,
+                 history: Callable[[str], pd.DataFrame] | None = None) -> None:
         self.table = table
         self.frame = table.frame
-        self.corrected = corrected or set()
+        self._corrected = corrected or set
+        self._history = history
         self._scale = np.ones((FACE_SCALE, FACE_SCALE), dtype=np.uint8)
 
     @property
@@ -70,7 +78,16 @@ class Browser:
         return int(self.frame["dup_cross_split"].sum())
 
     def select(self, query: BrowseQuery) -> np.ndarray:
-        return filter_faces(self.frame, query, corrected=self.corrected)
+        corrected = self._corrected() if query.label_status != "any" else None
+        return filter_faces(self.frame, query, corrected=corrected)
+
+    def history(self, row: int) -> pd.DataFrame:
+        """The relabel store's decisions on one face, oldest first (empty without a store)."""
+        columns = ["created_at", "annotator", "label", "undone", "strategy", "model_version"]
+        if self._history is None:
+            return pd.DataFrame(columns=columns)
+        decisions = self._history(str(self.frame["sample_id"].iloc[row]))
+        return decisions[[c for c in columns if c in decisions]].reset_index(drop=True)
 
     def caption(self, row: int) -> str:
         record = self.frame.iloc[row]
@@ -167,8 +184,12 @@ def query_from_inputs(split: str, emotions: list[str], q_min: float, q_max: floa
 # ------------------------------------------------------------------------------ Gradio
 
 
-def build_browse_tab(browser: Browser) -> None:
-    """The Browse tab's components and events; call inside ``gr.Blocks`` (and a ``gr.Tab``)."""
+def build_browse_tab(browser: Browser, selection_state=None) -> None:
+    """The Browse tab's components and events; call inside ``gr.Blocks`` (and a ``gr.Tab``).
+
+    ``selection_state``: a ``gr.State`` the "send to the relabel queue" button fills with the
+    selected rows (the Relabel tab reads it); without it the button is hidden.
+    """
     import gradio as gr
 
     from fer_core.datasets import summary
@@ -214,6 +235,7 @@ def build_browse_tab(browser: Browser) -> None:
         with gr.Column(scale=2):
             face_large = gr.Image(label="Selected face", interactive=False, height=400, format="png")
             face_probs = gr.Label(label="Model probabilities", num_top_classes=7)
+            face_history = gr.Dataframe(label="Decision history (relabel store)", interactive=False)
             face_fields = gr.Dataframe(label="Fields", interactive=False, max_height=400)
     with gr.Accordion("Plots of the current selection", open=False):
         with gr.Row():
@@ -230,6 +252,8 @@ def build_browse_tab(browser: Browser) -> None:
         export_button = gr.Button("Prepare downloads of the selection", size="sm")
         csv_file = gr.DownloadButton("Download CSV", value=None, interactive=False)
         parquet_file = gr.DownloadButton("Download Parquet", value=None, interactive=False)
+        send_button = gr.Button("Send the selection to the relabel queue", size="sm",
+                                visible=selection_state is not None)
     rows_state = gr.State(initial_rows)
     page_rows_state = gr.State(initial_view.rows)
 
@@ -268,9 +292,15 @@ def build_browse_tab(browser: Browser) -> None:
 
     def on_select(shown, evt: gr.SelectData):
         if shown is None or evt.index is None or not 0 <= evt.index < len(shown):
-            return gr.skip(), gr.skip(), gr.skip()
-        large, fields, probabilities = browser.details(int(shown[evt.index]))
-        return large, probabilities, fields
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        row = int(shown[evt.index])
+        large, fields, probabilities = browser.details(row)
+        return large, probabilities, fields, browser.history(row)
+
+    def on_send(rows):
+        rows = browser.select(BrowseQuery()) if rows is None else rows
+        gr.Info(f"{len(rows):,} faces sent: in the Relabel tab, choose \"Browse tab's selection\" and start.")
+        return rows
 
     def on_export(rows):
         rows = browser.select(BrowseQuery()) if rows is None else rows
@@ -294,6 +324,8 @@ def build_browse_tab(browser: Browser) -> None:
                       api_name="next_page", show_progress="minimal")
     page_number.submit(lambda r, p, s: on_page(r, p, s, 0), [rows_state, page_number, page_size], page_outputs,
                        api_visibility="private", show_progress="minimal")
-    gallery.select(on_select, [page_rows_state], [face_large, face_probs, face_fields], api_visibility="private",
-                   show_progress="hidden")
+    gallery.select(on_select, [page_rows_state], [face_large, face_probs, face_fields, face_history],
+                   api_visibility="private", show_progress="hidden")
+    if selection_state is not None:
+        send_button.click(on_send, [rows_state], [selection_state], api_name="send_to_queue")
     export_button.click(on_export, [rows_state], [csv_file, parquet_file], api_name="export_selection")

@@ -1,0 +1,319 @@
+"""The Relabel tab: a queue of doubtful faces, one button (or key) per answer, every answer kept.
+
+The work is in :class:`RelabelDesk` (plain Python over :mod:`annotate`), tested without a
+browser; :func:`build_relabel_tab` lays out the tab. Keyboard shortcuts (1-7, n, u, s,
+Backspace) come from :data:`KEYBOARD_JS`, which the app passes to ``launch(js=...)``.
+"""
+
+import html
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from annotate import STRATEGIES, AnnotateError, Queue, QueuedFace, Store
+from annotate.export import export_corrections, export_ferplus
+from fer_core.browse import PROBABILITY_COLUMNS
+from fer_core.config import ASSETS_DIR
+from fer_core.datasets import FaceTable
+from fer_core.labels import DISPLAY_NAMES, EMOTIONS
+
+__all__ = ["RelabelDesk", "Settings", "ANSWERS", "KEYBOARD_JS", "build_relabel_tab", "oof_probabilities"]
+
+#: The answers, in button order, with their keyboard shortcut.
+ANSWERS: tuple[tuple[str, str, str], ...] = (
+    *[(emotion, DISPLAY_NAMES[emotion], str(i + 1)) for i, emotion in enumerate(EMOTIONS)],
+    ("not_a_face", "Not a face", "n"),
+    ("unsure", "Unsure", "u"),
+    ("skip", "Skip", "s"),
+)
+#: Out-of-fold probabilities of the bundled model's training faces (``python -m fer_core.train --folds``).
+OOF_PATH: Path = ASSETS_DIR / "fer2013_train_oof.parquet"
+FACE_SCALE = 8
+MAX_NAME = 80
+
+KEYBOARD_JS = """
+() => {
+  const keys = {%s};
+  document.addEventListener("keydown", (event) => {
+    const target = event.target;
+    if (event.ctrlKey || event.metaKey || event.altKey) return;
+    if (target && (target.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(target.tagName))) return;
+    const id = keys[event.key === "Backspace" ? "Backspace" : event.key.toLowerCase()];
+    if (!id) return;
+    let button = document.getElementById(id);
+    if (button && button.tagName !== "BUTTON") button = button.querySelector("button");
+    if (!button || button.offsetParent === null || button.disabled) return;  // Relabel tab not shown
+    event.preventDefault();
+    button.click();
+  });
+}
+""" % ", ".join([f'"{key}": "relabel-{answer}"' for answer, _, key in ANSWERS] + ['"Backspace": "relabel-undo"'])
+
+
+def oof_probabilities(frame: pd.DataFrame, path: Path = OOF_PATH) -> tuple[np.ndarray | None, int]:
+    """Probabilities for the queue: out-of-fold ones where shipped, else the bundled model's.
+
+    Returns the ``(N, 7)`` array aligned with ``frame`` (FER2013 order) and how many rows came
+    from the out-of-fold file. A model is overconfident on its own training faces, which hides
+    their label errors; the out-of-fold file holds what a model that never saw each face thought.
+    """
+    probs = frame[list(PROBABILITY_COLUMNS)].to_numpy(dtype=np.float64) if PROBABILITY_COLUMNS[0] in frame else None
+    if not path.is_file():
+        return probs, 0
+    oof = pd.read_parquet(path)
+    oof = oof.drop_duplicates("sample_id").set_index("sample_id")
+    hit = frame["sample_id"].isin(oof.index).to_numpy()
+    if probs is None:
+        probs = np.full((len(frame), len(EMOTIONS)), np.nan)
+    probs[hit] = oof.loc[frame["sample_id"][hit], list(EMOTIONS)].to_numpy(dtype=np.float64)
+    return probs, int(hit.sum())
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the annotator chose above the face."""
+
+    strategy: str = "likely_label_error"
+    emotions: tuple[str, ...] = ()
+    quality: tuple[float, float] = (0.0, 1.0)
+    second_opinion: bool = False
+    opinions_needed: int = 3
+
+    def filters(self) -> dict[str, Any]:
+        return {"emotions": list(self.emotions) or None,
+                "quality_range": None if self.quality == (0.0, 1.0) else self.quality}
+
+
+def check_name(name: Any) -> str:
+    """The annotator's name as typed (surrounding spaces removed); refuses an empty or overlong one."""
+    text = str(name or "").strip()
+    if not text:
+        raise AnnotateError("enter your name first: every answer is kept with the name of who gave it")
+    if len(text) > MAX_NAME:
+        raise AnnotateError(f"a name can have at most {MAX_NAME} characters")
+    return text
+
+
+class RelabelDesk:
+    """The queue(s) of one data set and what the tab shows of a face."""
+
+    def __init__(self, store: Store, table: FaceTable, *, model_version: str) -> None:
+        self.store = store
+        self.table = table
+        self.model_version = model_version
+        self.probabilities, self.oof_rows = oof_probabilities(table.frame)
+        columns = [c for c in ("sample_id", "emotion", "quality_score") if c in table.frame]
+        self.queue = Queue(store, table.frame[columns], dataset=table.name, probabilities=self.probabilities,
+                           images=table.images)
+        self._selections: dict[bytes, Queue] = {}
+
+    def strategies(self) -> list[tuple[str, str]]:
+        return [(STRATEGIES[name].title, name) for name in self.queue.strategies()]
+
+    def queue_for(self, selection: np.ndarray | None) -> Queue:
+        """The whole data set's queue, or one over a selection sent from the Browse tab (kept for reuse)."""
+        if selection is None:
+            return self.queue
+        key = np.asarray(selection, dtype=np.int64).tobytes()
+        if key not in self._selections:
+            rows = np.asarray(selection, dtype=np.int64)
+            columns = [c for c in ("sample_id", "emotion", "quality_score") if c in self.table.frame]
+            probs = None if self.probabilities is None else self.probabilities[rows]
+            self._selections = {key: Queue(self.store, self.table.frame[columns].iloc[rows], dataset=self.table.name,
+                                           probabilities=probs)}
+        return self._selections[key]
+
+    # ------------------------------------------------------------ actions
+
+    def next_face(self, name: str, settings: Settings, selection: np.ndarray | None = None) -> QueuedFace | None:
+        queue = self.queue_for(selection)
+        return queue.next_face(check_name(name), settings.strategy, second_opinion=settings.second_opinion,
+                               opinions_needed=settings.opinions_needed, **settings.filters())
+
+    def answer(self, name: str, face: QueuedFace, label: str, settings: Settings,
+               selection: np.ndarray | None = None) -> QueuedFace | None:
+        """Record the answer (returns after the commit), then lease the next face."""
+        queue = self.queue_for(selection)
+        queue.submit(check_name(name), face.sample_id, label, model_version=self.model_version,
+                     strategy=settings.strategy)
+        return self.next_face(name, settings, selection)
+
+    def undo(self, name: str, selection: np.ndarray | None = None) -> QueuedFace | None:
+        return self.queue_for(selection).undo(check_name(name))
+
+    def progress_text(self, name: str, settings: Settings, selection: np.ndarray | None = None) -> str:
+        progress = self.queue_for(selection).progress(check_name(name), settings.strategy,
+                                                      second_opinion=settings.second_opinion,
+                                                      opinions_needed=settings.opinions_needed, **settings.filters())
+        agreement = progress.agreement
+        parts = [f"**{progress.done:,}** done, **{progress.remaining:,}** left for you in this queue "
+                 f"(of {progress.total:,})",
+                 f"{html.escape(check_name(name))}: **{progress.annotator_today}** answers today"]
+        if agreement.faces:
+            kappa = "n/a" if agreement.kappa is None or np.isnan(agreement.kappa) else f"{agreement.kappa:.2f}"
+            parts.append(f"agreement on {agreement.faces:,} faces with 2+ answers: {agreement.agreement:.0%}, "
+                         f"Fleiss' kappa {kappa}")
+        return " · ".join(parts)
+
+    # ------------------------------------------------------------ display
+
+    def picture(self, face: QueuedFace) -> np.ndarray | None:
+        if face.row is None:
+            return None
+        row = int(np.flatnonzero(self.table.frame["sample_id"].to_numpy() == face.sample_id)[0])
+        return np.kron(self.table.images[row], np.ones((FACE_SCALE, FACE_SCALE), dtype=np.uint8))
+
+    def describe(self, face: QueuedFace) -> str:
+        """Markdown shown beside the face: given label, the model's top three, quality, queue position."""
+        lines = [f"### Given label: **{DISPLAY_NAMES.get(face.original_label or '', face.original_label)}**",
+                 f"`{html.escape(face.sample_id)}`"]
+        if face.undone_label:
+            lines.insert(0, f"Undid your answer **{html.escape(face.undone_label)}** on this face: answer again.")
+        if face.probabilities:
+            top = sorted(face.probabilities.items(), key=lambda kv: -kv[1])[:3]
+            lines.append("Model's top three: " + ", ".join(f"{DISPLAY_NAMES[k]} {v:.0%}" for k, v in top))
+        if face.quality_score is not None:
+            row = np.flatnonzero(self.table.frame["sample_id"].to_numpy() == face.sample_id)
+            quality = f"Quality {face.quality_score:.2f}"
+            if len(row) and "edge_score" in self.table.frame:
+                record = self.table.frame.iloc[int(row[0])]
+                quality += " (" + ", ".join(f"{c.replace('_score', '')} {record[c]:.2f}" for c in
+                                            ("edge_score", "contrast_score", "focus_score", "brightness_score")) + ")"
+            lines.append(quality)
+        if face.opinions:
+            lines.append(f"{face.opinions} earlier answer(s) by others")
+        return "\n\n".join(lines)
+
+    def exports(self, folder: Path) -> list[Path]:
+        paths = [folder / "corrections.csv", folder / "corrections.parquet", folder / "ferplus_votes.csv"]
+        export_corrections(self.store, paths[0], self.table.name)
+        export_corrections(self.store, paths[1], self.table.name)
+        export_ferplus(self.store, paths[2], self.table.name)
+        return paths
+
+
+def settings_from_inputs(strategy: str, emotions: list[str], q_min: float, q_max: float, second: bool,
+                         needed: float) -> Settings:
+    if float(q_min) > float(q_max):
+        raise AnnotateError(f"the quality range is empty: at least {q_min} but at most {q_max}")
+    return Settings(strategy=strategy, emotions=tuple(emotions or ()), quality=(float(q_min), float(q_max)),
+                    second_opinion=bool(second), opinions_needed=max(2, int(needed or 3)))
+
+
+# ------------------------------------------------------------------------------ Gradio
+
+
+def build_relabel_tab(desk: RelabelDesk, selection_state=None) -> None:
+    """The Relabel tab's components and events; call inside ``gr.Blocks`` (and a ``gr.Tab``).
+
+    ``selection_state``: the Browse tab's ``gr.State`` of selected rows, when that tab can send
+    its selection here.
+    """
+    import gradio as gr
+
+    from fer_core._validation import FERError
+
+    source_note = (f"Model probabilities: out-of-fold for {desk.oof_rows:,} training faces, the bundled model's "
+                   "for the others." if desk.oof_rows else
+                   "Model probabilities: the bundled model's (on its own training faces they are overconfident).")
+    with gr.Row():
+        name = gr.Textbox(label="Your name", placeholder="kept with every answer", max_length=MAX_NAME, scale=2)
+        strategy = gr.Dropdown(desk.strategies(), value=desk.queue.strategies()[0], label="Queue", scale=2)
+        emotions = gr.CheckboxGroup(list(EMOTIONS), label="Given label (none ticked: all)", scale=4)
+    with gr.Row():
+        q_min = gr.Slider(0, 1, value=0, step=0.01, label="Quality at least")
+        q_max = gr.Slider(0, 1, value=1, step=0.01, label="Quality at most")
+        second = gr.Checkbox(False, label="Second opinion", info="Show faces others answered, until they have N answers")
+        needed = gr.Number(3, label="N answers per face", precision=0, minimum=2, maximum=20)
+        scope = gr.Radio(["whole data set", "Browse tab's selection"], value="whole data set", label="Faces")
+    start = gr.Button("Start / refresh the queue", variant="primary")
+    gr.Markdown(source_note + " Keys: 1-7 emotions, n not a face, u unsure, s skip, Backspace undo.")
+    progress = gr.Markdown()
+    with gr.Row(equal_height=False):
+        face_image = gr.Image(label="Face", interactive=False, height=400, format="png", scale=3)
+        with gr.Column(scale=3):
+            face_text = gr.Markdown("Enter your name and start the queue.")
+            with gr.Row():
+                answer_buttons = [gr.Button(f"{title} ({key})", elem_id=f"relabel-{answer}", size="sm",
+                                            variant="secondary")
+                                  for answer, title, key in ANSWERS[:7]]
+            with gr.Row():
+                answer_buttons += [gr.Button(f"{title} ({key})", elem_id=f"relabel-{answer}", size="sm",
+                                             variant="stop" if answer == "not_a_face" else "secondary")
+                                   for answer, title, key in ANSWERS[7:]]
+                undo = gr.Button("Undo (Backspace)", elem_id="relabel-undo", size="sm")
+    with gr.Accordion("Export the corrections", open=False):
+        export_button = gr.Button("Prepare the exports", size="sm")
+        export_files = gr.File(label="corrections (CSV, Parquet) and FER+-style vote counts", file_count="multiple",
+                               interactive=False)
+    current = gr.State(None)
+    settings_inputs = [strategy, emotions, q_min, q_max, second, needed]
+
+    def selection_of(scope_value, selection):
+        if scope_value != "whole data set":
+            if selection is None or len(selection) == 0:
+                raise AnnotateError("the Browse tab has no selection yet: filter there and press "
+                                    "'Send the selection to the relabel queue'")
+            return np.asarray(selection)
+        return None
+
+    def show(face: QueuedFace | None, user: str, settings: Settings, selection):
+        text = desk.progress_text(user, settings, selection)
+        if face is None:
+            return None, "**Nothing left in this queue for you.** Change the queue or its filters.", text, None
+        return desk.picture(face), desk.describe(face), text, face
+
+    def guarded(fn):
+        def run(*args):
+            try:
+                return fn(*args)
+            except FERError as err:  # AnnotateError and bad settings: a message, never a traceback
+                raise gr.Error(str(err), print_exception=False) from None
+        return run
+
+    @guarded
+    def on_start(user, scope_value, selection, *values):
+        settings = settings_from_inputs(*values)
+        chosen = selection_of(scope_value, selection)
+        return show(desk.next_face(user, settings, chosen), user, settings, chosen)
+
+    def on_answer(label):
+        @guarded
+        def run(user, face, scope_value, selection, *values):
+            if face is None:
+                raise AnnotateError("start the queue first")
+            settings = settings_from_inputs(*values)
+            chosen = selection_of(scope_value, selection)
+            return show(desk.answer(user, face, label, settings, chosen), user, settings, chosen)
+        return run
+
+    @guarded
+    def on_undo(user, scope_value, selection, *values):
+        settings = settings_from_inputs(*values)
+        chosen = selection_of(scope_value, selection)
+        face = desk.undo(user, chosen)
+        if face is None:
+            gr.Info("Nothing to undo.")
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        return show(face, user, settings, chosen)
+
+    @guarded
+    def on_export():
+        folder = Path(tempfile.gettempdir()) / "fer_relabel" / uuid.uuid4().hex
+        folder.mkdir(parents=True)
+        return [str(p) for p in desk.exports(folder)]
+
+    selection_input = selection_state if selection_state is not None else gr.State(None)
+    outputs = [face_image, face_text, progress, current]
+    start.click(on_start, [name, scope, selection_input, *settings_inputs], outputs, api_name="relabel_start")
+    for (answer, _, _), button in zip(ANSWERS, answer_buttons):
+        button.click(on_answer(answer), [name, current, scope, selection_input, *settings_inputs], outputs,
+                     api_name=f"relabel_{answer}", show_progress="hidden", trigger_mode="once")
+    undo.click(on_undo, [name, scope, selection_input, *settings_inputs], outputs, api_name="relabel_undo",
+               show_progress="hidden", trigger_mode="once")
+    export_button.click(on_export, None, [export_files], api_name="relabel_export")
