@@ -25,6 +25,15 @@ def real_face_paths(split: str = "val", per_class: int = 5) -> list[tuple[Path, 
     return picked
 
 
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now (for launching the app in a test)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def read_grey(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L"))
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 import app
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _wait_for_config(url: str, process: subprocess.Popen | None = None, timeout: float = 90) -> dict:
@@ -42,7 +35,7 @@ class TestBuildDemo:
         table = app.load_data(None)
         assert len(table) == 350
         demo = app.build_demo(table)
-        port = _free_port()
+        port = free_port()
         demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
         try:
             config = _wait_for_config(f"http://127.0.0.1:{port}")
@@ -62,7 +55,7 @@ class TestCommandLine:
         )
 
     def test_port_from_the_environment(self) -> None:
-        port = _free_port()
+        port = free_port()
         process = self._start([], {"GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1"})
         try:
             config = _wait_for_config(f"http://127.0.0.1:{port}", process)
@@ -72,7 +65,7 @@ class TestCommandLine:
             process.wait(timeout=30)
 
     def test_port_flag_wins_over_the_environment(self) -> None:
-        port = _free_port()
+        port = free_port()
         process = self._start(["--port", str(port)], {"GRADIO_SERVER_PORT": "1"})
         try:
             _wait_for_config(f"http://127.0.0.1:{port}", process)

@@ -3,21 +3,15 @@
 from __future__ import annotations
 
 import re
-import socket
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import free_port
 from fer_core.browse import BrowseQuery
 from fer_core.quality import COMPONENT_COLUMNS
 from ui.browse_tab import Browser, query_from_inputs
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +21,7 @@ def launched():
 
     table = app.load_data(None)
     demo = app.build_demo(table)
-    port = _free_port()
+    port = free_port()
     app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield Client(f"http://127.0.0.1:{port}", verbose=False), table

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import json
 import resource
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import SHARED_FER, needs_shared, read_grey
+from conftest import SHARED_FER, free_port, needs_shared, read_grey
 from fer_core.predict import get_predictor
 from fixtures_scenes import encode, exif_jpeg, fer_scene, flat_jpeg, gradient, match_faces, png_header_only
 from ui.predict_tab import (
@@ -118,19 +117,13 @@ def test_bundled_examples_have_faces() -> None:
 # ------------------------------------------------------------------------------ the launched app
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def client():
     import app
     from gradio_client import Client
 
     demo = app.build_demo(app.load_data(None))
-    port = _free_port()
+    port = free_port()
     app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield Client(f"http://127.0.0.1:{port}", verbose=False)

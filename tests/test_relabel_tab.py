@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pandas as pd
 import pytest
 
 from annotate import AnnotateError, open_store
+from conftest import free_port
 from fer_core.browse import enrich
 from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import load_faces
@@ -96,19 +96,13 @@ class TestDesk:
         assert '"Backspace": "relabel-undo"' in KEYBOARD_JS
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_relabel_through_the_launched_app(table, tmp_path: Path) -> None:
     import app
     from gradio_client import Client
 
     store = open_store(tmp_path / "app.db")
     demo = app.build_demo(table, store)
-    port = _free_port()
+    port = free_port()
     app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
         client = Client(f"http://127.0.0.1:{port}", verbose=False)
