@@ -5,6 +5,21 @@ val accuracy, macro-F1, lr and seconds (``log.csv``, ``log.jsonl``, console),
 saves a resumable checkpoint (safetensors + JSON, no pickles), and keeps the
 best epoch on val. At the end it writes ``model.safetensors`` with its model
 card ``model.json`` and ``curve.png``.
+
+``--folds K`` trains K models instead, each on K-1 folds, and writes every training
+face's out-of-fold probabilities (see :mod:`fer_core.folds`).
+
+Corrections from the annotation store (``--corrections DB``, see :mod:`annotate`)
+apply to the training faces only; val keeps its labels, so val accuracy stays
+comparable between runs. A face whose resolved label is one of the seven emotions
+trains on it; ``not_a_face`` drops the face; ``unsure``, ties and faces without
+votes keep the label they came with. ``--soft-labels`` trains on the distribution
+of the emotion votes instead (faces without emotion votes keep their one-hot
+label). Label smoothing still applies on top of soft targets: with one to three
+annotators per face most vote distributions are one-hot anyway, and the same
+``--label-smoothing`` for hard and soft runs means that comparing the two measures
+the targets, not a change of regularisation (pass ``--label-smoothing 0`` to train
+on the bare distributions).
 """
 
 from __future__ import annotations
@@ -17,11 +32,12 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +47,23 @@ from fer_core.augment import AugmentConfig, augment_batch
 from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD
 from fer_core.labels import EMOTIONS, normalise
 
-__all__ = ["get_args_parser", "main", "resolve_device", "to_input", "predict_logits", "LabelMap"]
+if TYPE_CHECKING:
+    from annotate.store import Store
+    from fer_core.datasets import FaceTable
+
+__all__ = [
+    "get_args_parser",
+    "main",
+    "resolve_device",
+    "to_input",
+    "predict_logits",
+    "LabelMap",
+    "TrainingData",
+    "Corrections",
+    "prepare_training_data",
+    "read_corrections",
+    "fit",
+]
 
 
 # ---------------------------------------------------------------- labels
@@ -141,6 +173,170 @@ def quality_of(table) -> np.ndarray:
     from fer_core.quality import score_faces
 
     return score_faces(table.images)["quality_score"].to_numpy(dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Corrections:
+    """What the annotation store says about the training faces, row-aligned with the table."""
+
+    labels: np.ndarray  #: (N,) FER2013 ids: the resolved emotion where there is one, else the label as given
+    drop: np.ndarray  #: (N,) bool: resolved ``not_a_face``
+    votes: np.ndarray  #: (N, 7) votes per emotion, FER2013 order (zeros for faces without emotion votes)
+    summary: dict[str, Any]  #: counts and where they came from (for the model card)
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _open_corrections_store(db: str) -> Store:
+    """The annotation store at ``db`` (path or SQLAlchemy URL); FERError when it is missing or not a store."""
+    from sqlalchemy.exc import DBAPIError
+
+    from annotate.engine import create_store_engine, to_url
+    from annotate.migrate import current_revision, upgrade
+    from annotate.store import Store
+
+    url = to_url(db)
+    where = url.render_as_string(hide_password=True)
+    database = url.database or ""
+    on_disk = url.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:")
+    if on_disk and not Path(database).expanduser().is_file():
+        raise FERError(f"--corrections: no annotation database at {database!r}")
+    engine = create_store_engine(url)
+    try:
+        revision = current_revision(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        raise FERError(f"--corrections: cannot read {where} as an annotation database ({exc.orig})") from None
+    if revision is None:
+        engine.dispose()
+        raise FERError(f"--corrections: {where} is not an annotation store (it has no annotate schema)")
+    upgrade(engine)  # a store written by an older version reads like the app reads it
+    return Store(engine)
+
+
+def read_corrections(db: str, dataset: str, table: FaceTable) -> Corrections:
+    """Apply the decisions of data set ``dataset`` in the store ``db`` to ``table``'s faces (matched by sample_id).
+
+    Raises :class:`FERError` when the store holds other faces under the same ids (another
+    label or other pixels); warns, and changes nothing, when it holds no decisions for ``dataset``.
+    """
+    from annotate.labels import NOT_A_FACE
+    from annotate.store import content_hash
+
+    store = _open_corrections_store(db)
+    try:
+        resolved = store.resolved_labels(dataset)
+        known = [] if len(resolved) else sorted(set(store.resolved_labels()["dataset"]))
+        url = store.url
+    finally:
+        store.close()
+    n = len(table)
+    labels = table.labels.copy()
+    drop = np.zeros(n, dtype=bool)
+    votes = np.zeros((n, len(EMOTIONS)), dtype=np.int64)
+    summary: dict[str, Any] = {"store": url, "dataset": dataset, "faces_with_votes": 0, "relabelled": 0, "confirmed": 0,
+                               "dropped": 0, "kept_original": 0, "soft_labelled": 0, "not_in_data": 0}
+    if not len(resolved):
+        _warn(f"the annotation store {url} holds no decisions for data set {dataset!r}"
+              + (f" (it has decisions for: {', '.join(map(repr, known))}; choose one with --corrections-dataset)" if known else "")
+              + "; training on the labels as given")
+        return Corrections(labels, drop, votes, summary)
+
+    row_of = pd.Series(np.arange(n), index=table.frame["sample_id"].astype(str).to_numpy())
+    found = resolved["sample_id"].astype(str).isin(row_of.index).to_numpy()
+    summary["not_in_data"] = int((~found).sum())
+    if summary["not_in_data"]:
+        _warn(f"{summary['not_in_data']} faces with votes in data set {dataset!r} of the store are not among the "
+              f"training faces (val faces, or another copy of the data); they are ignored")
+    resolved = resolved[found]
+    rows = row_of.loc[resolved["sample_id"].astype(str)].to_numpy()
+    given = [EMOTIONS[int(i)] for i in labels[rows]]
+    hashes = resolved["content_sha256"].to_numpy()
+    differs = [sid for sid, o, g, h, r in zip(resolved["sample_id"], resolved["original_label"], given, hashes, rows)
+               if o != g or (h is not None and h != content_hash(table.images[r]))]
+    if differs:
+        raise FERError(f"the annotation store's data set {dataset!r} holds other faces than {table.name!r} under "
+                       f"{len(differs)} of the same sample ids (another label or other pixels), e.g. {differs[:3]}; "
+                       "name the right data set with --corrections-dataset")
+
+    votes[rows] = resolved[[f"votes_{e}" for e in EMOTIONS]].to_numpy(dtype=np.int64)  # see VOTE_COLUMNS
+    outcome = resolved["resolved_label"].to_numpy(dtype=object)
+    is_emotion = np.array([r in EMOTIONS for r in outcome], dtype=bool)
+    new = np.array([EMOTIONS.index(r) if r in EMOTIONS else -1 for r in outcome], dtype=np.int64)
+    summary["faces_with_votes"] = len(rows)
+    summary["relabelled"] = int((is_emotion & (new != labels[rows])).sum())
+    summary["confirmed"] = int((is_emotion & (new == labels[rows])).sum())
+    summary["dropped"] = int((outcome == NOT_A_FACE).sum())
+    summary["kept_original"] = len(rows) - summary["relabelled"] - summary["confirmed"] - summary["dropped"]
+    labels[rows[is_emotion]] = new[is_emotion]
+    drop[rows[outcome == NOT_A_FACE]] = True
+    return Corrections(labels, drop, votes, summary)
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The training faces and what a run trains on, row-aligned with ``table`` (all faces as loaded)."""
+
+    table: FaceTable  #: the training faces
+    labels: np.ndarray  #: (N,) int64 class index (after corrections and --merge)
+    targets: np.ndarray | None  #: (N, C) float32 probability targets with --soft-labels, else None
+    keep: np.ndarray  #: (N,) bool: the faces trained on (quality filter passed, not dropped as not_a_face)
+    quality: np.ndarray  #: (N,) quality score
+    corrections: dict[str, Any] | None  #: :attr:`Corrections.summary`, or None without --corrections
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, rows: np.ndarray) -> TrainingData:
+        """The same data restricted to ``rows`` (boolean mask or positions)."""
+        index = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows)
+        return replace(self, table=self.table.select(index), labels=self.labels[index],
+                       targets=None if self.targets is None else self.targets[index],
+                       keep=self.keep[index], quality=self.quality[index])
+
+
+def soft_targets(votes: np.ndarray, labels: np.ndarray, label_map: LabelMap) -> tuple[np.ndarray, np.ndarray]:
+    """Probability targets over the training classes: normalised emotion votes, one-hot ``labels`` without votes.
+
+    Returns the targets (N, C) float32 and which rows got a vote distribution.
+    """
+    k = len(label_map.names)
+    merged = np.zeros((len(votes), k), dtype=np.float64)
+    np.add.at(merged.T, label_map.index, votes.T.astype(np.float64))  # fold merged emotions' votes together
+    total = merged.sum(axis=1)
+    voted = total > 0
+    targets = np.eye(k, dtype=np.float64)[labels]
+    targets[voted] = merged[voted] / total[voted, None]
+    return targets.astype(np.float32), voted
+
+
+def prepare_training_data(args: argparse.Namespace, train: FaceTable, label_map: LabelMap) -> TrainingData:
+    """Labels or targets and kept rows of the training faces, after ``--corrections`` and ``--min-quality``."""
+    if args.soft_labels and not args.corrections:
+        raise FERError("--soft-labels trains on the annotators' votes: give the annotation store with --corrections")
+    fer_labels, drop, summary, targets = train.labels, np.zeros(len(train), dtype=bool), None, None
+    if args.corrections:
+        found = read_corrections(args.corrections, args.corrections_dataset or train.name, train)
+        fer_labels, drop, summary = found.labels, found.drop, found.summary
+    labels = label_map(fer_labels)
+    quality = quality_of(train)
+    keep = ~drop
+    if args.min_quality is not None:
+        keep &= quality > args.min_quality
+    if args.soft_labels:
+        targets, voted = soft_targets(found.votes, labels, label_map)
+        summary["soft_labelled"] = int((voted & keep).sum())
+    if not keep.any():
+        raise FERError("no training face is left after the corrections and the quality filter"
+                       if args.corrections else f"no training face has quality above {args.min_quality}")
+    if summary is not None:
+        print(f"corrections from {summary['store']} (data set {summary['dataset']!r}): "
+              f"{summary['relabelled']} relabelled, {summary['confirmed']} confirmed, {summary['dropped']} dropped "
+              f"as not a face, {summary['kept_original']} kept as given (unsure or tied)"
+              + (f", {summary['soft_labelled']} soft-labelled" if args.soft_labels else ""), flush=True)
+    return TrainingData(train, labels.astype(np.int64), targets, keep, quality, summary)
 
 
 def curriculum_threshold(epoch: int, epochs: int, stages: list[float]) -> float:
@@ -285,6 +481,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="quality stages over equal parts of the epochs, e.g. 0.8,0.5,0 (trains on faces above each)")
     data.add_argument("--merge", action="append", default=[], help="fold one emotion into another, e.g. disgust=angry")
     data.add_argument("--cache-dir", default=None, help="data set cache folder")
+    data.add_argument("--corrections", default=None, metavar="DB",
+                      help="annotation store (path or SQLAlchemy URL) whose resolved labels correct the training faces")
+    data.add_argument("--corrections-dataset", default=None, metavar="NAME",
+                      help="the training faces' data set name in the store; None: the loaded data set's name, "
+                           "as the relabelling tab names it")
+    data.add_argument("--soft-labels", action="store_true",
+                      help="train on the distribution of the annotators' emotion votes (needs --corrections)")
     model = parser.add_argument_group("model")
     model.add_argument("--model", default="fer_fastnet", choices=list_models(), help="architecture")
     model.add_argument("--dropout", type=float, default=None, help="override the architecture's dropout")
@@ -303,6 +506,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     env = parser.add_argument_group("run")
     env.add_argument("--out", required=True, help="output folder: checkpoint, logs, model")
     env.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    env.add_argument("--folds", type=int, default=None, metavar="K",
+                     help="train K models on K-1 folds each and write out-of-fold probabilities of every training face")
     env.add_argument("--seed", type=int, default=0)
     env.add_argument("--device", default="auto", help="auto, cpu or cuda")
     env.add_argument("--amp", default="auto", help="bf16 autocast: auto (where the hardware has it), on or off")
@@ -313,23 +518,45 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        if args.folds is not None:
+            from fer_core.folds import train_folds
+
+            return train_folds(args)
         return _train(args)
     except FERError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 
 
+def _check_out(out: Path, resume: bool) -> None:
+    if resume and not (out / "checkpoint.json").is_file():
+        raise FERError(f"--resume: no checkpoint in {out}")
+    if not resume and (out / "checkpoint.json").is_file():
+        raise FERError(f"{out} already holds a run: add --resume to continue it, or choose another --out")
+
+
 def _train(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    _check_out(out, args.resume)
+    label_map = LabelMap(args.merge)
+    train, val = load_training_data(args)
+    data = prepare_training_data(args, train, label_map)
+    fit(args, out, data, val, label_map, resume=args.resume)
+    return 0
+
+
+def fit(args: argparse.Namespace, out: Path, data: TrainingData, val: FaceTable, label_map: LabelMap, *, resume: bool,
+        card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train on ``data``'s kept faces, checkpointing into ``out`` (continuing its checkpoint when ``resume``).
+
+    Writes the model and its card (``card_extra`` merged into the card's ``training``); returns the card.
+    """
     from tqdm.auto import tqdm
 
     from fer_core.model import count_params, create_model
     from fer_core.weights import save_model
 
-    out = Path(args.out)
-    if args.resume and not (out / "checkpoint.json").is_file():
-        raise FERError(f"--resume: no checkpoint in {out}")
-    if not args.resume and (out / "checkpoint.json").is_file():
-        raise FERError(f"{out} already holds a run: add --resume to continue it, or choose another --out")
+    _check_out(out, resume)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     if args.threads:
@@ -337,15 +564,14 @@ def _train(args: argparse.Namespace) -> int:
     amp = autocast_dtype(device, args.amp)
     stages = [float(s) for s in args.curriculum.split(",")] if args.curriculum else []
 
-    label_map = LabelMap(args.merge)
-    train, val = load_training_data(args)
-    quality = quality_of(train)
-    keep = quality > args.min_quality if args.min_quality is not None else np.ones(len(train), dtype=bool)
-    train_images = torch.from_numpy(train.images[keep]).to(device)
-    train_labels = torch.from_numpy(label_map(train.labels[keep])).to(device)
-    train_quality = quality[keep]
+    keep = data.keep
+    train_images = torch.from_numpy(data.table.images[keep]).to(device)
+    train_labels = torch.from_numpy(data.labels[keep]).to(device)
+    # Probability targets (--soft-labels) or class indices: F.cross_entropy takes either.
+    train_targets = train_labels if data.targets is None else torch.from_numpy(data.targets[keep]).to(device)
+    train_quality = data.quality[keep]
     if len(train_labels) == 0:
-        raise FERError(f"no training face has quality above {args.min_quality}")
+        raise FERError(f"no training face left to train on in {out}")
     val_labels = label_map(val.labels)
     num_classes = len(label_map.names)
 
@@ -359,7 +585,7 @@ def _train(args: argparse.Namespace) -> int:
 
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_epoch": 0, "log": [],
                              "args": vars(args), "seconds": 0.0}
-    if args.resume:
+    if resume:
         state = load_checkpoint(out, model=model, ema=ema, optimizer=optimizer, device=device)
         print(f"resuming {out} after epoch {state['epoch']}", flush=True)
 
@@ -388,7 +614,7 @@ def _train(args: argparse.Namespace) -> int:
             x = to_input(train_images[index])
             if augment is not None:
                 x = augment_batch(x, augment, generator).contiguous(memory_format=torch.channels_last)
-            y = train_labels[index]
+            y = train_targets[index]
             lr = lr_at(state["step"], total_steps, warmup, args.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -420,8 +646,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  val acc {metrics['val_accuracy']:.4f}  "
               f"macro-F1 {metrics['val_macro_f1']:.4f}  lr {lr:.4g}  {seconds:.1f}s", flush=True)
 
-    _finish(out, args, state, label_map, train, val, device, count_params(model))
-    return 0
+    return _finish(out, args, state, label_map, data, val, device, count_params(model), card_extra or {})
 
 
 def _write_logs(out: Path, log: list[dict[str, Any]]) -> None:
@@ -449,8 +674,8 @@ def _card_base(args: argparse.Namespace, label_map: LabelMap) -> dict[str, Any]:
 FLIP_TTA_MIN_GAIN = 0.003
 
 
-def _finish(out: Path, args: argparse.Namespace, state: dict[str, Any], label_map: LabelMap, train, val,
-            device: torch.device, n_params: int) -> None:
+def _finish(out: Path, args: argparse.Namespace, state: dict[str, Any], label_map: LabelMap, data: TrainingData,
+            val, device: torch.device, n_params: int, card_extra: dict[str, Any]) -> dict[str, Any]:
     """Write the best epoch as ``model.safetensors`` with its card (metrics, calibration), and the curve."""
     from fer_core.calibration import expected_calibration_error, fit_temperature, softmax
     from fer_core.model import MODEL_CONFIGS
@@ -476,11 +701,15 @@ def _finish(out: Path, args: argparse.Namespace, state: dict[str, Any], label_ma
                   "mean": INPUT_MEAN, "std": INPUT_STD, "crop": "whole 48x48 face, FER2013 framing"},
         "training": {
             "data": args.data, "val": args.val or f"{args.data} (val split)",
-            "train_faces": int(len(train)), "val_faces": int(len(val)),
+            "train_faces": int(len(data)), "faces_trained_on": int(data.keep.sum()), "val_faces": int(len(val)),
             "command": "python -m fer_core.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             "epochs": args.epochs, "best_epoch": state["best_epoch"], "seed": args.seed,
             "wall_seconds": round(state["seconds"], 1), "device": str(device),
             "augment": asdict(AugmentConfig()) if not args.no_augment else None,
+            "label_smoothing": args.label_smoothing,
+            "corrections": data.corrections,
+            "soft_labels": data.targets is not None,
+            **card_extra,
         },
         "val_metrics": {"plain": plain, "flip_tta": flip},
         "inference": {"flip_tta": bool(use_flip), "flip_tta_min_gain": FLIP_TTA_MIN_GAIN},
@@ -499,6 +728,7 @@ def _finish(out: Path, args: argparse.Namespace, state: dict[str, Any], label_ma
           f"macro-F1 {plain['val_macro_f1']:.4f}; temperature {temperature:.3f}, ECE "
           f"{card['calibration']['ece_before']:.4f} -> {card['calibration']['ece_after']:.4f}; "
           f"wrote {out / 'model.safetensors'}")
+    return card
 
 
 if __name__ == "__main__":

@@ -1,0 +1,201 @@
+"""``--corrections DB``: the store's resolved labels change what the model trains on (a real SQLite store, real faces)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fer_core.train as train_module
+from annotate import open_store
+from annotate.store import content_hash
+from fer_core.config import SAMPLE_PATH
+from fer_core.datasets import load_faces
+from fer_core.train import LabelMap, get_args_parser, main, prepare_training_data, soft_targets
+from fer_core.weights import load_model
+
+TINY = ["--model", "fer_tiny", "--batch-size", "32", "--no-progress", "--warmup-epochs", "0.5", "--lr", "0.005",
+        "--max-steps", "2", "--threads", "1"]
+ANGRY, DISGUST, FEAR, HAPPY, SAD, SURPRISE, NEUTRAL = range(7)
+
+
+@pytest.fixture(scope="module")
+def sample():
+    return load_faces(SAMPLE_PATH, progress=False)
+
+
+def _ids(sample, label: int, n: int) -> list[str]:
+    return sample.frame.loc[sample.frame["emotion"] == label, "sample_id"].astype(str).tolist()[:n]
+
+
+@pytest.fixture
+def store_path(tmp_path: Path, sample) -> tuple[Path, dict[str, str]]:
+    """A store holding the sample faces (as the relabelling tab registers them) and a few decisions.
+
+    Returns the database path and the faces it talks about, by role.
+    """
+    angry, sad, fear = _ids(sample, ANGRY, 7), _ids(sample, SAD, 2), _ids(sample, FEAR, 1)
+    faces = {"relabelled": angry[0], "relabelled_split": angry[1], "dropped": angry[2], "tie": angry[3],
+             "unsure": angry[4], "confirmed": sad[0], "undone": angry[5], "skipped": angry[6], "disgust_vote": fear[0]}
+    path = tmp_path / "annotations.db"
+    store = open_store(str(path))
+    store.register_faces(sample.name, sample.frame["sample_id"].astype(str).tolist(), sample.labels,
+                         [content_hash(image) for image in sample.images])
+    decide = lambda who, face, label: store.record_decision(who, sample.name, faces[face], label)
+    decide("ann", "relabelled", "happy"), decide("bob", "relabelled", "happy")
+    decide("ann", "relabelled_split", "happy"), decide("bob", "relabelled_split", "happy"), decide("cy", "relabelled_split", "unsure")
+    decide("ann", "dropped", "not_a_face")
+    decide("ann", "tie", "happy"), decide("bob", "tie", "sad")
+    decide("ann", "unsure", "unsure")
+    decide("ann", "confirmed", "sad")
+    decide("ann", "undone", "happy"), store.undo_last("ann")
+    decide("ann", "skipped", "skip")
+    decide("bob", "disgust_vote", "disgust")
+    store.close()
+    return path, faces
+
+
+def _args(*extra: str, out: str = "unused"):
+    return get_args_parser().parse_args([str(SAMPLE_PATH), "--val", str(SAMPLE_PATH), "--out", out, *TINY, *extra])
+
+
+def _row(sample, sample_id: str) -> int:
+    return int(np.flatnonzero(sample.frame["sample_id"].astype(str).to_numpy() == sample_id)[0])
+
+
+class TestPrepare:
+    def test_without_corrections_the_labels_are_as_given(self, sample) -> None:
+        data = prepare_training_data(_args(), sample, LabelMap())
+        np.testing.assert_array_equal(data.labels, sample.labels)
+        assert data.keep.all() and data.targets is None and data.corrections is None
+
+    def test_hard_labels_follow_the_resolved_labels(self, sample, store_path) -> None:
+        path, faces = store_path
+        data = prepare_training_data(_args("--corrections", str(path)), sample, LabelMap())
+        row = lambda role: _row(sample, faces[role])
+        expected = sample.labels.copy()
+        expected[row("relabelled")] = HAPPY
+        expected[row("relabelled_split")] = HAPPY
+        expected[row("disgust_vote")] = DISGUST
+        np.testing.assert_array_equal(data.labels, expected)  # ties, unsure, undone, skip: as given
+        assert np.flatnonzero(~data.keep).tolist() == [row("dropped")]
+        assert data.targets is None
+        assert data.corrections == {"store": f"sqlite:///{path}", "dataset": sample.name, "faces_with_votes": 7,
+                                    "relabelled": 3, "confirmed": 1, "dropped": 1, "kept_original": 2,
+                                    "soft_labelled": 0, "not_in_data": 0}
+
+    def test_soft_labels_are_the_emotion_vote_distribution(self, sample, store_path) -> None:
+        path, faces = store_path
+        data = prepare_training_data(_args("--corrections", str(path), "--soft-labels"), sample, LabelMap())
+        t = data.targets
+        row = lambda role: _row(sample, faces[role])
+        assert t.shape == (len(sample), 7) and t.dtype == np.float32
+        np.testing.assert_allclose(t.sum(axis=1), 1.0, rtol=1e-6)
+        np.testing.assert_allclose(t[row("relabelled")], np.eye(7)[HAPPY])
+        np.testing.assert_allclose(t[row("relabelled_split")], np.eye(7)[HAPPY])  # the unsure vote is not an emotion
+        np.testing.assert_allclose(t[row("tie")], 0.5 * (np.eye(7)[HAPPY] + np.eye(7)[SAD]))
+        for role in ("unsure", "undone", "skipped"):  # no emotion vote: one-hot of the label as given
+            np.testing.assert_allclose(t[row(role)], np.eye(7)[ANGRY])
+        untouched = np.ones(len(sample), dtype=bool)
+        untouched[[row(r) for r in faces]] = False
+        np.testing.assert_array_equal(t[untouched].argmax(1), sample.labels[untouched])
+        assert t[untouched].max(1).min() == 1.0
+        assert data.corrections["soft_labelled"] == 5  # relabelled x2, tie, confirmed, disgust vote (dropped excluded)
+
+    def test_soft_labels_follow_merges(self) -> None:
+        votes = np.zeros((2, 7), dtype=np.int64)
+        votes[0, [ANGRY, DISGUST, HAPPY]] = [1, 2, 1]
+        merged = LabelMap(["disgust=angry"])
+        targets, voted = soft_targets(votes, merged(np.array([FEAR, NEUTRAL])), merged)
+        np.testing.assert_allclose(targets[0], [0.75, 0, 0.25, 0, 0, 0])
+        np.testing.assert_allclose(targets[1], np.eye(6)[5])
+        assert voted.tolist() == [True, False]
+
+    def test_other_data_set_name(self, sample, store_path, capsys: pytest.CaptureFixture) -> None:
+        path, _ = store_path
+        data = prepare_training_data(_args("--corrections", str(path), "--corrections-dataset", "nobody"), sample, LabelMap())
+        err = capsys.readouterr().err
+        assert "holds no decisions for data set 'nobody'" in err
+        assert f"it has decisions for: '{sample.name}'" in err  # says which names it knows
+        np.testing.assert_array_equal(data.labels, sample.labels)
+        assert data.keep.all() and data.corrections["faces_with_votes"] == 0
+
+    def test_a_store_with_other_faces_under_the_same_ids_is_refused(self, sample, tmp_path: Path) -> None:
+        store = open_store(str(tmp_path / "other.db"))
+        sid = str(sample.frame["sample_id"].iloc[0])
+        store.register_faces(sample.name, [sid], [(int(sample.labels[0]) + 1) % 7])
+        store.record_decision("ann", sample.name, sid, "happy")
+        store.close()
+        with pytest.raises(ValueError, match="holds other faces"):
+            prepare_training_data(_args("--corrections", str(tmp_path / "other.db")), sample, LabelMap())
+
+
+class TestEndToEnd:
+    def test_card_counts_and_soft_targets_reach_the_loss(self, tmp_path: Path, sample, store_path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        path, faces = store_path
+        seen: list[torch.Tensor] = []
+        cross_entropy = train_module.F.cross_entropy
+
+        def spy(logits, target, **kwargs):
+            if "label_smoothing" in kwargs:  # the training loss (calibration calls it too)
+                seen.append(target.detach().clone())
+            return cross_entropy(logits, target, **kwargs)
+
+        monkeypatch.setattr(train_module.F, "cross_entropy", spy)
+        out = tmp_path / "run"
+        # One whole epoch (11 steps of 32): every kept face's target goes through the loss once.
+        args = _args("--corrections", f"sqlite:///{path}", "--soft-labels", "--epochs", "1", "--max-steps", "20",
+                     out=str(out))
+        assert main(args) == 0
+        _, card = load_model(out / "model.safetensors")
+        corrections = card["training"]["corrections"]
+        assert (corrections["relabelled"], corrections["dropped"], corrections["soft_labelled"]) == (3, 1, 5)
+        assert corrections["store"] == f"sqlite:///{path}"
+        assert card["training"]["soft_labels"] is True
+        assert card["training"]["faces_trained_on"] == len(sample) - 1
+        assert seen and all(t.dtype == torch.float32 and t.shape[1] == 7 for t in seen)
+        targets = torch.cat(seen).numpy()
+        assert len(targets) == len(sample) - 1  # the not_a_face face never reaches the loss
+        assert sorted(targets.max(1))[:1] == [0.5] and (targets.max(1) == 1.0).sum() == len(sample) - 2  # one tie
+        expected = sample.labels.copy()
+        for role, label in (("relabelled", HAPPY), ("relabelled_split", HAPPY), ("disgust_vote", DISGUST)):
+            expected[_row(sample, faces[role])] = label
+        expected = np.delete(expected, [_row(sample, faces["dropped"]), _row(sample, faces["tie"])])
+        hard = targets[targets.max(1) == 1.0].argmax(1)
+        np.testing.assert_array_equal(np.bincount(hard, minlength=7), np.bincount(expected, minlength=7))
+
+    def test_hard_run_records_its_corrections(self, tmp_path: Path, store_path) -> None:
+        path, _ = store_path
+        out = tmp_path / "hard"
+        assert main(_args("--corrections", str(path), "--epochs", "1", out=str(out))) == 0
+        card = json.loads((out / "model.json").read_text())
+        assert card["training"]["corrections"]["relabelled"] == 3
+        assert card["training"]["soft_labels"] is False
+
+    def test_no_decisions_warns_and_trains(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        empty = tmp_path / "empty.db"
+        open_store(str(empty)).close()
+        out = tmp_path / "plain"
+        assert main(_args("--corrections", str(empty), "--epochs", "1", out=str(out))) == 0
+        assert "holds no decisions" in capsys.readouterr().err
+        assert json.loads((out / "model.json").read_text())["training"]["corrections"]["faces_with_votes"] == 0
+
+    @pytest.mark.parametrize("extra, message", [
+        (["--corrections", "/nonexistent/annotations.db"], "no annotation database"),
+        (["--soft-labels"], "give the annotation store with --corrections"),
+    ])
+    def test_bad_input_is_refused(self, tmp_path: Path, extra: list[str], message: str,
+                                  capsys: pytest.CaptureFixture) -> None:
+        assert main(_args(*extra, "--epochs", "1", out=str(tmp_path / "x"))) == 2
+        assert message in capsys.readouterr().err
+
+    def test_a_file_that_is_not_a_store_is_refused(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        junk = tmp_path / "junk.db"
+        junk.write_text("not a database")
+        assert main(_args("--corrections", str(junk), "--epochs", "1", out=str(tmp_path / "x"))) == 2
+        assert "cannot read" in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
