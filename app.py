@@ -75,9 +75,32 @@ def build_demo(table, store=None) -> "gr.Blocks":
 
 
 def launch(demo: "gr.Blocks", *, host: str, port: int, **kwargs) -> None:
-    """Start serving ``demo`` with the app's limits (upload size) and keyboard shortcuts."""
+    """Start serving ``demo`` with the app's limits (upload size, queue), layout fixes and keyboard shortcuts.
+
+    Queue (chosen with ``python -m ui.load``, figures in the README's "Load"): every event
+    without its own limit, ``predict`` included, runs at most ``concurrency`` calls at a time
+    (Gradio's ``GRADIO_DEFAULT_CONCURRENCY_LIMIT`` overrides it, as ``ui.load --concurrency``
+    does); at most ``max_size`` events wait, beyond that a caller is told at once that the
+    queue is full instead of waiting minutes.
+    """
     from ui.relabel_tab import KEYBOARD_JS
 
+    concurrency = "not_set" if os.environ.get("GRADIO_DEFAULT_CONCURRENCY_LIMIT") else 2
+    demo.queue(default_concurrency_limit=concurrency, max_size=64)
+    # Layout: the Browse gallery shows each whole face, crisp, in as many columns as fit, and
+    # grows with the page instead of scrolling inside itself both ways; on a phone, small
+    # buttons (the Relabel answers, the Browse pager) sit several to a row, not one per row.
+    css = """
+    .grid-wrap .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important; }
+    .grid-wrap.fixed-height { max-height: none !important; min-height: 0 !important; }
+    .grid-wrap .thumbnail-item > img { object-fit: contain !important; image-rendering: pixelated; }
+    .grid-wrap .caption-label { max-width: 100%; font-size: 11px; padding: 1px 4px; }
+    @media (max-width: 640px) {
+      .row > button.sm { min-width: min(72px, 100%) !important; }
+      .prose h1 { font-size: 1.3rem; }
+    }
+    """
+    kwargs.setdefault("css", css)
     demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, js=KEYBOARD_JS, **kwargs)
 
 
