@@ -91,10 +91,10 @@ def launch(demo: "gr.Blocks", *, host: str, port: int, **kwargs) -> None:
     # grows with the page instead of scrolling inside itself both ways; on a phone, small
     # buttons (the Relabel answers, the Browse pager) sit several to a row, not one per row.
     css = """
-    .grid-wrap .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important; }
-    .grid-wrap.fixed-height { max-height: none !important; min-height: 0 !important; }
-    .grid-wrap .thumbnail-item > img { object-fit: contain !important; image-rendering: pixelated; }
-    .grid-wrap .caption-label { max-width: 100%; font-size: 11px; padding: 1px 4px; }
+    #browse-gallery .grid-wrap .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important; }
+    #browse-gallery .grid-wrap.fixed-height { max-height: none !important; min-height: 0 !important; }
+    #browse-gallery .grid-wrap .thumbnail-item > img { object-fit: contain !important; image-rendering: pixelated; }
+    #browse-gallery .grid-wrap .caption-label { max-width: 100%; font-size: 11px; padding: 1px 4px; }
     @media (max-width: 640px) {
       .row > button.sm { min-width: min(72px, 100%) !important; }
       .prose h1 { font-size: 1.3rem; }

@@ -132,7 +132,7 @@ def test_predict_tab_shows_faces_and_labels(page, launched) -> None:
     expect(grid.locator("[role=row][data-index]")).to_have_count(3)
     for i, label in enumerate(expected):
         expect(grid.get_by_test_id(f"cell-{i}-0")).to_have_text(str(i + 1))
-        expect(grid.get_by_test_id(f"cell-{i}-5")).to_have_text(label)
+        expect(grid.get_by_test_id(f"cell-{i}-1")).to_have_text(label)
     # The face picker and the probabilities show the first (largest) face.
     expect(page.get_by_label("Face", exact=True)).to_have_value(re.compile(rf"^1: {expected[0]}", re.IGNORECASE))
     expect(page.get_by_test_id("label").first).to_contain_text(expected[0], ignore_case=True)

@@ -81,23 +81,29 @@ class Browser:
         corrected = self._corrected() if query.label_status != "any" else None
         return filter_faces(self.frame, query, corrected=corrected)
 
+    @staticmethod
+    def history_columns() -> pd.DataFrame:
+        return pd.DataFrame(columns=["created_at", "annotator", "label", "undone", "strategy", "model_version"])
+
     def history(self, row: int) -> pd.DataFrame:
         """The relabel store's decisions on one face, oldest first (empty without a store)."""
-        columns = ["created_at", "annotator", "label", "undone", "strategy", "model_version"]
+        columns = list(self.history_columns().columns)
         if self._history is None:
             return pd.DataFrame(columns=columns)
         decisions = self._history(str(self.frame["sample_id"].iloc[row]))
         return decisions[[c for c in columns if c in decisions]].reset_index(drop=True)
 
     def caption(self, row: int) -> str:
+        """Short enough for a thumbnail: label, quality, the model's opinion ("= Happy 91%" agrees,
+        "≠ Sad 64%" disagrees) and the duplicate group."""
         record = self.frame.iloc[row]
-        text = f"{DISPLAY_NAMES[EMOTIONS[int(record['emotion'])]]} · q {record.get('quality_score', float('nan')):.2f}"
+        text = f"{DISPLAY_NAMES[EMOTIONS[int(record['emotion'])]]} {record.get('quality_score', float('nan')):.2f}"
         if "model_label" in self.frame:
             model = EMOTIONS[int(record["model_label"])]
             mark = "=" if bool(record["model_agrees"]) else "≠"
-            text += f" · model {mark} {DISPLAY_NAMES[model]} {record['model_confidence']:.0%}"
+            text += f" {mark}{DISPLAY_NAMES[model]} {record['model_confidence']:.0%}"
         if "dup_group_size" in self.frame and int(record["dup_group_size"]) > 1:
-            text += f" · dup #{int(record['dup_group'])} ({record['dup_kind']})"
+            text += f" dup#{int(record['dup_group'])}"
         return text
 
     def page(self, rows: np.ndarray, page: int, page_size: int) -> PageView:
@@ -230,13 +236,15 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
         next_button = gr.Button("Next ▶", size="sm", scale=1)
         page_size = gr.Dropdown(list(PAGE_SIZES), value=PAGE_SIZES[0], label="Faces per page", scale=1)
     with gr.Row(equal_height=False):
-        gallery = gr.Gallery(initial_view.faces, label="Faces", columns=8, height="auto", object_fit="none",
-                             allow_preview=False, scale=3)
+        gallery = gr.Gallery(initial_view.faces, label="Faces", columns=8, height="auto", object_fit="contain",
+                             allow_preview=False, scale=3, elem_id="browse-gallery")
         with gr.Column(scale=2):
             face_large = gr.Image(label="Selected face", interactive=False, height=400, format="png")
             face_probs = gr.Label(label="Model probabilities", num_top_classes=7)
-            face_history = gr.Dataframe(label="Decision history (relabel store)", interactive=False)
-            face_fields = gr.Dataframe(label="Fields", interactive=False, max_height=400)
+            face_history = gr.Dataframe(browser.history_columns(), label="Decision history (relabel store)",
+                                        interactive=False)
+            face_fields = gr.Dataframe(pd.DataFrame(columns=["field", "value"]), label="Fields", interactive=False,
+                                       max_height=400)
     with gr.Accordion("Plots of the current selection", open=False):
         with gr.Row():
             class_plot = gr.BarPlot(initial_plots["classes"], x="emotion", y="faces", title="Faces per emotion",

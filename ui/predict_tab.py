@@ -178,11 +178,11 @@ def faces_table(predictions: list[FacePrediction]) -> pd.DataFrame:
     rows = []
     for number, p in enumerate(predictions, start=1):
         x, y, w, h = p.box
-        rows.append({"face": number, "x": x, "y": y, "w": w, "h": h, "label": p.label,
-                     "confidence": round(p.confidence, 4),
+        rows.append({"face": number, "label": p.label, "confidence": round(p.confidence, 4),
+                     "x": x, "y": y, "w": w, "h": h,
                      **{name: round(v, 4) for name, v in p.probabilities.items()},
                      "detector_score": None if p.detector_score is None else round(p.detector_score, 4)})
-    columns = ["face", "x", "y", "w", "h", "label", "confidence"]
+    columns = ["face", "label", "confidence", "x", "y", "w", "h"]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
 
 
@@ -298,7 +298,7 @@ def build_predict_tab() -> None:
                 face_view = gr.Image(label="What the model saw (48x48)", interactive=False, height=300,
                                      scale=2, format="png")
                 probabilities = gr.Label(label="Emotion probabilities", num_top_classes=7, scale=3)
-            table = gr.Dataframe(value=empty_table, label="Every face", interactive=False, wrap=True)
+            table = gr.Dataframe(value=empty_table, label="Every face", interactive=False)
             with gr.Row():
                 csv_file = gr.DownloadButton("Download table (CSV)", value=None, interactive=False)
                 json_file = gr.DownloadButton("Download results (JSON)", value=None, interactive=False)
