@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,24 @@ def free_port() -> int:
 
 def read_grey(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("L"))
+
+
+class Clock:
+    """A settable UTC clock for the relabel store (``open_store(..., now=clock)``)."""
+
+    def __init__(self) -> None:
+        self.t = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.t
+
+    def advance(self, **delta: float) -> None:
+        self.t += timedelta(**delta)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
 @pytest.fixture(autouse=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from conftest import Clock
 from annotate import STRATEGIES, AnnotateError, Queue, open_store
 from annotate.export import (
     CORRECTION_COLUMNS,
@@ -21,22 +22,6 @@ from annotate.export import (
 )
 from annotate.store import Store
 from fer_core.labels import EMOTIONS
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def advance(self, **delta: float) -> None:
-        self.t += timedelta(**delta)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

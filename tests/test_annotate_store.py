@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 from sqlalchemy import inspect, text
 
+from conftest import Clock
 from annotate import AnnotateError, UnknownFaceError, open_store
 from annotate.engine import create_store_engine, default_db_url, is_transient, to_url
 from annotate.labels import LABELS, VOTE_LABELS, check_label
@@ -16,24 +17,6 @@ from annotate.migrate import head_revision, upgrade
 from annotate.models import Base
 from annotate.store import Store, content_hash
 from fer_core._validation import FERError
-
-
-class Clock:
-    """A settable UTC clock for the store."""
-
-    def __init__(self) -> None:
-        self.t = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.t
-
-    def advance(self, **delta: float) -> None:
-        self.t += timedelta(**delta)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture
