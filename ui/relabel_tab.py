@@ -244,7 +244,7 @@ def build_relabel_tab(desk: RelabelDesk, selection_state=None) -> None:
                                   for answer, title, key in ANSWERS[:7]]
             with gr.Row():
                 answer_buttons += [gr.Button(f"{title} ({key})", elem_id=f"relabel-{answer}", size="sm",
-                                             variant="stop" if answer == "not_a_face" else "secondary")
+                                             variant="secondary")
                                    for answer, title, key in ANSWERS[7:]]
                 undo = gr.Button("Undo (Backspace)", elem_id="relabel-undo", size="sm")
     with gr.Accordion("Export the corrections", open=False):
