@@ -27,6 +27,11 @@ Outputs:
     Written first: K, seed and a digest of the fold assignment. ``--resume`` checks it,
     skips the folds that are finished (``fold_k/oof_probabilities.parquet``), continues
     the fold that was running from its checkpoint, and starts the others.
+
+``--fold-index I`` trains fold ``I`` alone, so that the K models can train at the same
+time in K processes (on one GPU, or on several machines sharing ``DIR``); every such
+process writes or checks the same plan. A final ``--folds K --resume`` without it finds
+every fold finished and writes the combined files.
 """
 
 from __future__ import annotations
@@ -87,25 +92,35 @@ def _command() -> str:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.part")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")  # one per process: folds may run in parallel
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 
 
 def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.part")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")  # one per process: folds may run in parallel
     frame.to_parquet(tmp, index=False)
     os.replace(tmp, path)
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.part")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")  # one per process: folds may run in parallel
     tmp.write_text("".join(f"{line}\n" for line in lines))
     os.replace(tmp, path)
 
 
-def _check_out(out: Path, resume: bool) -> None:
-    """Before loading anything: ``--resume`` needs a fold run in ``out``, a new run needs none there."""
+def _check_out(out: Path, resume: bool, fold_index: int | None = None) -> None:
+    """Before loading anything: ``--resume`` needs a fold run in ``out``, a new run needs none there.
+
+    With ``fold_index`` the run may already be there (the other folds' processes started
+    it); only that fold's own folder must be new, unless resuming.
+    """
+    if fold_index is not None:
+        fold_dir = out / f"fold_{fold_index}"
+        if not resume and ((fold_dir / "checkpoint.json").is_file() or (fold_dir / OOF_FILE).is_file()):
+            raise FERError(f"{fold_dir} already holds fold {fold_index}: add --resume to continue it, "
+                           "or choose another --out")
+        return
     if resume and not (out / PLAN_FILE).is_file():
         raise FERError(f"--resume: no fold run in {out} (no {PLAN_FILE})")
     if not resume and ((out / PLAN_FILE).is_file() or (out / "checkpoint.json").is_file()):
@@ -192,8 +207,11 @@ def train_folds(args: argparse.Namespace) -> int:
     k = args.folds
     if k < 2:
         raise FERError(f"--folds needs at least 2 folds (each model trains on K-1 of them), got {k}")
+    only = getattr(args, "fold_index", None)
+    if only is not None and not 0 <= only < k:
+        raise FERError(f"--fold-index must be between 0 and {k - 1} with --folds {k}, got {only}")
     out = Path(args.out)
-    _check_out(out, args.resume)
+    _check_out(out, args.resume, only)
     device = resolve_device(args.device)
     label_map = LabelMap(args.merge)
     train, val = load_training_data(args)
@@ -203,10 +221,10 @@ def train_folds(args: argparse.Namespace) -> int:
     plan = {"folds": k, "seed": args.seed, "classes": label_map.names, "faces": len(data),
             "assignment_sha256": fold_digest(sample_ids, folds), "corrections": data.corrections,
             "command": _command()}
-    _check_plan(out, plan, args.resume)
+    _check_plan(out, plan, args.resume or (only is not None and (out / PLAN_FILE).is_file()))
 
     parts = []
-    for fold in range(k):
+    for fold in range(k) if only is None else [only]:
         fold_dir = out / f"fold_{fold}"
         held_out = np.flatnonzero(folds == fold)
         if (fold_dir / OOF_FILE).is_file():
@@ -224,6 +242,10 @@ def train_folds(args: argparse.Namespace) -> int:
             fit(argparse.Namespace(**{**vars(args), "out": str(fold_dir), "resume": resume}), fold_dir, subset, val,
                 label_map, resume=resume, card_extra={"fold": fold, "folds": k, "held_out_faces": len(held_out)})
         parts.append(_fold_oof(fold_dir, data, held_out, fold, label_map.names, device))
+    if only is not None:
+        print(f"fold {only + 1}/{k} finished; once every fold is, `--folds {k} --resume` (without --fold-index) "
+              f"writes the combined files in {out}", flush=True)
+        return 0
 
     oof = pd.concat(parts, ignore_index=True).sort_values("row")
     if not np.array_equal(oof["row"].to_numpy(), np.arange(len(data))):
