@@ -16,7 +16,6 @@ nothing is deleted, so the full history stays in :meth:`Store.decisions`.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
+from fer_core.images import pixels_sha256
 from fer_core.labels import EMOTIONS, NUM_CLASSES
 
 from .engine import create_store_engine, default_db_url, integrity_check, retry, writer
@@ -90,7 +90,7 @@ def content_hash(image: np.ndarray) -> str:
     pixels = np.ascontiguousarray(image)
     if pixels.dtype != np.uint8:
         raise AnnotateError(f"face pixels must be uint8 grey levels, got dtype {pixels.dtype}")
-    return hashlib.sha256(pixels.tobytes()).hexdigest()
+    return pixels_sha256(pixels)
 
 
 @dataclass(frozen=True)

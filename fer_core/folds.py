@@ -17,8 +17,8 @@ Outputs:
 ``DIR/oof_probabilities.parquet``
     One row per training face, in the data's order: ``sample_id``, one probability column
     per training class (the seven FER2013 emotions in FER2013 order, or the merged classes
-    with ``--merge``), ``emotion`` (the FER2013 id the data gives, before corrections) and
-    ``fold``. This is what :class:`annotate.queue.Queue` wants: a model that never saw a
+    with ``--merge``), ``emotion`` (the FER2013 id the data gives, before corrections),
+    ``fold`` and ``content_hash`` (sha256 of the face's pixels). This is what :class:`annotate.queue.Queue` wants: a model that never saw a
     face, so that its label errors are not learnt away.
 ``DIR/folds.json``
     The run's card: K, seed, the command, per-fold training faces, best epoch and val
@@ -49,6 +49,7 @@ import numpy as np
 import pandas as pd
 
 from fer_core._validation import FERError
+from fer_core.images import pixels_sha256
 
 __all__ = ["assign_folds", "fold_digest", "train_folds", "OOF_FILE", "SUMMARY_FILE", "PLAN_FILE"]
 
@@ -179,6 +180,8 @@ def _fold_oof(fold_dir: Path, data: Any, rows: np.ndarray, fold: int, names: lis
         frame[name] = probs[:, i]
     frame["emotion"] = data.table.labels[rows]
     frame["fold"] = fold
+    # The pixels' hash lets a reader check that a sample_id names the same face it was computed on.
+    frame["content_hash"] = [pixels_sha256(image) for image in data.table.images[rows]]
     _write_parquet(fold_dir / OOF_FILE, frame)
     return frame
 
@@ -266,7 +269,7 @@ def train_folds(args: argparse.Namespace) -> int:
         "val_accuracy_mean": float(accuracies.mean()), "val_accuracy_sd": float(accuracies.std(ddof=1)),
         "oof_accuracy_vs_given_label": float((oof[label_map.names].to_numpy().argmax(1) == given).mean()),
         "probabilities": {"file": OOF_FILE, "calibrated": "each fold's temperature, fitted on val",
-                          "columns": ["sample_id", *label_map.names, "emotion", "fold"]},
+                          "columns": ["sample_id", *label_map.names, "emotion", "fold", "content_hash"]},
         "code_version": _code_version(),
     }
     _write_json(out / SUMMARY_FILE, summary)

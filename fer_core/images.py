@@ -52,6 +52,7 @@ from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 from ._validation import ImageError
 
 __all__ = [
+    "pixels_sha256",
     "ImageSource",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
@@ -80,6 +81,13 @@ _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_SOS = b"\xff\xda"
 _JPEG_EOI = b"\xff\xd9"
 _WHITE = (255, 255, 255)
+
+
+def pixels_sha256(image: np.ndarray) -> str:
+    """sha256 (hex) of an image's pixels as C-ordered bytes: identifies the picture, not the file it came in."""
+    import hashlib
+
+    return hashlib.sha256(np.ascontiguousarray(image).tobytes()).hexdigest()
 
 
 def load_image(

@@ -13,6 +13,7 @@ from conftest import free_port
 from fer_core.browse import enrich
 from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import load_faces
+from fer_core.images import pixels_sha256
 from ui.relabel_tab import ANSWERS, KEYBOARD_JS, RelabelDesk, Settings, check_name, oof_probabilities
 
 
@@ -86,9 +87,23 @@ class TestDesk:
             oof[emotion] = 1.0 if i == 2 else 0.0
         path = tmp_path / "oof.parquet"
         oof.to_parquet(path)
-        probs, hits = oof_probabilities(frame, path)
+        probs, hits = oof_probabilities(frame, path=path)
         assert hits == 10 and np.all(probs[:10, 2] == 1.0)
         assert np.allclose(probs[10:], frame[[c for c in frame if c.startswith("p_")]].to_numpy()[10:])
+
+    def test_out_of_fold_rows_of_other_pixels_under_the_same_name_are_not_used(self, table, tmp_path: Path) -> None:
+        frame = table.frame
+        oof = pd.DataFrame({"sample_id": frame["sample_id"].iloc[:4]})
+        for emotion in ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]:
+            oof[emotion] = 1.0 if emotion == "fear" else 0.0
+        # Faces 0 and 1 are the ones the file was computed on; 2 and 3 are other pictures under the same ids.
+        oof["content_hash"] = [pixels_sha256(table.images[i]) for i in (0, 1, 5, 6)]
+        path = tmp_path / "oof.parquet"
+        oof.to_parquet(path)
+        probs, hits = oof_probabilities(frame, table.images, path)
+        assert hits == 2 and np.all(probs[:2, 2] == 1.0)
+        model = frame[[c for c in frame if c.startswith("p_")]].to_numpy()
+        assert np.allclose(probs[2:4], model[2:4])
 
     def test_keyboard_script_maps_every_answer(self) -> None:
         for answer, _, key in ANSWERS:

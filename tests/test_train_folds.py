@@ -13,6 +13,7 @@ import fer_core.train as train_module
 from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import load_faces
 from fer_core.folds import assign_folds
+from fer_core.images import pixels_sha256
 from fer_core.labels import EMOTIONS
 from fer_core.train import get_args_parser, main
 from fer_core.weights import load_model
@@ -55,9 +56,10 @@ class TestFoldRun:
         out = tmp_path / "folds"
         assert _run(out, "--folds", "3", "--epochs", "2") == 0
         oof = pd.read_parquet(out / "oof_probabilities.parquet")
-        assert list(oof.columns) == ["sample_id", *EMOTIONS, "emotion", "fold"]
-        # Every training face exactly once, in the data's order, with its given label.
+        assert list(oof.columns) == ["sample_id", *EMOTIONS, "emotion", "fold", "content_hash"]
+        # Every training face exactly once, in the data's order, with its given label and its pixels' hash.
         assert oof["sample_id"].tolist() == sample.frame["sample_id"].astype(str).tolist()
+        assert oof["content_hash"].tolist() == [pixels_sha256(face) for face in sample.images]
         np.testing.assert_array_equal(oof["emotion"], sample.labels)
         np.testing.assert_array_equal(oof["fold"], assign_folds(sample.labels, 3, seed=0))
         probs = oof[list(EMOTIONS)].to_numpy()
@@ -87,7 +89,7 @@ class TestFoldRun:
         assert _run(out, "--folds", "2", "--epochs", "1", "--merge", "disgust=angry") == 0
         oof = pd.read_parquet(out / "oof_probabilities.parquet")
         names = ["angry", "fear", "happy", "sad", "surprise", "neutral"]
-        assert list(oof.columns) == ["sample_id", *names, "emotion", "fold"]
+        assert list(oof.columns) == ["sample_id", *names, "emotion", "fold", "content_hash"]
         np.testing.assert_allclose(oof[names].sum(axis=1), 1.0, atol=1e-9)
         assert set(oof["emotion"]) == set(range(7))  # the FER2013 ids as given, before the merge
         assert json.loads((out / "folds.json").read_text())["classes"] == names

@@ -50,6 +50,23 @@ def check_sample(val_folder: str | Path, per_class: int = CHECK_PER_CLASS):
     return table.select(np.array(picked))
 
 
+def refit_temperature(weights: Path, val, card: dict) -> dict:
+    """The calibration block of a card, fitted on val without flip TTA."""
+    import torch
+
+    from fer_core.calibration import expected_calibration_error, fit_temperature, softmax
+    from fer_core.train import predict_logits
+    from fer_core.weights import load_model
+
+    model, _ = load_model(weights)
+    labels = np.asarray(card["fer2013_id_to_class"])[val.labels]
+    logits = predict_logits(model, val.images, device=torch.device("cpu"))
+    temperature = fit_temperature(logits, labels)
+    return {"temperature": temperature, "fitted_on": "val, without flip TTA (refitted when bundling)",
+            "ece_before": expected_calibration_error(softmax(logits), labels),
+            "ece_after": expected_calibration_error(softmax(logits, temperature), labels)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a training output folder holding model.safetensors and model.json")
@@ -59,12 +76,16 @@ def main() -> int:
     args = parser.parse_args()
     run = Path(args.run)
     shutil.copyfile(run / "model.safetensors", DEFAULT_WEIGHTS)
+    if (run / "curve.png").is_file():
+        shutil.copyfile(run / "curve.png", DEFAULT_WEIGHTS.with_name("fer_model_curve.png"))
     card = json.loads((run / "model.json").read_text())
     inference = card.setdefault("inference", {})
-    if args.tta == "off":
-        inference["flip_tta"] = False
-    card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     val = load_faces(args.val, progress=False)
+    if args.tta == "off" and inference.get("flip_tta"):
+        # Training fitted the temperature to the mirrored-and-averaged logits: refit it to those now served.
+        inference["flip_tta"] = False
+        card["calibration"] = refit_temperature(run / "model.safetensors", val, card)
+    card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     tta = bool(inference.get("flip_tta", False))
     accuracies = {runtime: val_accuracy(DEFAULT_WEIGHTS, val, runtime, tta) for runtime in ("onnx", "onnx-int8")}
     inference["runtime"] = "onnx-int8" if accuracies["onnx-int8"] >= accuracies["onnx"] - INT8_TOLERANCE else "onnx"

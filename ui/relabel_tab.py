@@ -20,6 +20,7 @@ from annotate.export import export_corrections, export_ferplus
 from fer_core.browse import PROBABILITY_COLUMNS
 from fer_core.config import ASSETS_DIR
 from fer_core.datasets import FaceTable
+from fer_core.images import pixels_sha256
 from fer_core.labels import DISPLAY_NAMES, EMOTIONS
 
 __all__ = ["RelabelDesk", "Settings", "ANSWERS", "KEYBOARD_JS", "build_relabel_tab", "oof_probabilities"]
@@ -55,19 +56,26 @@ KEYBOARD_JS = """
 """ % ", ".join([f'"{key}": "relabel-{answer}"' for answer, _, key in ANSWERS] + ['"Backspace": "relabel-undo"'])
 
 
-def oof_probabilities(frame: pd.DataFrame, path: Path = OOF_PATH) -> tuple[np.ndarray | None, int]:
+def oof_probabilities(frame: pd.DataFrame, images: np.ndarray | None = None,
+                      path: Path = OOF_PATH) -> tuple[np.ndarray | None, int]:
     """Probabilities for the queue: out-of-fold ones where shipped, else the bundled model's.
 
     Returns the ``(N, 7)`` array aligned with ``frame`` (FER2013 order) and how many rows came
     from the out-of-fold file. A model is overconfident on its own training faces, which hides
     their label errors; the out-of-fold file holds what a model that never saw each face thought.
+    Where the file carries ``content_hash`` and ``images`` are given, a row counts only when
+    the face under that ``sample_id`` has the same pixels (another data set may reuse the names).
     """
     probs = frame[list(PROBABILITY_COLUMNS)].to_numpy(dtype=np.float64) if PROBABILITY_COLUMNS[0] in frame else None
     if not path.is_file():
         return probs, 0
     oof = pd.read_parquet(path)
     oof = oof.drop_duplicates("sample_id").set_index("sample_id")
-    hit = frame["sample_id"].isin(oof.index).to_numpy()
+    hit = frame["sample_id"].isin(oof.index).to_numpy().copy()
+    if images is not None and "content_hash" in oof.columns:
+        rows = np.flatnonzero(hit)
+        same = [pixels_sha256(images[r]) == oof.at[frame["sample_id"].iat[r], "content_hash"] for r in rows]
+        hit[rows[~np.array(same, dtype=bool)]] = False
     if probs is None:
         probs = np.full((len(frame), len(EMOTIONS)), np.nan)
     probs[hit] = oof.loc[frame["sample_id"][hit], list(EMOTIONS)].to_numpy(dtype=np.float64)
@@ -106,7 +114,7 @@ class RelabelDesk:
         self.store = store
         self.table = table
         self.model_version = model_version
-        self.probabilities, self.oof_rows = oof_probabilities(table.frame)
+        self.probabilities, self.oof_rows = oof_probabilities(table.frame, table.images)
         columns = [c for c in ("sample_id", "emotion", "quality_score") if c in table.frame]
         self.queue = Queue(store, table.frame[columns], dataset=table.name, probabilities=self.probabilities,
                            images=table.images)
