@@ -89,7 +89,8 @@ def launch(demo: "gr.Blocks", *, host: str, port: int, **kwargs) -> None:
     demo.queue(default_concurrency_limit=concurrency, max_size=64)
     # Layout: the Browse gallery shows each whole face, crisp, in as many columns as fit, and
     # grows with the page instead of scrolling inside itself both ways; on a phone, small
-    # buttons (the Relabel answers, the Browse pager) sit several to a row, not one per row.
+    # buttons (the Relabel answers, the Browse pager) sit several to a row, not one per row,
+    # and the photo boxes shrink to a 4:3 photo's height at that width (no blank bands).
     css = """
     #browse-gallery .grid-wrap .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important; }
     #browse-gallery .grid-wrap.fixed-height { max-height: none !important; min-height: 0 !important; }
@@ -97,6 +98,8 @@ def launch(demo: "gr.Blocks", *, host: str, port: int, **kwargs) -> None:
     #browse-gallery .grid-wrap .caption-label { max-width: 100%; font-size: 11px; padding: 1px 4px; }
     @media (max-width: 640px) {
       .row > button.sm { min-width: min(72px, 100%) !important; }
+      #browse-pager > * { min-width: 40% !important; flex: 1 1 40% !important; }
+      #predict-photo, #predict-annotated { height: 330px !important; }
       .prose h1 { font-size: 1.3rem; }
     }
     """

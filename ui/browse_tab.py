@@ -212,10 +212,11 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
     initial_plots = browser.plots(initial_rows)
 
     with gr.Row():
-        split = gr.Dropdown([ALL, *browser.splits], value=ALL, label="Split", scale=1)
-        emotions = gr.CheckboxGroup(list(EMOTIONS), label="Emotions (none ticked: all)", scale=4)
-        sort = gr.Dropdown(list(SORTS), value=SORTS[0], label="Order", scale=2)
-        seed = gr.Number(0, label="Random seed", precision=0, minimum=0, scale=1)
+        split = gr.Dropdown([ALL, *browser.splits], value=ALL, label="Split", scale=1, min_width=120)
+        # Wide enough for the seven emotions on one line at 1280 px.
+        emotions = gr.CheckboxGroup(list(EMOTIONS), label="Emotions (none ticked: all)", scale=6)
+        sort = gr.Dropdown(list(SORTS), value=SORTS[0], label="Order", scale=2, min_width=160)
+        seed = gr.Number(0, label="Random seed", precision=0, minimum=0, scale=1, min_width=100)
     with gr.Row():
         q_min = gr.Slider(0, 1, value=0, step=0.01, label="Quality at least")
         q_max = gr.Slider(0, 1, value=1, step=0.01, label="Quality at most")
@@ -230,10 +231,11 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
                     component_sliders.append(gr.Slider(0, 1, value=0, step=0.01, label=f"{name} at least"))
                     component_sliders.append(gr.Slider(0, 1, value=1, step=0.01, label=f"{name} at most"))
     count = gr.Markdown(browser.count_text(initial_view))
-    with gr.Row():
-        prev_button = gr.Button("◀ Previous", size="sm", scale=1)
+    # The pager: buttons as tall as the labelled fields beside them (equal_height), so they line up.
+    with gr.Row(equal_height=True, elem_id="browse-pager"):
+        prev_button = gr.Button("◀ Previous", scale=1)
         page_number = gr.Number(1, label="Page", precision=0, minimum=1, scale=1)
-        next_button = gr.Button("Next ▶", size="sm", scale=1)
+        next_button = gr.Button("Next ▶", scale=1)
         page_size = gr.Dropdown(list(PAGE_SIZES), value=PAGE_SIZES[0], label="Faces per page", scale=1)
     with gr.Row(equal_height=False):
         gallery = gr.Gallery(initial_view.faces, label="Faces", columns=8, height="auto", object_fit="contain",

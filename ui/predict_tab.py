@@ -273,26 +273,28 @@ def build_predict_tab() -> None:
     # Load the model and the detector now, so the first visitor does not wait for them.
     annotate_frame(np.zeros((240, 320, 3), dtype=np.uint8))
 
-    with gr.Row():
-        min_face = gr.Slider(8, 400, value=DEFAULT_MIN_FACE, step=1, label="Minimum face size (pixels)",
-                             info="Smaller faces are ignored")
-        sensitivity = gr.Slider(0.05, 0.7, value=DEFAULT_SENSITIVITY, step=0.05, label="Detector sensitivity",
-                                info="Higher finds more faces, and more false ones")
-        whole_image = gr.Checkbox(False, label="The whole image is one face",
-                                  info="For pictures that are already a cropped face")
-        explain = gr.Checkbox(False, label="Show what drove each prediction",
-                              info="Grad-CAM saliency: red areas pushed most towards the label")
+    # Settings fold away: on a phone they would otherwise fill the first screen before the photo.
+    with gr.Accordion("Settings: face size, sensitivity, whole image, explanation", open=False):
+        with gr.Row():
+            min_face = gr.Slider(8, 400, value=DEFAULT_MIN_FACE, step=1, label="Minimum face size (pixels)",
+                                 info="Smaller faces are ignored")
+            sensitivity = gr.Slider(0.05, 0.7, value=DEFAULT_SENSITIVITY, step=0.05, label="Detector sensitivity",
+                                    info="Higher finds more faces, and more false ones")
+            whole_image = gr.Checkbox(False, label="The whole image is one face",
+                                      info="For pictures that are already a cropped face")
+            explain = gr.Checkbox(False, label="Show what drove each prediction",
+                                  info="Grad-CAM saliency: red areas pushed most towards the label")
     with gr.Tabs():
         with gr.Tab("Photo"):
             with gr.Row(equal_height=False):
                 with gr.Column(scale=5):
                     photo = image_input(label="Photo: upload, drop or paste", sources=["upload", "clipboard"],
-                                       type="filepath", height=420)
+                                        elem_id="predict-photo", type="filepath", height=420)
                     gr.Examples(example_paths(), inputs=[photo], label="Examples (real faces): click one")
                 with gr.Column(scale=6):
                     message = gr.Markdown("Upload a photo, paste one, or click an example.")
                     annotated = gr.Image(label="Faces found (click a face)", interactive=False, format="jpeg",
-                                         height=420)
+                                         height=420, elem_id="predict-annotated")
             with gr.Row(equal_height=False):
                 face_pick = gr.Dropdown(choices=[], label="Face", interactive=True, scale=2)
                 face_view = gr.Image(label="What the model saw (48x48)", interactive=False, height=300,

@@ -232,13 +232,16 @@ def build_relabel_tab(desk: RelabelDesk, selection_state=None) -> None:
     with gr.Row():
         name = gr.Textbox(label="Your name", placeholder="kept with every answer", max_length=MAX_NAME, scale=2)
         strategy = gr.Dropdown(desk.strategies(), value=desk.queue.strategies()[0], label="Queue", scale=2)
-        emotions = gr.CheckboxGroup(list(EMOTIONS), label="Given label (none ticked: all)", scale=4)
-    with gr.Row():
-        q_min = gr.Slider(0, 1, value=0, step=0.01, label="Quality at least")
-        q_max = gr.Slider(0, 1, value=1, step=0.01, label="Quality at most")
-        second = gr.Checkbox(False, label="Second opinion", info="Show faces others answered, until they have N answers")
-        needed = gr.Number(3, label="N answers per face", precision=0, minimum=2, maximum=20)
-        scope = gr.Radio(["whole data set", "Browse tab's selection"], value="whole data set", label="Faces")
+    # The filters fold away: on a phone they would fill two screens before the first face.
+    with gr.Accordion("Filters: given label, quality, second opinion, faces", open=False):
+        emotions = gr.CheckboxGroup(list(EMOTIONS), label="Given label (none ticked: all)")
+        with gr.Row():
+            q_min = gr.Slider(0, 1, value=0, step=0.01, label="Quality at least")
+            q_max = gr.Slider(0, 1, value=1, step=0.01, label="Quality at most")
+            second = gr.Checkbox(False, label="Second opinion",
+                                 info="Show faces others answered, until they have N answers")
+            needed = gr.Number(3, label="N answers per face", precision=0, minimum=2, maximum=20)
+            scope = gr.Radio(["whole data set", "Browse tab's selection"], value="whole data set", label="Faces")
     start = gr.Button("Start / refresh the queue", variant="primary")
     gr.Markdown(source_note + " Keys: 1-7 emotions, n not a face, u unsure, s skip, Backspace undo.")
     progress = gr.Markdown()
@@ -247,8 +250,9 @@ def build_relabel_tab(desk: RelabelDesk, selection_state=None) -> None:
         with gr.Column(scale=3):
             face_text = gr.Markdown("Enter your name and start the queue.")
             with gr.Row():
+                # min_width small enough for the seven emotions to share one row beside the face.
                 answer_buttons = [gr.Button(f"{title} ({key})", elem_id=f"relabel-{answer}", size="sm",
-                                            variant="secondary")
+                                            variant="secondary", min_width=60)
                                   for answer, title, key in ANSWERS[:7]]
             with gr.Row():
                 answer_buttons += [gr.Button(f"{title} ({key})", elem_id=f"relabel-{answer}", size="sm",
