@@ -349,6 +349,7 @@ def detect(
     backend: str = "yunet",
     score_threshold: float | None = None,
     min_face_size: int = 20,
+    max_side: int | None = None,
 ) -> list[FaceBox]:
     """Find every face in ``image``.
 
@@ -363,6 +364,11 @@ def detect(
         Lowest score kept; ``None`` takes the backend's default (YuNet 0.6, MTCNN 0.7).
     min_face_size : int, default=20
         Boxes whose shorter side is below this many pixels (of the image as given) are dropped.
+    max_side : int or None, default=None
+        Search a copy whose longest side is at most this many pixels (boxes still come in
+        the image's pixels); ``None`` takes :data:`DETECT_MAX_SIDE`. Live video uses less:
+        a quarter of the pixels costs about a quarter of the time, and misses only faces
+        a few pixels tall.
 
     Returns
     -------
@@ -382,7 +388,10 @@ def detect(
     detector = get_detector(backend, score_threshold)
     rgb = load_image(image)
     height, width = rgb.shape[:2]
-    scale = _working_scale(height, width)
+    if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, (int, np.integer))
+                                 or max_side < DETECT_MIN_SIDE):
+        raise ValueError(f"max_side must be an int >= {DETECT_MIN_SIDE}, got {max_side!r}")
+    scale = _working_scale(height, width, max_side or DETECT_MAX_SIDE)
     work = rgb
     if scale != 1.0:
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
@@ -405,11 +414,12 @@ def detect(
     return faces
 
 
-def _working_scale(height: int, width: int) -> float:
-    """Factor bringing the longest side into [DETECT_MIN_SIDE, DETECT_MAX_SIDE]."""
+def _working_scale(height: int, width: int, max_side: int = 0) -> float:
+    """Factor bringing the longest side into [DETECT_MIN_SIDE, max_side (default DETECT_MAX_SIDE)]."""
+    max_side = max_side or DETECT_MAX_SIDE
     longest = max(height, width)
-    if longest > DETECT_MAX_SIDE:
-        return DETECT_MAX_SIDE / longest
+    if longest > max_side:
+        return max_side / longest
     if longest < DETECT_MIN_SIDE:
         return DETECT_MIN_SIDE / longest
     return 1.0

@@ -220,9 +220,12 @@ class Predictor:
     # ------------------------------------------------------------ photos
 
     def predict_image(self, image: Any, *, backend: str = "yunet", score_threshold: float | None = None,
-                      min_face_size: int = 20, whole_image: bool | None = None) -> list[FacePrediction]:
+                      min_face_size: int = 20, whole_image: bool | None = None,
+                      detect_max_side: int | None = None) -> list[FacePrediction]:
         """Every face of a photo, largest first, with its box and calibrated probabilities.
 
+        ``detect_max_side`` searches for faces in a copy at most that many pixels long (see
+        :func:`fer_core.faces.detect`'s ``max_side``); the faces are cut from the full image.
         ``whole_image=True`` takes the whole image as one face (FER2013-style crops);
         ``None`` does so only when no face is found in an image that looks like a face crop.
         """
@@ -231,7 +234,7 @@ class Predictor:
 
         rgb = load_image(image)
         boxes = [] if whole_image else detect(rgb, backend=backend, score_threshold=score_threshold,
-                                               min_face_size=min_face_size)
+                                               min_face_size=min_face_size, max_side=detect_max_side)
         if boxes:
             faces = prepare_faces(rgb, boxes)
             places = [(b.x, b.y, b.w, b.h) for b in boxes]

@@ -230,3 +230,13 @@ def test_relabel_tab_with_keyboard_shortcuts(page, launched) -> None:
     assert list(live["sample_id"]) == answered[:2]
     _no_horizontal_scroll(page)
     _screenshot(page, "relabel")
+
+
+def test_the_webcam_streams_annotated_frames_back() -> None:
+    """The live path: Chromium's fake camera (a video of a face) streams through the launched app and the
+    annotated frames come back and change on screen (``python -m ui.webcam_bench`` measures the rate)."""
+    from ui.webcam_bench import measure
+
+    figures = measure(seconds=4, warmup=1)
+    assert figures.processed >= 4, figures
+    assert len(figures.shown) >= 4, figures

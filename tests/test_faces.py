@@ -218,6 +218,26 @@ class TestDetectScenes:
         # measured median 0.67; shifting the crop by a tenth of the face gives 0.45-0.49
         assert np.median(correlations) >= 0.55
 
+    @pytest.mark.parametrize("max_side, min_recall", [(480, 0.90), (400, 0.85)])
+    def test_a_smaller_search_copy_still_finds_the_faces(self, max_side: int, min_recall: float) -> None:
+        # The live webcam view searches a 400 px copy of each frame (ui.predict_tab.WEBCAM_DETECT_SIDE):
+        # the faces must stay found, with boxes in the frame's own pixels. Measured on these scenes:
+        # full size 35/37, 480 px 34/37, 400 px 32/37, 320 px 28/37 (upscaled 48 px faces lose most).
+        n_pasted = n_found = 0
+        for seed in SCENE_SEEDS:
+            scene, squares, _ = fer_scene(seed)
+            found = detect(scene, max_side=max_side)
+            assert outside_squares(squares, found) == [], f"false box on the background of scene {seed}"
+            assert all(f.x + f.w <= scene.shape[1] and f.y + f.h <= scene.shape[0] for f in found)
+            n_pasted += len(squares)
+            n_found += sum(m is not None for m in match_faces(squares, found, min_iou=CROP_IOU))
+        assert n_found / n_pasted >= min_recall, f"{n_found}/{n_pasted}"
+
+    @pytest.mark.parametrize("max_side", [0, 100, 239, 320.5, True])
+    def test_a_search_size_below_the_smallest_working_size_is_refused(self, max_side) -> None:
+        with pytest.raises(ValueError, match="max_side must be an int"):
+            detect(fer_scene(0)[0], max_side=max_side)
+
     def test_compose_scene_is_deterministic(self) -> None:
         a, squares_a, _ = fer_scene(4)
         b, squares_b, _ = fer_scene(4)

@@ -35,6 +35,15 @@ def test_photo() -> np.ndarray:
     return np.asarray(Image.fromarray(crop).resize((640, 480), Image.Resampling.BICUBIC))
 
 
+def numbered(frame: np.ndarray, number: int) -> np.ndarray:
+    """A copy of ``frame`` with ``number`` written in its bottom-left corner."""
+    import cv2
+
+    out = np.ascontiguousarray(frame).copy()
+    cv2.putText(out, f"{number:04d}", (8, out.shape[0] - 12), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -94,19 +103,24 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             client.predict(handle_file(str(photo)), api_name="/predict")
             latencies.append((time.perf_counter() - t0) * 1000)
+        # Frames as a camera sends them: every one differs (its number is written in a corner).
+        # Identical frames would give identical answers, which Gradio caches under one
+        # content-named file, and two in flight at once can then read it half-written.
+        frames = [work / f"frame_{i}.jpg" for i in range(args.frames)]
+        for i, path in enumerate(frames):
+            Image.fromarray(numbered(test_photo(), i)).save(path, quality=90)
         t0 = time.perf_counter()
-        for _ in range(args.frames):
-            client.predict(handle_file(str(photo)), api_name="/annotate_frame")
+        for path in frames:
+            client.predict(handle_file(str(path)), api_name="/annotate_frame")
         fps = args.frames / (time.perf_counter() - t0)
         # A camera does not wait for each answer before sending the next frame: keep a few in flight.
         in_flight: deque = deque()
-        # One file per slot: uploads running at once must not read the same file.
-        copies = [work / f"frame_{i}.jpg" for i in range(args.window)]
-        for copy in copies:
-            copy.write_bytes(photo.read_bytes())
         t0 = time.perf_counter()
         for i in range(args.frames):
-            in_flight.append(client.submit(handle_file(str(copies[i % len(copies)])), api_name="/annotate_frame"))
+            # Mirrored: not the pictures of the sequential pass, whose answers are cached already.
+            mirrored = work / f"mirror_{i}.jpg"
+            Image.fromarray(numbered(test_photo()[:, ::-1], i)).save(mirrored, quality=90)
+            in_flight.append(client.submit(handle_file(str(mirrored)), api_name="/annotate_frame"))
             if len(in_flight) >= args.window:
                 in_flight.popleft().result()
         while in_flight:
