@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import REPO, free_port
 
+from ui.webcam_bench import CHROMIUM, CHROMIUM_ARGS
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-CHROMIUM = Path(os.environ.get("FER_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--disable-dev-shm-usage"]
 SCREENSHOTS = REPO / "artifacts" / "screenshots"
 #: name -> Playwright context options; the phone is a 390 px wide touch screen.
 VIEWPORTS = {
