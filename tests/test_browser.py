@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, free_port
 
-from ui.webcam_bench import CHROMIUM, CHROMIUM_ARGS
+from ui.webcam_bench import CHROMIUM, CHROMIUM_ARGS, face_video, fake_camera_args
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -63,9 +63,12 @@ def launched(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory: pytest.TempPathFactory):
+    # Its camera is a fake device playing a video of a face, for the webcam test.
+    camera = fake_camera_args(face_video(tmp_path_factory.mktemp("camera")))
     with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=[*CHROMIUM_ARGS, *camera],
+                                              headless=True)
         try:
             yield chromium
         finally:
@@ -231,11 +234,11 @@ def test_relabel_tab_with_keyboard_shortcuts(page, launched) -> None:
     _screenshot(page, "relabel")
 
 
-def test_the_webcam_streams_annotated_frames_back() -> None:
+def test_the_webcam_streams_annotated_frames_back(browser) -> None:
     """The live path: Chromium's fake camera (a video of a face) streams through the launched app and the
     annotated frames come back and change on screen (``python -m ui.webcam_bench`` measures the rate)."""
     from ui.webcam_bench import measure
 
-    figures = measure(seconds=4, warmup=1)
+    figures = measure(seconds=4, warmup=1, browser=browser)
     assert figures.processed >= 4, figures
     assert len(figures.shown) >= 4, figures

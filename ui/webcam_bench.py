@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -76,13 +77,31 @@ class WebcamFigures:
         return np.diff(self.shown)
 
 
-def measure(seconds: float, warmup: float) -> WebcamFigures:
-    """Stream the fake camera through the launched app for ``warmup`` + ``seconds`` and count frames."""
+def fake_camera_args(video: Path) -> list[str]:
+    """Chromium flags for a camera that plays ``video`` (Y4M) and needs no permission prompt."""
+    return ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+            f"--use-file-for-fake-video-capture={video}"]
+
+
+def face_video(folder: Path) -> Path:
+    """The bench's video (a 640x480 photo with one face, numbered frames), written into ``folder``."""
+    from ui.bench import test_photo
+
+    video = folder / "face_640x480.y4m"
+    write_y4m(video, test_photo())
+    return video
+
+
+def measure(seconds: float, warmup: float, *, browser: Any = None) -> WebcamFigures:
+    """Stream the fake camera through the launched app for ``warmup`` + ``seconds`` and count frames.
+
+    ``browser``: a Playwright Chromium already launched with :func:`fake_camera_args`
+    (a test's); ``None`` launches one for the run.
+    """
     from playwright.sync_api import sync_playwright
 
     import app
     import ui.predict_tab as predict_tab
-    from ui.bench import test_photo
 
     # Count the frames the app processes: the browser may show fewer (a camera at 30 frames/s
     # sends the same picture twice when the app asks faster than it films).
@@ -96,19 +115,15 @@ def measure(seconds: float, warmup: float) -> WebcamFigures:
     predict_tab.annotate_frame = counted
 
     work = Path(tempfile.mkdtemp(prefix="fer_webcam_bench_"))
-    video = work / "face_640x480.y4m"
-    write_y4m(video, test_photo())
     os.environ.setdefault("FER_DB_URL", f"sqlite:///{work / 'annotations.db'}")
     demo = app.build_demo(app.load_data(None))
     port = _free_port()
     app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), headless=True,
-                args=[*CHROMIUM_ARGS, "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
-                      f"--use-file-for-fake-video-capture={video}"])
-            page = browser.new_context(viewport={"width": 1280, "height": 800}, permissions=["camera"]).new_page()
+
+    def run(chromium: Any) -> tuple[list[float], int]:
+        context = chromium.new_context(viewport={"width": 1280, "height": 800}, permissions=["camera"])
+        try:
+            page = context.new_page()
             page.set_default_timeout(60_000)
             page.goto(f"http://127.0.0.1:{port}")
             page.get_by_role("tab", name="Webcam").click()
@@ -120,8 +135,21 @@ def measure(seconds: float, warmup: float) -> WebcamFigures:
             start, server_start = page.evaluate("() => performance.now()"), time.perf_counter()
             page.wait_for_timeout(seconds * 1000)
             stamps = [t for t in page.evaluate("() => window.__frames") if t >= start]
-            processed = sum(1 for t in handled if server_start <= t <= server_start + seconds)
-            browser.close()
+            return stamps, sum(1 for t in handled if server_start <= t <= server_start + seconds)
+        finally:
+            context.close()
+
+    try:
+        if browser is not None:
+            stamps, processed = run(browser)
+        else:
+            with sync_playwright() as playwright:
+                chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True,
+                                                      args=[*CHROMIUM_ARGS, *fake_camera_args(face_video(work))])
+                try:
+                    stamps, processed = run(chromium)
+                finally:
+                    chromium.close()
     finally:
         demo.close()
         predict_tab.annotate_frame = annotate
