@@ -106,6 +106,10 @@ def _quantize_int8(onnx_model: bytes) -> bytes:
         return out.read_bytes()
 
 
+#: Batches up to this size run on one thread (see :meth:`_OnnxRuntime.__call__`).
+SINGLE_THREAD_BATCH = 4
+
+
 class _OnnxRuntime:
     """The model exported to ONNX (in memory) and run by ONNX Runtime, which fuses conv+BN+ReLU."""
 
@@ -117,14 +121,29 @@ class _OnnxRuntime:
         data = _export_onnx(model)
         if int8:
             data = _cached(f"{weights_digest}-int8-ort{ort.__version__}.onnx", lambda: _quantize_int8(data))
+        self._data, self._threads = data, threads or os.cpu_count() or 1
+        self.session = self._session(self._threads)
+        self._single: Any = None
+
+    def _session(self, threads: int) -> Any:
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(self._data, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+        session = self.session
+        if len(x) <= SINGLE_THREAD_BATCH and self._threads > 1:
+            # The few faces of a photo or a webcam frame: one thread. A second one gains little on
+            # so small a batch, and its workers spin between calls, taking the CPU from the face
+            # detector, Gradio and the other requests (the live view ran 15 -> 21 frames/s without them).
+            if self._single is None:
+                self._single = self._session(1)
+            session = self._single
+        return session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
 def _cached(name: str, make: Any) -> bytes:

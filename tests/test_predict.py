@@ -12,7 +12,7 @@ from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import load_faces
 from fer_core.faces import box_iou, compose_scene
 from fer_core.model import create_model
-from fer_core.predict import Predictor
+from fer_core.predict import SINGLE_THREAD_BATCH, Predictor
 from fer_core.weights import save_model
 
 LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -66,8 +66,12 @@ class TestFaces:
         np.testing.assert_array_equal(probs.argmax(1), raw.argmax(1))
         assert (probs.max(1) <= raw.max(1) + 1e-6).all()
 
-    def test_batch_equals_one_by_one(self, weights: Path, sample_faces: np.ndarray) -> None:
-        predictor = Predictor(weights, runtime="onnx")
+    @pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
+    def test_batch_equals_one_by_one(self, weights: Path, sample_faces: np.ndarray, runtime: str) -> None:
+        # Batches of up to SINGLE_THREAD_BATCH faces run in a one-thread session, larger ones in the
+        # multi-thread one: both must give the same answers.
+        predictor = Predictor(weights, runtime=runtime, threads=2)
+        assert len(sample_faces) > SINGLE_THREAD_BATCH
         batched = predictor.predict_faces(sample_faces)
         single = np.concatenate([predictor.predict_faces(face) for face in sample_faces])
         np.testing.assert_allclose(batched, single, atol=1e-5)

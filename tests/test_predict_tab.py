@@ -232,3 +232,20 @@ class TestPredictApi:
 def test_table_is_empty_with_its_columns_when_no_face() -> None:
     table = faces_table([])
     assert isinstance(table, pd.DataFrame) and len(table) == 0 and "label" in table.columns
+
+
+def test_the_live_view_finds_every_face_of_the_example_photos() -> None:
+    """The webcam path searches a small copy of each frame; faces of camera size must all stay found."""
+    from PIL import Image
+
+    from fer_core.config import EXAMPLES_DIR
+    from fer_core.faces import detect
+    from ui.predict_tab import WEBCAM_DETECT_SIDE
+
+    for path in sorted(EXAMPLES_DIR.glob("*.jpg")):
+        rgb = np.asarray(Image.open(path).convert("RGB"))
+        full = detect(rgb)
+        live = detect(rgb, max_side=WEBCAM_DETECT_SIDE)
+        assert len(live) == len(full) >= 1, path.name
+        for a, b in zip(sorted(full, key=lambda f: f.x), sorted(live, key=lambda f: f.x)):
+            assert abs(a.x - b.x) < 0.15 * a.w and abs(a.y - b.y) < 0.15 * a.h, path.name

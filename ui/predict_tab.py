@@ -157,8 +157,10 @@ def predict_json(source: Any, *, predictor: Predictor | None = None, **settings:
 
 
 #: Longest side of the copy of a webcam frame searched for faces; the Photo tab searches the full image.
-#: 400 px keeps 32 of the 37 faces of the seeded test scenes found (full size: 35; 320 px: 28,
-#: for 2 ms less a frame), and the live view above 15 frames/s on a 2-core machine.
+#: 400 px: 5 ms a 640x480 frame instead of 11, and the live view (``python -m ui.webcam_bench``)
+#: shows 17-20 frames/s on a 2-core machine where searching the full frame shows 14-15. It keeps
+#: every face of the example photos, and 32 of the 37 small, blurry faces of the seeded test scenes
+#: (upscaled 48 px FER2013 crops; 35 at full size, 28 at 320 px): the Photo tab is for those.
 WEBCAM_DETECT_SIDE = 400
 
 
