@@ -330,7 +330,7 @@ def read_teacher(path: str, sample_ids: np.ndarray, names: list[str]) -> np.ndar
     if missing:
         raise FERError(f"--distill: {file.name} lacks the columns {', '.join(missing)} "
                        f"(it needs sample_id and one probability column per class: {', '.join(names)})")
-    frame = frame.drop_duplicates("sample_id").set_index(frame["sample_id"].astype(str).to_numpy())
+    frame = frame.assign(sample_id=frame["sample_id"].astype(str)).drop_duplicates("sample_id").set_index("sample_id")
     absent = pd.Index(sample_ids).difference(frame.index)
     if len(absent):
         raise FERError(f"--distill: {file.name} has no probabilities for {len(absent)} of the {len(sample_ids)} "

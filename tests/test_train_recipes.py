@@ -97,7 +97,8 @@ class TestOfflineDistillation:
         ids = sample.frame["sample_id"].astype(str).to_numpy()
         teacher = np.full((len(ids), 7), 1 / 7)
         path = tmp_path / "teacher.parquet"
-        pd.DataFrame({"sample_id": ids[::-1], **{e: teacher[:, i] for i, e in enumerate(EMOTIONS)}}).to_parquet(path)
+        frame = pd.DataFrame({"sample_id": ids[::-1], **{e: teacher[:, i] for i, e in enumerate(EMOTIONS)}})
+        pd.concat([frame, frame.iloc[:3]]).to_parquet(path)  # in another order, three rows twice
         args = _args(tmp_path / "x", "--distill", str(path), "--distill-weight", "0.25")
         data = prepare_training_data(args, sample, LabelMap())
         expected = 0.75 * np.eye(7)[sample.labels] + 0.25 / 7

@@ -74,8 +74,9 @@ def oof_probabilities(frame: pd.DataFrame, images: np.ndarray | None = None,
     hit = frame["sample_id"].isin(oof.index).to_numpy().copy()
     if images is not None and "content_hash" in oof.columns:
         rows = np.flatnonzero(hit)
-        same = [pixels_sha256(images[r]) == oof.at[frame["sample_id"].iat[r], "content_hash"] for r in rows]
-        hit[rows[~np.array(same, dtype=bool)]] = False
+        expected = oof.loc[frame["sample_id"].to_numpy()[rows], "content_hash"].to_numpy()
+        same = np.array([pixels_sha256(images[r]) for r in rows], dtype=object) == expected
+        hit[rows[~same]] = False
     if probs is None:
         probs = np.full((len(frame), len(EMOTIONS)), np.nan)
     probs[hit] = oof.loc[frame["sample_id"][hit], list(EMOTIONS)].to_numpy(dtype=np.float64)
