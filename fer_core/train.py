@@ -464,16 +464,21 @@ def lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return base * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def load_teachers(paths: list[str], names: list[str], device: torch.device) -> list[nn.Module]:
-    """Teacher models for ``--teacher`` (safetensors with their cards), frozen, on ``device``."""
+def _trained_model(path: str, option: str, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """A trained model and its card for ``option`` (safetensors only), its errors said in the option's name."""
     from fer_core.weights import WeightsError, load_model
 
+    try:
+        return load_model(path, device=device)
+    except WeightsError as err:
+        raise FERError(f"{option}: {err}") from None
+
+
+def load_teachers(paths: list[str], names: list[str], device: torch.device) -> list[nn.Module]:
+    """Teacher models for ``--teacher`` (safetensors with their cards), frozen, on ``device``."""
     teachers = []
     for path in paths:
-        try:
-            model, card = load_model(path, device=device)
-        except WeightsError as err:
-            raise FERError(f"--teacher: {err}") from None
+        model, card = _trained_model(path, "--teacher", device)
         if list(card["labels"]) != names:
             raise FERError(f"--teacher: {Path(path).name} predicts {card['labels']}, the run trains {names}")
         teachers.append(model.to(memory_format=torch.channels_last).requires_grad_(False))
@@ -498,12 +503,7 @@ def teacher_probabilities(teachers: list[nn.Module], x: torch.Tensor, temperatur
 
 def init_from(model: nn.Module, path: str, architecture: str, names: list[str]) -> None:
     """Start ``model`` from trained weights (``--init``): same architecture and classes, safetensors only."""
-    from fer_core.weights import WeightsError, load_model
-
-    try:
-        trained, card = load_model(path)
-    except WeightsError as err:
-        raise FERError(f"--init: {err}") from None
+    trained, card = _trained_model(path, "--init")
     if card["architecture"] != architecture or list(card["labels"]) != names:
         raise FERError(f"--init: {Path(path).name} is a {card['architecture']} for {card['labels']}; "
                        f"this run trains a {architecture} for {names}")
