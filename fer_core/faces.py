@@ -367,8 +367,8 @@ def detect(
     max_side : int or None, default=None
         Search a copy whose longest side is at most this many pixels (boxes still come in
         the image's pixels); ``None`` takes :data:`DETECT_MAX_SIDE`. Live video uses less:
-        a quarter of the pixels costs about a quarter of the time, and misses only faces
-        a few pixels tall.
+        fewer pixels cost less time, at the price of some small faces (see
+        ``ui.predict_tab.WEBCAM_DETECT_SIDE`` for the figures).
 
     Returns
     -------
@@ -414,9 +414,8 @@ def detect(
     return faces
 
 
-def _working_scale(height: int, width: int, max_side: int = 0) -> float:
-    """Factor bringing the longest side into [DETECT_MIN_SIDE, max_side (default DETECT_MAX_SIDE)]."""
-    max_side = max_side or DETECT_MAX_SIDE
+def _working_scale(height: int, width: int, max_side: int = DETECT_MAX_SIDE) -> float:
+    """Factor bringing the longest side into [DETECT_MIN_SIDE, max_side]."""
     longest = max(height, width)
     if longest > max_side:
         return max_side / longest

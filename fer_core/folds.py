@@ -18,8 +18,9 @@ Outputs:
     One row per training face, in the data's order: ``sample_id``, one probability column
     per training class (the seven FER2013 emotions in FER2013 order, or the merged classes
     with ``--merge``), ``emotion`` (the FER2013 id the data gives, before corrections),
-    ``fold`` and ``content_hash`` (sha256 of the face's pixels). This is what :class:`annotate.queue.Queue` wants: a model that never saw a
-    face, so that its label errors are not learnt away.
+    ``fold`` and ``content_hash`` (sha256 of the face's pixels). This is what
+    :class:`annotate.queue.Queue` wants: a model that never saw a face, so that its label
+    errors are not learnt away.
 ``DIR/folds.json``
     The run's card: K, seed, the command, per-fold training faces, best epoch and val
     accuracy, and the out-of-fold accuracy against the given labels.

@@ -28,6 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from ui.bench import numbered, test_photo
+
 CHROMIUM = Path(os.environ.get("FER_CHROMIUM", "/usr/bin/chromium"))
 #: No sandbox as root, and nothing that would reach for the network.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -55,9 +57,7 @@ def write_y4m(path: Path, frame_rgb: np.ndarray, frames: int = 90) -> None:
     with path.open("wb") as out:
         out.write(f"YUV4MPEG2 W{w} H{h} F30:1 Ip A1:1 C420jpeg\n".encode())
         for i in range(frames):
-            rgb = np.ascontiguousarray(frame_rgb).copy()
-            cv2.putText(rgb, f"{i:03d}", (8, h - 12), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
-            out.write(b"FRAME\n" + cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).tobytes())
+            out.write(b"FRAME\n" + cv2.cvtColor(numbered(frame_rgb, i), cv2.COLOR_RGB2YUV_I420).tobytes())
 
 
 def _free_port() -> int:
@@ -85,8 +85,6 @@ def fake_camera_args(video: Path) -> list[str]:
 
 def face_video(folder: Path) -> Path:
     """The bench's video (a 640x480 photo with one face, numbered frames), written into ``folder``."""
-    from ui.bench import test_photo
-
     video = folder / "face_640x480.y4m"
     write_y4m(video, test_photo())
     return video
