@@ -118,17 +118,28 @@ def test_bundled_examples_have_faces() -> None:
 
 
 @pytest.fixture(scope="module")
-def client():
+def launched():
     import app
-    from gradio_client import Client
+    from ui.bench import api_client
 
     demo = app.build_demo(app.load_data(None))
     port = free_port()
     app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield Client(f"http://127.0.0.1:{port}", verbose=False)
+        yield demo, api_client(f"http://127.0.0.1:{port}")  # the client of the README's API example
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(launched):
+    return launched[1]
+
+
+def test_the_queue_summarises_its_events_every_100_not_after_each(launched) -> None:
+    # Gradio's default rebuilds a pandas summary of all logged events after every request.
+    demo, client = launched
+    assert demo._queue.ANAYLTICS_CACHE_FREQUENCY == 100
 
 
 def _call(client, path: Path, **kwargs) -> dict:

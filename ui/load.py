@@ -42,7 +42,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from ui.bench import _free_port, _percentile, connect, start_app, test_photo
+from ui.bench import _free_port, _percentile, api_client, connect, start_app, test_photo
 
 #: The Relabel endpoints' inputs after the name: scope, strategy, emotions, q_min, q_max, second opinion, N.
 RELABEL_SETTINGS = ["whole data set", "random", [], 0.0, 1.0, False, 3]
@@ -143,10 +143,10 @@ def _started(start: threading.Barrier, errors: list[str], lock: threading.Lock) 
 
 def _predict_client(url: str, photo: Path, calls: int, reference: dict, deadline: float, start: threading.Barrier,
                     result: RunResult, lock: threading.Lock) -> None:
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     try:
-        client = Client(url, verbose=False)
+        client = api_client(url)
     except Exception as err:  # noqa: BLE001 - every failure is counted, none is fatal to the others
         start.abort()
         with lock:
@@ -178,11 +178,9 @@ def _predict_client(url: str, photo: Path, calls: int, reference: dict, deadline
 
 def _relabel_client(url: str, name: str, answers: int, offset: int, deadline: float, start: threading.Barrier,
                     result: RunResult, lock: threading.Lock) -> None:
-    from gradio_client import Client
-
     labels = _answers()
     try:
-        client = Client(url, verbose=False)
+        client = api_client(url)
     except Exception as err:  # noqa: BLE001
         start.abort()
         with lock:
