@@ -132,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         startup = time.monotonic() - started
         if len(first["faces"]) != 1:
             raise RuntimeError(f"expected one face in the test photo, got {len(first['faces'])}")
-        default_client = Client(f"http://127.0.0.1:{port}", verbose=False)
         latencies = _predict_latencies(client, photo, args.requests)
+        default_client = Client(f"http://127.0.0.1:{port}", verbose=False)
         default_latencies = _predict_latencies(default_client, photo, args.requests)
+        default_client.close()
         # Frames as a camera sends them: every one differs (its number is written in a corner).
         # Identical frames would give identical answers, which Gradio caches under one
         # content-named file, and two in flight at once can then read it half-written.
