@@ -12,6 +12,7 @@ second the webcam path (``annotate_frame``, the function the webcam stream runs)
 
 import argparse
 from collections import deque
+import functools
 import os
 import socket
 import ssl
@@ -62,19 +63,21 @@ def start_app(port: int, *, log_path: Path) -> tuple[subprocess.Popen, float]:
     return process, started
 
 
-#: One SSL context for every request of every client. gradio_client hands ``ssl_verify`` to
-#: httpx as ``verify``, and with ``True`` httpx builds a new context (loading the CA bundle:
-#: 26 ms of CPU on this machine) for each of the three requests of a call (upload, queue join,
-#: answer stream), even for an http:// address. A context object is reused and still verifies
-#: certificates on https.
-_SSL_CONTEXT = ssl.create_default_context()
+# One SSL context for every request of every client. gradio_client hands ``ssl_verify`` to
+# httpx as ``verify``, and with ``True`` httpx builds a new context (loading the CA bundle:
+# 26 ms of CPU on this machine) for each of the three requests of a call (upload, queue join,
+# answer stream), even for an http:// address. A context object is reused and still verifies
+# certificates on https. Built on first use, not at import.
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
 
 
 def api_client(url: str):
     """A ``gradio_client.Client`` for ``url`` that reuses one SSL context (see the README's API example)."""
     from gradio_client import Client
 
-    return Client(url, verbose=False, ssl_verify=_SSL_CONTEXT)
+    return Client(url, verbose=False, ssl_verify=_ssl_context())
 
 
 def connect(url: str, process: subprocess.Popen, timeout: float = 120.0):
