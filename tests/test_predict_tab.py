@@ -138,7 +138,7 @@ def client(launched):
 
 def test_the_queue_summarises_its_events_every_100_not_after_each(launched) -> None:
     # Gradio's default rebuilds a pandas summary of all logged events after every request.
-    demo, client = launched
+    demo, _ = launched
     assert demo._queue.ANAYLTICS_CACHE_FREQUENCY == 100
 
 
