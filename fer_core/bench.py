@@ -17,6 +17,10 @@ import numpy as np
 from fer_core._validation import FERError
 
 
+#: ``--tta`` values and the Predictor's ``tta`` argument they give (None: the model card decides).
+TTA_CHOICES: dict[str, bool | None] = {"card": None, "on": True, "off": False}
+
+
 def _times(fn: Callable[[], object], *, seconds: float, min_runs: int = 20) -> np.ndarray:
     fn()  # warm-up: first calls allocate and pick kernels
     fn()
@@ -29,7 +33,7 @@ def _times(fn: Callable[[], object], *, seconds: float, min_runs: int = 20) -> n
     return np.asarray(out)
 
 
-def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float,
+def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float, tta: bool | None = None,
               batch_sizes: tuple[int, ...] = (1, 16, 64, 256, 1024)) -> dict[str, object]:
     import cv2
     import torch
@@ -42,7 +46,7 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
-    predictor = Predictor(weights, runtime=runtime, threads=threads)
+    predictor = Predictor(weights, runtime=runtime, tta=tta, threads=threads)
     faces = load_faces(SAMPLE_PATH, progress=False).images
     pool = np.concatenate([faces] * (max(batch_sizes) // len(faces) + 1))
 
@@ -72,13 +76,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=None, help="weights to measure (default: the bundled model)")
     parser.add_argument("--runtime", default="auto", help="auto, torch or onnx")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
+    parser.add_argument("--tta", choices=list(TTA_CHOICES), default="card",
+                        help="flip test-time augmentation: as the model card sets it, or forced on or off")
     parser.add_argument("--seconds", type=float, default=2.0, help="time spent on each measurement")
     return parser
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        r = run_bench(weights=args.weights, runtime=args.runtime, threads=args.threads, seconds=args.seconds)
+        r = run_bench(weights=args.weights, runtime=args.runtime, threads=args.threads, seconds=args.seconds,
+                      tta=TTA_CHOICES[args.tta])
     except FERError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,48 @@
+"""``python -m fer_core.bench``, briefly: every figure is printed, and ``--tta`` reaches the predictor."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fer_core.bench import get_args_parser, main, run_bench
+from fer_core.weights import DEFAULT_WEIGHTS
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_run_bench_measures_the_configuration_asked_for(tta: bool) -> None:
+    result = run_bench(weights=None, runtime="onnx", threads=1, seconds=0.05, tta=tta, batch_sizes=(1, 8))
+    assert result["flip_tta"] is tta
+    assert result["runtime"] == "onnx"
+    assert set(result["throughput"]) == {1, 8} and all(rate > 0 for rate in result["throughput"].values())
+    assert result["best_faces_per_s"] == max(result["throughput"].values())
+    assert result["face_ms_median"] > 0 and result["face_ms_p95"] >= result["face_ms_median"]
+    # The composed 640x480 photo holds exactly one face, and the detector must find it.
+    assert result["photo_faces_found"] == 1
+    assert result["weights_mb"] == pytest.approx(os.path.getsize(DEFAULT_WEIGHTS) / 1e6)
+
+
+def test_command_line_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    args = get_args_parser().parse_args(["--runtime", "onnx", "--threads", "1", "--seconds", "0.05", "--tta", "off"])
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "runtime onnx, flip TTA off, 1 threads" in out
+    for line in ("per face, batch 1:", "throughput, batch  1024:", "best batch", "640x480 photo, one face:",
+                 "(faces found: 1)", "weights file:"):
+        assert line in out
+
+
+def test_pickled_weights_are_refused_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pickled = tmp_path / "model.pt"
+    pickled.write_bytes(b"\x80\x04not really a pickle")
+    assert main(get_args_parser().parse_args(["--weights", str(pickled), "--seconds", "0.05"])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+
+
+def test_unknown_tta_value_is_an_argument_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--tta", "maybe"])
+    assert "invalid choice" in capsys.readouterr().err
