@@ -216,9 +216,12 @@ class Predictor:
         for start in range(0, len(faces), batch_size):
             x = _normalise(faces[start:start + batch_size])
             with self._lock:  # ONNX Runtime sessions and torch modules are shared by the app's threads
-                logits = self._runtime(x)
                 if self.tta:
-                    logits = (logits + self._runtime(np.ascontiguousarray(x[..., ::-1]))) / 2
+                    # One call on faces and mirrors together: at batch 1 that is one model run, not two.
+                    both = self._runtime(np.concatenate([x, x[..., ::-1]]))
+                    logits = (both[:len(x)] + both[len(x):]) / 2
+                else:
+                    logits = self._runtime(x)
             out.append(logits)
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 
