@@ -80,6 +80,17 @@ class TestFaces:
         predictor = Predictor(weights, runtime="torch", tta=True)
         np.testing.assert_allclose(predictor.logits(sample_faces), predictor.logits(sample_faces[:, :, ::-1].copy()), atol=1e-4)
 
+    @pytest.mark.parametrize("runtime", ["torch", "onnx"])
+    def test_flip_tta_averages_the_face_and_its_mirror(self, weights: Path, sample_faces: np.ndarray, runtime: str) -> None:
+        # Faces and mirrors go through the model in one call: the halves must not get mixed up.
+        plain = Predictor(weights, runtime=runtime, tta=False)
+        mirrored = sample_faces[:, :, ::-1].copy()
+        expected = (plain.logits(sample_faces) + plain.logits(mirrored)) / 2
+        with_tta = Predictor(weights, runtime=runtime, tta=True)
+        np.testing.assert_allclose(with_tta.logits(sample_faces), expected, atol=1e-4)
+        np.testing.assert_allclose(with_tta.logits(sample_faces[:1]), expected[:1], atol=1e-4)
+        np.testing.assert_allclose(with_tta.logits(sample_faces, batch_size=3), expected, atol=1e-4)
+
     def test_features(self, weights: Path, sample_faces: np.ndarray) -> None:
         predictor = Predictor(weights, runtime="torch")
         assert predictor.features(sample_faces).shape == (len(sample_faces), predictor.model.num_features)
