@@ -134,9 +134,11 @@ def predict_logits(
     for start in range(0, len(data), batch_size):
         x = to_input(data[start:start + batch_size].to(device))
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(x).float()
-            if flip_tta:
-                logits = (logits + model(torch.flip(x, dims=[3])).float()) / 2
+            if flip_tta:  # the faces and their mirrors in one call, as the Predictor does
+                both = model(torch.cat([x, torch.flip(x, dims=[3])])).float()
+                logits = (both[:len(x)] + both[len(x):]) / 2
+            else:
+                logits = model(x).float()
         out.append(logits.cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
 

@@ -112,3 +112,24 @@ class TestOptions:
         stages = [0.8, 0.5, 0.0]
         assert [curriculum_threshold(e, 9, stages) for e in range(9)] == [0.8] * 3 + [0.5] * 3 + [0.0] * 3
         assert curriculum_threshold(3, 9, []) == -np.inf
+
+
+def test_validation_flip_tta_averages_the_logits_of_each_face_and_its_mirror() -> None:
+    """``predict_logits`` runs faces and mirrors in one call; each face keeps its own pair, across batches."""
+    import torch
+
+    from fer_core.datasets import load_faces
+    from fer_core.model import create_model
+    from fer_core.train import predict_logits, to_input
+
+    torch.manual_seed(0)
+    model = create_model("fer_tiny").eval()
+    images = load_faces(SAMPLE_PATH, progress=False).images[:40]
+    cpu = torch.device("cpu")
+    both = predict_logits(model, images, device=cpu, flip_tta=True, batch_size=16)
+    with torch.no_grad():
+        x = to_input(torch.from_numpy(images))
+        expected = ((model(x) + model(torch.flip(x, dims=[3]))) / 2).numpy()
+    np.testing.assert_allclose(both, expected, atol=1e-5, rtol=1e-4)
+    plain = predict_logits(model, images, device=cpu, batch_size=16)
+    assert not np.allclose(plain, both, atol=1e-4)  # the mirror does change a face's logits
