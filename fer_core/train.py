@@ -591,7 +591,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                       help="distil from this trained model (safetensors with its card; repeat for an ensemble): "
                            "the student also matches its probabilities on every augmented batch")
     data.add_argument("--kd-weight", type=float, default=0.7, help="share of the distillation loss with --teacher")
-    data.add_argument("--kd-temperature", type=float, default=2.0, help="softening temperature with --teacher")
+    data.add_argument("--kd-temperature", type=float, default=2.0,
+                      help="softening temperature with --teacher or --self-kd")
+    data.add_argument("--self-kd", type=float, default=0.0, metavar="WEIGHT",
+                      help="self-distillation: the weights' moving average (--ema-decay) teaches the model on every "
+                           "augmented batch, its share of the loss rising linearly from 0 to WEIGHT over the run "
+                           "(one more forward pass per batch, no trained teacher needed)")
     data.add_argument("--init", default=None, metavar="WEIGHTS",
                       help="start from these trained weights (fine-tuning; same architecture) instead of at random")
     model = parser.add_argument_group("model")
@@ -701,6 +706,13 @@ def fit(args: argparse.Namespace, out: Path, data: TrainingData, val: FaceTable,
     teachers = load_teachers(args.teacher, label_map.names, device) if args.teacher else []
     if teachers and not 0 < args.kd_weight <= 1:
         raise FERError(f"--kd-weight must be in (0, 1], got {args.kd_weight}")
+    if args.self_kd:
+        if not 0 < args.self_kd <= 1:
+            raise FERError(f"--self-kd must be in (0, 1], got {args.self_kd}")
+        if teachers:
+            raise FERError("--self-kd and --teacher are two kinds of distillation: choose one")
+        if args.ema_decay <= 0:
+            raise FERError("--self-kd distils from the weights' moving average: it needs --ema-decay above 0")
 
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_epoch": 0, "log": [],
                              "args": vars(args), "seconds": 0.0}
@@ -756,6 +768,16 @@ def fit(args: argparse.Namespace, out: Path, data: TrainingData, val: FaceTable,
                 soft = teacher_probabilities(teachers, x, t, amp)
                 kd = F.kl_div(F.log_softmax(logits.float() / t, dim=1), soft, reduction="batchmean") * t * t
                 loss = (1 - args.kd_weight) * loss + args.kd_weight * kd
+            elif args.self_kd:
+                # Self-distillation from the weights' moving average (a "mean teacher"), with
+                # its share rising over the run as in progressive self-knowledge distillation
+                # (Kim et al., 2021): early on the average knows little, later it is the
+                # steadier model, and its soft targets temper FER2013's noisy labels.
+                share = args.self_kd * state["step"] / max(total_steps - 1, 1)
+                t = args.kd_temperature
+                soft = teacher_probabilities([ema.module.eval()], x, t, amp)
+                kd = F.kl_div(F.log_softmax(logits.float() / t, dim=1), soft, reduction="batchmean") * t * t
+                loss = (1 - share) * loss + share * kd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -846,6 +868,8 @@ def _finish(out: Path, args: argparse.Namespace, state: dict[str, Any], label_ma
             "init": {"file": Path(args.init).name, "sha256": _sha256(args.init)} if args.init else None,
             "teachers": [{"file": Path(p).name, "sha256": _sha256(p)} for p in args.teacher] or None,
             "kd": {"weight": args.kd_weight, "temperature": args.kd_temperature} if args.teacher else None,
+            "self_kd": ({"weight": args.self_kd, "temperature": args.kd_temperature, "teacher": "weight EMA",
+                         "ramp": "linear from 0 over the run"} if args.self_kd else None),
             "label_smoothing": args.label_smoothing,
             "corrections": data.corrections,
             "soft_labels": data.targets is not None,

@@ -146,6 +146,29 @@ class TestTeachersAndInit:
         assert main(_args(plain, "--epochs", "2")) == 0
         assert _log(out)[0]["train_loss"] != pytest.approx(_log(plain)[0]["train_loss"], rel=1e-3)
 
+    def test_self_distillation_from_the_weight_average_trains_and_the_card_says_so(self, tmp_path: Path) -> None:
+        out, plain = tmp_path / "self", tmp_path / "plain"
+        assert main(_args(out, "--epochs", "2", "--self-kd", "0.8")) == 0
+        assert main(_args(plain, "--epochs", "2")) == 0
+        card = json.loads((out / "model.json").read_text())
+        assert card["training"]["self_kd"]["weight"] == 0.8 and card["training"]["teachers"] is None
+        # The share starts at 0, so the runs match on the first step and part ways as it rises.
+        self_log, plain_log = _log(out), _log(plain)
+        assert self_log[1]["train_loss"] != pytest.approx(plain_log[1]["train_loss"], rel=1e-3)
+        assert np.isfinite([row["train_loss"] for row in self_log]).all()
+
+    @pytest.mark.parametrize(("extra", "message"), [
+        (["--self-kd", "1.5"], "--self-kd must be in (0, 1]"),
+        (["--self-kd", "0.5", "--ema-decay", "0"], "needs --ema-decay above 0"),
+        (["--self-kd", "0.5", "--teacher", "TEACHER"], "choose one"),
+    ])
+    def test_self_distillation_options_that_cannot_work_are_refused(self, tmp_path: Path, teacher: Path,
+                                                                     extra: list[str], message: str,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+        extra = [str(teacher) if part == "TEACHER" else part for part in extra]
+        assert main(_args(tmp_path / "x", "--epochs", "1", *extra)) == 2
+        assert message in capsys.readouterr().err
+
     def test_init_starts_from_the_trained_weights(self, tmp_path: Path, teacher: Path) -> None:
         # No step at all (learning rate 0): the fine-tuned copy is the model it started from.
         out = tmp_path / "copy"
