@@ -2,20 +2,24 @@
 
 Measured on the CPU with ``--threads`` threads (default 2), on real faces from the
 bundled sample and on a 640x480 photo composed with one of them (160 px face).
+``--architecture`` measures an untrained design (random weights, the bundled model's
+inference settings) before hours go into training it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
 from fer_core._validation import FERError
-
 
 #: ``--tta`` values and the Predictor's ``tta`` argument they give (None: the model card decides).
 TTA_CHOICES: dict[str, bool | None] = {"card": None, "on": True, "off": False}
@@ -31,6 +35,29 @@ def _times(fn: Callable[[], object], *, seconds: float, min_runs: int = 20) -> n
         fn()
         out.append(time.perf_counter() - t)
     return np.asarray(out)
+
+
+def untrained_weights(architecture: str, widths: tuple[int, ...] | None, folder: str | Path) -> Path:
+    """A randomly initialised ``architecture`` saved in ``folder`` with the bundled card's inference settings.
+
+    Its speed is the trained model's (the same layers run), its answers are not: for ``bench`` only.
+    """
+    import torch
+
+    from fer_core.model import count_params, create_model
+    from fer_core.weights import DEFAULT_WEIGHTS, card_path, save_model
+
+    kwargs = {} if widths is None else {"widths": tuple(widths)}
+    try:
+        torch.manual_seed(0)
+        model = create_model(architecture, **kwargs).eval()
+    except (ValueError, TypeError) as err:
+        raise FERError(f"--architecture {architecture}: {err}") from None
+    bundled = json.loads(card_path(DEFAULT_WEIGHTS).read_text())
+    card = {"architecture": architecture, "model_kwargs": {k: list(v) for k, v in kwargs.items()},
+            "labels": bundled["labels"], "parameters": count_params(model), "untrained": True,
+            "inference": bundled.get("inference", {})}
+    return save_model(model, Path(folder) / f"{architecture}.safetensors", card)
 
 
 def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float, tta: bool | None = None,
@@ -79,16 +106,42 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", choices=list(TTA_CHOICES), default="card",
                         help="flip test-time augmentation: as the model card sets it, or forced on or off")
     parser.add_argument("--seconds", type=float, default=2.0, help="time spent on each measurement")
+    parser.add_argument("--architecture", default=None,
+                        help="measure an untrained model of this registered architecture instead of --weights")
+    parser.add_argument("--widths", default=None, metavar="C1,C2,...",
+                        help="with --architecture: channels of each stage, e.g. 32,64,128,256")
     return parser
 
 
-def main(args: argparse.Namespace) -> int:
+def _widths(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
     try:
-        r = run_bench(weights=args.weights, runtime=args.runtime, threads=args.threads, seconds=args.seconds,
-                      tta=TTA_CHOICES[args.tta])
-    except FERError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise FERError(f"--widths must be whole numbers separated by commas, got {text!r}") from None
+    if not widths or min(widths) < 1 or max(widths) > 4096:
+        raise FERError(f"--widths must be between 1 and 4096 channels each, got {text!r}")
+    return widths
+
+
+def main(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="fer_bench_") as folder:
+        try:
+            if args.widths and not args.architecture:
+                raise FERError("--widths goes with --architecture")
+            if args.architecture and args.weights:
+                raise FERError("give --weights (a trained model) or --architecture (an untrained design), not both")
+            weights = (str(untrained_weights(args.architecture, _widths(args.widths), folder))
+                       if args.architecture else args.weights)
+            r = run_bench(weights=weights, runtime=args.runtime, threads=args.threads, seconds=args.seconds,
+                          tta=TTA_CHOICES[args.tta])
+        except FERError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    if args.architecture:
+        print(f"untrained {args.architecture}"
+              + (f" with widths {args.widths}" if args.widths else "") + " (random weights: speed only)")
     print(f"runtime {r['runtime']}, flip TTA {'on' if r['flip_tta'] else 'off'}, {r['threads']} threads")
     print(f"per face, batch 1:        median {r['face_ms_median']:.3f} ms   p95 {r['face_ms_p95']:.3f} ms")
     for size, rate in r["throughput"].items():

@@ -46,3 +46,37 @@ def test_unknown_tta_value_is_an_argument_error(capsys: pytest.CaptureFixture[st
     with pytest.raises(SystemExit):
         get_args_parser().parse_args(["--tta", "maybe"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_an_untrained_design_is_measured_with_its_own_widths(capsys: pytest.CaptureFixture[str]) -> None:
+    args = get_args_parser().parse_args(["--architecture", "fer_tiny", "--widths", "8,24", "--threads", "1",
+                                         "--seconds", "0.05", "--tta", "off"])
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "untrained fer_tiny with widths 8,24 (random weights: speed only)" in out
+    # Its own weights file is measured, far smaller than the bundled model's.
+    size_mb = float(out.split("weights file: ")[1].split(" MB")[0])
+    assert 0 < size_mb < 0.1
+
+
+def test_untrained_weights_carry_the_widths_asked_for(tmp_path: Path) -> None:
+    from fer_core.bench import untrained_weights
+    from fer_core.weights import load_model
+
+    model, card = load_model(untrained_weights("fer_vgg", (16, 32, 48, 64), tmp_path))
+    assert card["model_kwargs"] == {"widths": [16, 32, 48, 64]} and card["untrained"] is True
+    assert model.num_features == 64 and model.fc.in_features == 64
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--architecture", "fer_nonexistent"], "unknown model 'fer_nonexistent'"),
+    (["--architecture", "fer_vgg", "--widths", "32,64"], "same length"),
+    (["--architecture", "fer_vgg", "--widths", "32,x,128,256"], "whole numbers"),
+    (["--architecture", "fer_vgg", "--widths", "0,64,128,256"], "between 1 and 4096"),
+    (["--widths", "32,64,128,256"], "--widths goes with --architecture"),
+    (["--architecture", "fer_vgg", "--weights", "x.safetensors"], "not both"),
+])
+def test_bad_design_options_get_a_message(extra: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(get_args_parser().parse_args([*extra, "--seconds", "0.05"])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
