@@ -503,6 +503,12 @@ def teacher_probabilities(teachers: list[nn.Module], x: torch.Tensor, temperatur
     return total / len(teachers)
 
 
+def distillation_loss(logits: torch.Tensor, soft: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL divergence from a teacher's softened probabilities; T^2 keeps the gradients' scale (Hinton et al., 2015)."""
+    log_probs = F.log_softmax(logits.float() / temperature, dim=1)
+    return F.kl_div(log_probs, soft, reduction="batchmean") * temperature * temperature
+
+
 def init_from(model: nn.Module, path: str, architecture: str, names: list[str]) -> None:
     """Start ``model`` from trained weights (``--init``): same architecture and classes, safetensors only."""
     trained, card = _trained_model(path, "--init")
@@ -766,8 +772,7 @@ def fit(args: argparse.Namespace, out: Path, data: TrainingData, val: FaceTable,
                 # probabilities on the same augmented batch; T^2 keeps the gradients' scale.
                 t = args.kd_temperature
                 soft = teacher_probabilities(teachers, x, t, amp)
-                kd = F.kl_div(F.log_softmax(logits.float() / t, dim=1), soft, reduction="batchmean") * t * t
-                loss = (1 - args.kd_weight) * loss + args.kd_weight * kd
+                loss = (1 - args.kd_weight) * loss + args.kd_weight * distillation_loss(logits, soft, t)
             elif args.self_kd:
                 # Self-distillation from the weights' moving average (a "mean teacher"), with
                 # its share rising over the run as in progressive self-knowledge distillation
@@ -776,8 +781,7 @@ def fit(args: argparse.Namespace, out: Path, data: TrainingData, val: FaceTable,
                 share = args.self_kd * state["step"] / max(total_steps - 1, 1)
                 t = args.kd_temperature
                 soft = teacher_probabilities([ema.module.eval()], x, t, amp)
-                kd = F.kl_div(F.log_softmax(logits.float() / t, dim=1), soft, reduction="batchmean") * t * t
-                loss = (1 - share) * loss + share * kd
+                loss = (1 - share) * loss + share * distillation_loss(logits, soft, t)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

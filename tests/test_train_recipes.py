@@ -17,6 +17,7 @@ from fer_core.datasets import load_faces
 from fer_core.labels import EMOTIONS
 from fer_core.train import (
     LabelMap,
+    distillation_loss,
     get_args_parser,
     main,
     prepare_training_data,
@@ -133,6 +134,16 @@ class TestTeachersAndInit:
             own = (torch.softmax(model(x) / 2, 1) + torch.softmax(model(torch.flip(x, dims=[3])) / 2, 1)) / 2
         torch.testing.assert_close(soft, own, atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(soft.sum(1), torch.ones(16))
+
+    def test_distillation_loss_is_zero_only_where_the_student_matches_its_teacher(self) -> None:
+        logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
+        same = torch.softmax(logits / 2, dim=1)
+        assert distillation_loss(logits, same, 2.0).item() == pytest.approx(0.0, abs=1e-6)
+        other = torch.softmax(logits.flip(1) / 2, dim=1)
+        loss = distillation_loss(logits, other, 2.0)
+        # Batch-mean KL times T^2.
+        expected = (other * (other.log() - torch.log_softmax(logits / 2, dim=1))).sum(1).mean() * 4
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and loss.item() > 0.1
 
     def test_a_student_trains_with_its_teacher_and_the_card_names_it(self, tmp_path: Path, teacher: Path) -> None:
         out = tmp_path / "student"
