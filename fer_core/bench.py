@@ -49,8 +49,9 @@ def untrained_weights(architecture: str, widths: tuple[int, ...] | None, folder:
 
     kwargs = {} if widths is None else {"widths": tuple(widths)}
     try:
-        torch.manual_seed(0)
-        model = create_model(architecture, **kwargs).eval()
+        with torch.random.fork_rng():  # the same weights every time, and the caller's random state untouched
+            torch.manual_seed(0)
+            model = create_model(architecture, **kwargs).eval()
     except (ValueError, TypeError) as err:
         raise FERError(f"--architecture {architecture}: {err}") from None
     bundled = json.loads(card_path(DEFAULT_WEIGHTS).read_text())
