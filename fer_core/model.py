@@ -127,7 +127,8 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     # stem so the 48x48 layers stay cheap: int8 inference keeps ~3,900 faces/s on two cores.
     "fer_vgg": dict(stem=16, widths=(64, 128, 256, 512), depths=(1, 2, 2, 2), block="vgg"),
     # fer_vgg at half the widths (1.2M parameters, about a quarter of the computation):
-    # ~3,900 faces/s in int8 with flip TTA on two cores, for a student distilled from fer_vgg.
+    # ~3,900 faces/s in int8 with flip TTA on two cores. Distilled from the bundled fer_vgg it
+    # reached only 68.5% on val (69.1% with flip): too small for the 71% target (README).
     "fer_vgg_slim": dict(stem=16, widths=(32, 64, 128, 256), depths=(1, 2, 2, 2), block="vgg"),
     # Residual, wider and deeper at low resolution where computation is cheap.
     "fer_resnet": dict(stem=32, widths=(64, 128, 256), depths=(2, 2, 2), block="res"),
