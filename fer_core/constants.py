@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 #: FER2013 faces are 48x48 single-channel uint8 images.
 IMAGE_SIZE: int = 48
 NUM_PIXELS: int = IMAGE_SIZE * IMAGE_SIZE
@@ -36,3 +38,8 @@ UNSPLIT: str = "unsplit"
 #: both measured on ../shared/fer2013/train (28,486 faces).
 INPUT_MEAN: float = 0.5068
 INPUT_STD: float = 0.2541
+
+#: Flip test-time augmentation settings a command line can name, as the ``(tta, mirror_gap)``
+#: arguments of ``fer_core.predict.Predictor``: on with the model card's gate, off, or every
+#: face mirrored.
+TTA_MODES: dict[str, tuple[bool, float | None]] = {"on": (True, None), "off": (False, None), "all": (True, math.inf)}

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fer_core._validation import FERError
+from fer_core.constants import TTA_MODES
 
 __all__ = ["evaluate_table", "compute_metrics", "get_args_parser", "main"]
 
@@ -167,7 +168,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plots", default=None, help="write confusion.png into this folder")
     parser.add_argument("--export", default=None, help="write features, logits and probabilities to FILE.npz (+ FILE.csv)")
     parser.add_argument("--runtime", default="auto", help="auto, torch or onnx")
-    parser.add_argument("--tta", default="auto", choices=["auto", "on", "off"], help="flip test-time augmentation (auto: as the model card says)")
+    parser.add_argument("--tta", default="auto", choices=["auto", *TTA_MODES],
+                        help="flip test-time augmentation: as the model card says, on with the card's gate, off, "
+                             "or on for every face")
     parser.add_argument("--cache-dir", default=None, help="data set cache folder")
     return parser
 
@@ -182,8 +185,8 @@ def main(args: argparse.Namespace) -> int:
             table = table.split(args.split)
             if len(table) == 0:
                 raise FERError(f"{args.data} has no faces in split {args.split!r}")
-        tta = None if args.tta == "auto" else args.tta == "on"
-        predictor = Predictor(args.weights, runtime=args.runtime, tta=tta)
+        tta, mirror_gap = (None, None) if args.tta == "auto" else TTA_MODES[args.tta]
+        predictor = Predictor(args.weights, runtime=args.runtime, tta=tta, mirror_gap=mirror_gap)
         metrics, arrays = evaluate_table(predictor, table, detect=args.detect, backend=args.backend)
         print(format_report(metrics))
         if args.json:

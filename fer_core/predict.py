@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import math
 import os
 import tempfile
 import threading
@@ -28,7 +29,7 @@ from fer_core._validation import check_face_batch
 from fer_core.calibration import softmax
 from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD
 
-__all__ = ["FacePrediction", "Predictor", "get_predictor", "RUNTIMES"]
+__all__ = ["FacePrediction", "Predictor", "get_predictor", "top_two_gap", "RUNTIMES"]
 
 #: Inference runtimes: eager PyTorch; the same weights exported to ONNX Runtime (faster on CPU);
 #: or that export quantised to int8 (faster again; used by default only where the model card
@@ -52,6 +53,12 @@ class FacePrediction:
                 "probabilities": dict(self.probabilities), "detector_score": self.detector_score}
 
 
+def top_two_gap(logits: np.ndarray) -> np.ndarray:
+    """Per row of (N, K) logits, the highest minus the second highest (N,): how clear the answer is."""
+    top_two = np.partition(logits, -2, axis=1)[:, -2:]
+    return top_two[:, 1] - top_two[:, 0]
+
+
 def _normalise(faces: np.ndarray) -> np.ndarray:
     return ((faces.astype(np.float32) / 255.0 - INPUT_MEAN) / INPUT_STD)[:, None]
 
@@ -63,7 +70,7 @@ class _TorchRuntime:
         self.model = model.eval().to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, *, part_of: int | None = None) -> np.ndarray:
         tensor = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
         return self.model(tensor).float().numpy()
 
@@ -106,8 +113,9 @@ def _quantize_int8(onnx_model: bytes) -> bytes:
         return out.read_bytes()
 
 
-#: Batches up to this many images run on one thread (see :meth:`_OnnxRuntime.__call__`): four
-#: faces, with their mirrors when flip TTA is on (both go through the model in one call).
+#: Batches up to this many images run on one thread (see :meth:`_OnnxRuntime.__call__`): the faces
+#: of a photo or a webcam frame (eight, or four with their mirrors where every face is mirrored:
+#: both go through the model in one call).
 SINGLE_THREAD_BATCH = 8
 
 
@@ -135,9 +143,12 @@ class _OnnxRuntime:
         options.log_severity_level = 3
         return ort.InferenceSession(self._data, options, providers=["CPUExecutionProvider"])
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray, *, part_of: int | None = None) -> np.ndarray:
+        """Logits of ``x``; ``part_of``: the size of the batch ``x`` was picked from, which then decides
+        the threads (the gated mirror's few faces of a large batch run where the batch ran, on two
+        threads: on one they took twice as long, and longer again right after a two-thread call)."""
         session = self.session
-        if len(x) <= SINGLE_THREAD_BATCH and self._threads > 1:
+        if (part_of or len(x)) <= SINGLE_THREAD_BATCH and self._threads > 1:
             # The few faces of a photo or a webcam frame: one thread. A second one gains little on
             # so small a batch, and its workers spin between calls, taking the CPU from the face
             # detector, Gradio and the other requests (the live view ran 15 -> 21 frames/s without them).
@@ -178,12 +189,17 @@ class Predictor:
         model was bundled), else ``onnx``, on the CPU when ONNX Runtime is installed; PyTorch otherwise.
     tta : bool, optional
         Average with the mirrored face; default from the model card (on only where it paid on val).
+    mirror_gap : float, optional
+        With ``tta``, mirror only the faces whose two highest logits (of the plain pass) lie
+        closer than this: the mirror almost never changes a clear answer, so most faces need
+        one pass. Default from the model card (``inference.flip_tta_gap``, chosen on val when
+        the model was bundled; absent there: every face); ``math.inf`` mirrors every face.
     threads : int, optional
         CPU threads for inference.
     """
 
     def __init__(self, weights: str | Path | None = None, *, device: str = "cpu", runtime: str = "auto",
-                 tta: bool | None = None, threads: int | None = None) -> None:
+                 tta: bool | None = None, mirror_gap: float | None = None, threads: int | None = None) -> None:
         from fer_core.weights import DEFAULT_WEIGHTS, load_model
 
         if runtime not in RUNTIMES:
@@ -192,6 +208,11 @@ class Predictor:
         self.labels: list[str] = list(self.card["labels"])
         self.temperature: float = float(self.card.get("calibration", {}).get("temperature", 1.0))
         self.tta: bool = bool(self.card.get("inference", {}).get("flip_tta", False)) if tta is None else tta
+        if mirror_gap is None:
+            mirror_gap = self.card.get("inference", {}).get("flip_tta_gap")
+        self.mirror_gap: float = math.inf if mirror_gap is None else float(mirror_gap)
+        if not self.mirror_gap > 0:  # also refuses NaN
+            raise ValueError(f"mirror_gap must be a positive number of logits, got {mirror_gap!r}")
         self.model_name: str = f"{self.card['architecture']}@{self.card.get('code_version', 'unknown')}"
         if runtime == "auto":
             preferred = self.card.get("inference", {}).get("runtime", "onnx")
@@ -217,12 +238,17 @@ class Predictor:
         for start in range(0, len(faces), batch_size):
             x = _normalise(faces[start:start + batch_size])
             with self._lock:  # ONNX Runtime sessions and torch modules are shared by the app's threads
-                if self.tta:
+                if self.tta and self.mirror_gap == math.inf:
                     # One call on faces and mirrors together: at batch 1 that is one model run, not two.
                     both = self._runtime(np.concatenate([x, x[..., ::-1]]))
                     logits = (both[:len(x)] + both[len(x):]) / 2
                 else:
-                    logits = self._runtime(x)
+                    logits = np.array(self._runtime(x), dtype=np.float32)
+                    if self.tta:
+                        unsure = np.flatnonzero(top_two_gap(logits) < self.mirror_gap)
+                        if unsure.size:
+                            mirrored = np.ascontiguousarray(x[unsure][..., ::-1])
+                            logits[unsure] = (logits[unsure] + self._runtime(mirrored, part_of=len(x))) / 2
             out.append(logits)
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 

@@ -39,3 +39,33 @@ class TestBundledWeights:
         # Every class is recognised at least sometimes, disgust included.
         recall = [(predictor.predict_faces(sample.images[sample.labels == k]).argmax(1) == k).mean() for k in range(7)]
         assert min(recall) > 0
+
+
+def test_the_mirror_gate_is_the_smallest_that_keeps_the_accuracy() -> None:
+    import numpy as np
+
+    from bundle_model import MIRROR_GAPS, MIRROR_TOLERANCE, choose_mirror_gap
+    from fer_core.config import SAMPLE_PATH
+    from fer_core.datasets import load_faces
+    from fer_core.predict import top_two_gap
+
+    # The bundled model on the bundled sample (real faces, most of them recognised): the mirror
+    # corrects some of its answers, so the gate has something to keep.
+    faces = load_faces(SAMPLE_PATH, progress=False)
+    chosen = choose_mirror_gap(DEFAULT_WEIGHTS, faces, "onnx")
+
+    plain = Predictor(DEFAULT_WEIGHTS, runtime="onnx", tta=False)
+    logits = plain.logits(faces.images)
+    both = (logits + plain.logits(faces.images[:, :, ::-1].copy())) / 2
+    every_face = (both.argmax(1) == faces.labels).mean()
+
+    def accuracy(gap: float) -> float:
+        return float((np.where((top_two_gap(logits) < gap)[:, None], both, logits).argmax(1) == faces.labels).mean())
+
+    kept = [float(gap) for gap in MIRROR_GAPS if accuracy(gap) >= every_face - MIRROR_TOLERANCE]
+    assert kept[0] > MIRROR_GAPS[0], "the smallest gate already keeps the accuracy: nothing is tested"
+    assert chosen["flip_tta_gap"] == kept[0]
+    report = chosen["flip_tta_gap_val"]
+    assert report["accuracy"] == pytest.approx(accuracy(kept[0]))
+    assert report["accuracy_every_face_mirrored"] == pytest.approx(every_face)
+    assert report["mirrored_share"] == pytest.approx(float(np.mean(top_two_gap(logits) < kept[0])))

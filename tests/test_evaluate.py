@@ -69,3 +69,19 @@ class TestCommand:
     def test_missing_data_is_a_clean_error(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         assert main(get_args_parser().parse_args([str(tmp_path / "none")])) == 2
         assert "error: data set not found" in capsys.readouterr().err
+
+    @pytest.mark.parametrize(("mode", "predictor_args"), [
+        ("auto", {}), ("off", {"tta": False}), ("on", {"tta": True}), ("all", {"tta": True, "mirror_gap": float("inf")})])
+    def test_tta_modes_reach_the_predictor(self, tmp_path: Path, val_faces, mode: str, predictor_args: dict) -> None:
+        # The bundled model, whose card gates the mirror: each mode serves the logits of its Predictor.
+        images, labels, _ = val_faces
+        for i, (face, label) in enumerate(zip(images, labels)):
+            folder = tmp_path / "data" / LABELS[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(face).save(folder / f"{i:03d}.png")
+        args = get_args_parser().parse_args([str(tmp_path / "data"), "--tta", mode, "--export", str(tmp_path / "f.npz")])
+        assert main(args) == 0
+        exported = np.load(tmp_path / "f.npz")
+        order = np.argsort([f"{LABELS[label]}/{i:03d}" for i, label in enumerate(labels)])  # the folder's reading order
+        expected = Predictor(**predictor_args).logits(images[order])
+        np.testing.assert_allclose(exported["logits"], expected, atol=1e-4)

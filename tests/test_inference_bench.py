@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from fer_core.bench import get_args_parser, main, run_bench
@@ -32,6 +34,40 @@ def test_command_line_prints_every_figure(capsys: pytest.CaptureFixture[str]) ->
     for line in ("per face, batch 1:", "throughput, batch  1024:", "best batch", "640x480 photo, one face:",
                  "(faces found: 1)", "weights file:"):
         assert line in out
+
+
+def test_the_gated_mirror_is_measured_on_the_faces_given(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fer_core.config import SAMPLE_PATH
+    from fer_core.datasets import load_faces
+    from fer_core.predict import Predictor, top_two_gap
+
+    sample = load_faces(SAMPLE_PATH, progress=False)
+    for label, name in enumerate(["angry", "happy"]):  # a small class-folder data set of real faces
+        (tmp_path / name).mkdir()
+        for i, face in enumerate(sample.images[sample.labels == label][:10]):
+            cv2.imwrite(str(tmp_path / name / f"{i}.png"), face)
+    faces = load_faces(tmp_path, progress=False).images
+    gate = Predictor().mirror_gap
+    expected_share = float(np.mean(top_two_gap(Predictor(tta=False).logits(faces)) < gate))
+
+    result = run_bench(weights=None, runtime="auto", threads=1, seconds=0.05, faces_from=str(tmp_path), batch_sizes=(1, 8))
+    assert result["flip_tta"] is True and result["mirror_gap"] == gate < float("inf")
+    assert result["faces_count"] == 20 and result["mirrored_share"] == pytest.approx(expected_share)
+
+    args = get_args_parser().parse_args(["--faces", str(tmp_path), "--threads", "1", "--seconds", "0.05"])
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert f"flip TTA on where the top two logits lie within {gate:g}: {100 * expected_share:.1f}% of these faces" in out
+    assert f"faces: {tmp_path} (20)" in out
+
+    assert main(get_args_parser().parse_args(["--tta", "all", "--threads", "1", "--seconds", "0.05"])) == 0
+    assert "flip TTA on, every face," in capsys.readouterr().out
+
+
+def test_faces_that_cannot_be_read_get_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(get_args_parser().parse_args(["--faces", str(tmp_path / "missing"), "--seconds", "0.05"])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
 
 
 def test_pickled_weights_are_refused_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

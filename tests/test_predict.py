@@ -12,7 +12,7 @@ from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import load_faces
 from fer_core.faces import box_iou, compose_scene
 from fer_core.model import create_model
-from fer_core.predict import SINGLE_THREAD_BATCH, Predictor
+from fer_core.predict import SINGLE_THREAD_BATCH, Predictor, top_two_gap
 from fer_core.weights import save_model
 
 LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
@@ -90,6 +90,45 @@ class TestFaces:
         np.testing.assert_allclose(with_tta.logits(sample_faces), expected, atol=1e-4)
         np.testing.assert_allclose(with_tta.logits(sample_faces[:1]), expected[:1], atol=1e-4)
         np.testing.assert_allclose(with_tta.logits(sample_faces, batch_size=3), expected, atol=1e-4)
+
+    @pytest.mark.parametrize("runtime", ["torch", "onnx"])
+    def test_gated_mirror_averages_only_the_unclear_faces(self, weights: Path, sample_faces: np.ndarray,
+                                                          runtime: str) -> None:
+        plain = Predictor(weights, runtime=runtime, tta=False)
+        logits = plain.logits(sample_faces)
+        both = (logits + plain.logits(sample_faces[:, :, ::-1].copy())) / 2
+        # A gate halfway between two neighbouring gaps: half the faces under it, none on it.
+        gaps = np.sort(top_two_gap(logits))
+        gate = float(gaps[len(gaps) // 2 - 1] + gaps[len(gaps) // 2]) / 2
+        unclear = top_two_gap(logits) < gate
+        assert 0 < unclear.sum() < len(unclear)
+        expected = np.where(unclear[:, None], both, logits)
+        gated = Predictor(weights, runtime=runtime, tta=True, mirror_gap=gate)
+        np.testing.assert_allclose(gated.logits(sample_faces), expected, atol=1e-4)
+        np.testing.assert_allclose(gated.logits(sample_faces, batch_size=3), expected, atol=1e-4)
+        np.testing.assert_allclose(np.concatenate([gated.logits(face) for face in sample_faces]), expected, atol=1e-4)
+
+    def test_the_card_sets_the_mirror_gate(self, weights: Path, tmp_path: Path) -> None:
+        from fer_core.weights import load_model
+
+        model, card = load_model(weights)
+        gated = save_model(model, tmp_path / "gated.safetensors",
+                           {**card, "inference": {"flip_tta": True, "flip_tta_gap": 0.3}})
+        assert (Predictor(gated, runtime="torch").tta, Predictor(gated, runtime="torch").mirror_gap) == (True, 0.3)
+        assert Predictor(gated, runtime="torch", mirror_gap=float("inf")).mirror_gap == float("inf")
+        # A card without a gate (or with a null one) mirrors every face, as cards did before gates.
+        assert Predictor(weights, runtime="torch", tta=True).mirror_gap == float("inf")
+        every = save_model(model, tmp_path / "every.safetensors", {**card, "inference": {"flip_tta": True, "flip_tta_gap": None}})
+        assert Predictor(every, runtime="torch").mirror_gap == float("inf")
+
+    @pytest.mark.parametrize("gate", [0, -1.0, float("nan")])
+    def test_a_gate_that_is_not_positive_is_refused(self, weights: Path, gate: float) -> None:
+        with pytest.raises(ValueError, match="mirror_gap must be a positive number"):
+            Predictor(weights, runtime="torch", tta=True, mirror_gap=gate)
+
+    def test_top_two_gap(self) -> None:
+        logits = np.array([[0.0, 3.0, 1.0], [2.0, 2.0, -1.0], [-5.0, -4.0, -7.0]], dtype=np.float32)
+        np.testing.assert_allclose(top_two_gap(logits), [2.0, 0.0, 1.0])
 
     def test_features(self, weights: Path, sample_faces: np.ndarray) -> None:
         predictor = Predictor(weights, runtime="torch")

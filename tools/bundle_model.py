@@ -4,10 +4,13 @@
 
 Chooses the inference runtime on the whole val split: ONNX Runtime int8 when it keeps
 the fp32 accuracy to within :data:`INT8_TOLERANCE`, else fp32 (the figures of both go into
-the card). ``--tta off`` turns flip test-time augmentation off where it would cost the
-speed target more than it gains. Then adds to the model card the accuracy on a fixed,
-named sample of val faces (the first files by name of each emotion folder), which
-tests/test_bundled_model.py recomputes from the bundled file.
+the card). Where training kept flip test-time augmentation, chooses its gate on val too:
+the smallest gap between the two highest logits below which a face gets the mirrored pass,
+keeping the accuracy of mirroring every face to within :data:`MIRROR_TOLERANCE` (most
+faces then need one pass). ``--tta off`` turns the mirror off altogether. The temperature
+is refitted to the logits the bundled model then serves. Last, adds to the model card the
+accuracy on a fixed, named sample of val faces (the first files by name of each emotion
+folder), which tests/test_bundled_model.py recomputes from the bundled file.
 """
 
 from __future__ import annotations
@@ -31,6 +34,10 @@ from fer_core.weights import DEFAULT_WEIGHTS, card_path  # noqa: E402
 CHECK_PER_CLASS = 40
 #: Largest val accuracy an int8 model may lose against fp32 and still be chosen.
 INT8_TOLERANCE = 0.003
+#: Largest val accuracy the gated mirror may lose against mirroring every face.
+MIRROR_TOLERANCE = 0.001
+#: Gaps between the two highest logits tried for the gate, smallest first.
+MIRROR_GAPS = np.round(np.arange(0.05, 3.001, 0.05), 2)
 
 
 def val_accuracy(weights: Path, val, runtime: str, tta: bool) -> float:
@@ -50,19 +57,37 @@ def check_sample(val_folder: str | Path, per_class: int = CHECK_PER_CLASS):
     return table.select(np.array(picked))
 
 
+def choose_mirror_gap(weights: Path, val, runtime: str) -> dict:
+    """The smallest gap of :data:`MIRROR_GAPS` whose gated mirror keeps the val accuracy of mirroring
+    every face to within :data:`MIRROR_TOLERANCE`, with the share of val faces it mirrors."""
+    from fer_core.predict import top_two_gap
+
+    plain = Predictor(weights, runtime=runtime, tta=False)
+    labels = np.asarray(plain.card["fer2013_id_to_class"])[val.labels]
+    logits = plain.logits(val.images)
+    both = (logits + plain.logits(np.ascontiguousarray(val.images[:, :, ::-1]))) / 2
+    every_face = float((both.argmax(1) == labels).mean())
+    gaps = top_two_gap(logits)
+    for gap in MIRROR_GAPS:
+        mirrored = gaps < gap
+        accuracy = float((np.where(mirrored[:, None], both, logits).argmax(1) == labels).mean())
+        if accuracy >= every_face - MIRROR_TOLERANCE:
+            return {"flip_tta_gap": float(gap), "flip_tta_gap_val": {
+                "accuracy": accuracy, "accuracy_every_face_mirrored": every_face,
+                "accuracy_no_mirror": float((logits.argmax(1) == labels).mean()),
+                "mirrored_share": float(mirrored.mean()), "tolerance": MIRROR_TOLERANCE}}
+    return {"flip_tta_gap": None}  # no gap kept the accuracy: every face is mirrored
+
+
 def refit_temperature(weights: Path, val, card: dict) -> dict:
-    """The calibration block of a card, fitted on val without flip TTA."""
-    import torch
-
+    """The calibration block of a card, fitted on val to the logits the bundled predictor serves
+    (its runtime, flip TTA and gate)."""
     from fer_core.calibration import expected_calibration_error, fit_temperature, softmax
-    from fer_core.train import predict_logits
-    from fer_core.weights import load_model
 
-    model, _ = load_model(weights)
+    logits = Predictor(weights).logits(val.images)
     labels = np.asarray(card["fer2013_id_to_class"])[val.labels]
-    logits = predict_logits(model, val.images, device=torch.device("cpu"))
     temperature = fit_temperature(logits, labels)
-    return {"temperature": temperature, "fitted_on": "val, without flip TTA (refitted when bundling)",
+    return {"temperature": temperature, "fitted_on": "val, the logits as served (refitted when bundling)",
             "ece_before": expected_calibration_error(softmax(logits), labels),
             "ece_after": expected_calibration_error(softmax(logits, temperature), labels)}
 
@@ -81,16 +106,23 @@ def main() -> int:
     card = json.loads((run / "model.json").read_text())
     inference = card.setdefault("inference", {})
     val = load_faces(args.val, progress=False)
-    if args.tta == "off" and inference.get("flip_tta"):
-        # Training fitted the temperature to the mirrored-and-averaged logits: refit it to those now served.
+    if args.tta == "off":
         inference["flip_tta"] = False
-        card["calibration"] = refit_temperature(run / "model.safetensors", val, card)
+    for stale in ("flip_tta_gap", "flip_tta_gap_val"):  # chosen again below for these weights
+        inference.pop(stale, None)
     card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     tta = bool(inference.get("flip_tta", False))
     accuracies = {runtime: val_accuracy(DEFAULT_WEIGHTS, val, runtime, tta) for runtime in ("onnx", "onnx-int8")}
     inference["runtime"] = "onnx-int8" if accuracies["onnx-int8"] >= accuracies["onnx"] - INT8_TOLERANCE else "onnx"
     inference["runtime_val_accuracy"] = accuracies
     print(f"val accuracy by runtime: {accuracies}; chosen: {inference['runtime']}")
+    if tta:
+        inference.update(choose_mirror_gap(DEFAULT_WEIGHTS, val, inference["runtime"]))
+        print(f"mirror gate: {inference.get('flip_tta_gap')} {inference.get('flip_tta_gap_val', '')}")
+    card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
+    # Training fitted the temperature to its own val logits (fp32, the mirror on every face or none).
+    card["calibration"] = refit_temperature(DEFAULT_WEIGHTS, val, card)
+    print(f"calibration: {card['calibration']}")
     card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     sample = check_sample(args.val)
     predictor = Predictor(DEFAULT_WEIGHTS)
@@ -98,7 +130,8 @@ def main() -> int:
     accuracy = float((predictor.predict_faces(sample.images).argmax(1) == id_to_class[sample.labels]).mean())
     card["checks"] = {"val_sample": {
         "definition": f"the first {CHECK_PER_CLASS} faces by sample_id of each emotion of FER2013 val (PublicTest)",
-        "faces": len(sample), "accuracy": accuracy, "runtime": predictor.runtime, "flip_tta": predictor.tta}}
+        "faces": len(sample), "accuracy": accuracy, "runtime": predictor.runtime, "flip_tta": predictor.tta,
+        "flip_tta_gap": inference.get("flip_tta_gap")}}
     card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     print(f"bundled {run / 'model.safetensors'} as {DEFAULT_WEIGHTS}; val-sample accuracy {accuracy:.4f} on {len(sample)} faces")
     return 0
