@@ -26,6 +26,7 @@ import numpy as np
 
 from fer_core._validation import FERError
 from fer_core.constants import TTA_MODES
+from fer_core.hardware import cpu_description
 
 #: ``--tta`` values and the Predictor's ``tta`` and ``mirror_gap`` arguments they give (None: the
 #: model card decides): as the card says, on with the card's gate, off, or every face mirrored.
@@ -119,6 +120,7 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
         "throughput": throughput, "best_batch": best, "best_faces_per_s": throughput[best],
         "photo_ms_median": 1000 * float(np.median(photo_times)), "photo_ms_p95": 1000 * float(np.percentile(photo_times, 95)),
         "photo_faces_found": len(found), "weights_mb": os.path.getsize(path) / 1e6,
+        "cpu": cpu_description(),
     }
 
 
@@ -179,6 +181,7 @@ def main(args: argparse.Namespace) -> int:
     else:
         mirror = (f"on where the top two logits lie within {r['mirror_gap']:g}: "
                   f"{100 * r['mirrored_share']:.1f}% of these faces")
+    print(f"cpu: {r['cpu']}")
     print(f"runtime {r['runtime']}, flip TTA {mirror}, {r['threads']} threads")
     print(f"faces: {r['faces']} ({r['faces_count']})")
     print(f"per face, batch 1:        median {r['face_ms_median']:.3f} ms   p95 {r['face_ms_p95']:.3f} ms")

@@ -45,6 +45,7 @@ from torch import nn
 from fer_core._validation import FERError
 from fer_core.augment import AugmentConfig, augment_batch, mix_batch, mix_targets
 from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD
+from fer_core.hardware import cpu_description, cpu_flags
 from fer_core.labels import EMOTIONS, normalise
 
 if TYPE_CHECKING:
@@ -100,6 +101,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_name(device: torch.device) -> str:
+    """The machine a run's wall time was measured on: the GPU's name, or the CPU's with its cores and vector units."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_description()
+
+
 def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
     """bf16 autocast on CUDA, and on CPUs with native bf16 (AMX/AVX512-BF16) where it measured faster."""
     if mode == "off":
@@ -108,11 +116,7 @@ def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if mode == "on":
         return torch.bfloat16
-    flags = ""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        pass
+    flags = cpu_flags()
     return torch.bfloat16 if ("amx_bf16" in flags or "avx512_bf16" in flags) else None
 
 
@@ -865,7 +869,7 @@ def _finish(out: Path, args: argparse.Namespace, state: dict[str, Any], label_ma
             "train_faces": int(len(data)), "faces_trained_on": int(data.keep.sum()), "val_faces": int(len(val)),
             "command": "python -m fer_core.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
             "epochs": args.epochs, "best_epoch": state["best_epoch"], "seed": args.seed,
-            "wall_seconds": round(state["seconds"], 1), "device": str(device),
+            "wall_seconds": round(state["seconds"], 1), "device": str(device), "device_name": device_name(device),
             "augment": asdict(AugmentConfig()) if not args.no_augment else None,
             "mix": {"mixup": args.mixup, "cutmix": args.cutmix, "prob": args.mix_prob} if args.mixup or args.cutmix else None,
             "distill": data.distill,
