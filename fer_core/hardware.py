@@ -2,7 +2,7 @@
 
 Speed figures only mean something next to the machine they were measured on: the same
 2-core allowance has been an Intel CPU with AMX in one session and an AMD one with
-AVX-512 VNNI but no AMX in another, and int8 throughput moved by a third between them.
+AVX-512 VNNI but no AMX in another, and int8 throughput differed by half between them.
 """
 
 from __future__ import annotations
@@ -22,25 +22,24 @@ def _cpuinfo(path: str | Path = "/proc/cpuinfo") -> str:
         return ""
 
 
+def _field(cpuinfo: str, name: str) -> str:
+    """The first ``name : value`` of cpuinfo text, blanks collapsed ("" where absent)."""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == name:
+            return " ".join(value.split())
+    return ""
+
+
 def cpu_flags(cpuinfo: str | None = None) -> set[str]:
     """The CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
-    text = _cpuinfo() if cpuinfo is None else cpuinfo
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "flags":
-            return set(value.split())
-    return set()
+    return set(_field(_cpuinfo() if cpuinfo is None else cpuinfo, "flags").split())
 
 
 def cpu_description(cpuinfo: str | None = None, cores: int | None = None) -> str:
     """One line such as ``AMD EPYC, 2 cores; avx512_vnni avx512_bf16 avx512f avx2``."""
     text = _cpuinfo() if cpuinfo is None else cpuinfo
-    name = "unknown CPU"
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            name = " ".join(value.split())
-            break
+    name = _field(text, "model name") or "unknown CPU"
     count = cores if cores is not None else (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                              else os.cpu_count() or 1)
     flags = cpu_flags(text)

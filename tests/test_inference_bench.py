@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fer_core.bench import get_args_parser, main, run_bench
+from fer_core.hardware import cpu_description
 from fer_core.weights import DEFAULT_WEIGHTS
 
 
@@ -31,7 +32,6 @@ def test_command_line_prints_every_figure(capsys: pytest.CaptureFixture[str]) ->
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "runtime onnx, flip TTA off, 1 threads" in out
-    from fer_core.hardware import cpu_description
     assert f"cpu: {cpu_description()}\n" in out  # figures only mean something next to the machine
     for line in ("per face, batch 1:", "throughput, batch  1024:", "best batch", "640x480 photo, one face:",
                  "(faces found: 1)", "weights file:"):
