@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fer_core.hardware import cpu_description
+
 from .labels import LABELS
 from .queue import Queue
 from .store import open_store
@@ -302,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     for f in companions:
         f.unlink(missing_ok=True)
     began = time.perf_counter()
-    print(f"annotate bench on {path} (SQLite, WAL, synchronous=FULL), {os.cpu_count()} CPUs")
+    print(f"annotate bench on {path} (SQLite, WAL, synchronous=FULL), cpu: {cpu_description()}")
 
     t = bench_throughput(path, processes=args.processes, decisions=args.decisions)
     print(f"throughput : {t.processes} processes, {t.submitted} decisions submitted, {t.rows} rows present, "

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from annotate.bench import bench_collisions, bench_kill, bench_throughput, main
+from fer_core.hardware import cpu_description
 
 
 @pytest.mark.slow
@@ -38,6 +39,7 @@ def test_bench_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert "20 rows present, 0 duplicated" in out and "0 lost" in out and "0 collisions" in out
     assert "all checks passed" in out
+    assert f"cpu: {cpu_description()}\n" in out
 
 
 def test_bench_refuses_an_existing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from fer_core.hardware import cpu_description
 from ui.bench import main
 
 pytestmark = pytest.mark.slow
@@ -19,3 +20,4 @@ def test_bench_prints_both_client_settings_and_the_frame_rate(capsys: pytest.Cap
     assert len(medians) == 2 and all(m > 0 for m in medians)  # the README's client and the defaults
     assert "one SSL context reused" in out and "gradio_client's defaults" in out
     assert re.search(r"webcam path, 640x480 frames through the app: [\d.]+ frames/s", out)
+    assert f"(cpu: {cpu_description()}; model fer_vgg@" in out  # the machine the figures came from

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fer_core.hardware import cpu_description
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"webcam path, 640x480 frames through the app: {pipelined_fps:.1f} frames/s with {args.window} frames "
           f"in flight, {fps:.1f} frames/s one at a time (the frame function alone, in process: "
           f"{handler_fps:.1f} frames/s)")
-    print(f"({os.cpu_count()} CPU cores; model {first['model']})")
+    print(f"(cpu: {cpu_description()}; model {first['model']})")
     return 0
 
 

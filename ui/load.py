@@ -42,6 +42,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from fer_core.hardware import cpu_description
 from ui.bench import _free_port, _percentile, api_client, connect, start_app, test_photo
 
 #: The Relabel endpoints' inputs after the name: scope, strategy, emotions, q_min, q_max, second opinion, N.
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r.concurrency:>5} | {len(r.predict_latencies_ms) / r.predict_wall_s:15.1f} | "
                   f"{statistics.median(lat):9.0f} | {_percentile(lat, 95):6.0f} | {max(lat):6.0f} | "
                   f"{statistics.median(rl):17.0f} | {_percentile(rl, 95):6.0f} | {r.ok}")
-    print(f"({os.cpu_count()} CPU cores)")
+    print(f"(cpu: {cpu_description()})")
     return 0 if all(r.ok for r in results) else 1
 
 

@@ -28,6 +28,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from fer_core.hardware import cpu_description
 from ui.bench import numbered, test_photo
 
 CHROMIUM = Path(os.environ.get("FER_CHROMIUM", "/usr/bin/chromium"))
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"webcam path in Chromium, 640x480 fake camera (30 frames/s) with one face, over {args.seconds:.0f} s: "
           f"{processed / args.seconds:.1f} frames/s processed by the app, {len(stamps) / args.seconds:.1f} distinct "
           f"annotated frames/s shown (gap median {statistics.median(gaps):.0f} ms, p95 {np.percentile(gaps, 95):.0f} ms); "
-          f"{os.cpu_count()} CPU cores shared by the app and the browser")
+          f"cpu: {cpu_description()}, shared by the app and the browser")
     return 0
 
 
