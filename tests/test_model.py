@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -69,6 +71,41 @@ class TestWeightsFiles:
         torch.save(create_model("fer_tiny").state_dict(), path)
         card_path(path).write_text("{}")
         with pytest.raises(WeightsError, match="not safetensors; refusing to unpickle"):
+            load_model(path)
+
+    def test_a_legacy_pickle_renamed_safetensors_is_refused(self, tmp_path: Path) -> None:
+        path = tmp_path / "model.safetensors"  # the pre-zip format starts with 0x80, the pickle opcode
+        torch.save(create_model("fer_tiny").state_dict(), path, _use_new_zipfile_serialization=False)
+        card_path(path).write_text("{}")
+        assert path.read_bytes()[:1] == b"\x80"
+        with pytest.raises(WeightsError, match="not safetensors; refusing to unpickle"):
+            load_model(path)
+
+    def test_a_header_length_ending_in_0x80_is_still_safetensors(self, tmp_path: Path) -> None:
+        # The first byte of a safetensors file is the low byte of its header length: 0x80 there
+        # is as legitimate as any other value and must not be taken for a pickle.
+        from safetensors.torch import save_file
+
+        model = create_model("fer_tiny").eval()
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        for pad in range(256):
+            path = tmp_path / "m.safetensors"
+            save_file(state, str(path), metadata={"pad": "x" * pad})
+            if path.read_bytes()[:1] == b"\x80":
+                break
+        else:
+            pytest.fail("no padding gave a header length ending in 0x80")
+        card_path(path).write_text(json.dumps(self._card()))
+        loaded, _ = load_model(path)
+        x = torch.randn(2, 1, 48, 48)
+        torch.testing.assert_close(loaded(x), model(x))
+
+    @pytest.mark.parametrize("content", [b"", b"not weights at all", (10**6).to_bytes(8, "little") + b'{"a": 1}'])
+    def test_other_files_are_not_safetensors(self, tmp_path: Path, content: bytes) -> None:
+        path = tmp_path / "model.safetensors"  # empty, text, and a header longer than the file
+        path.write_bytes(content)
+        card_path(path).write_text(json.dumps(self._card()))
+        with pytest.raises(WeightsError, match="model.safetensors is not a safetensors file"):
             load_model(path)
 
     def test_missing_file_and_missing_card(self, tmp_path: Path) -> None:
