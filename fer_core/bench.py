@@ -2,8 +2,8 @@
 
 Measured on the CPU with ``--threads`` threads (default 2), on real faces (the bundled
 sample, or ``--faces DATA``) and on a 640x480 photo composed with one of them (160 px face).
-With flip test-time augmentation gated by the model card (``flip_tta_gap``), the share of
-faces that get the mirrored pass decides the speed. The bundled sample comes from the
+Where the model card gates a second pass (the mirror, the ensemble's other models) on how
+clear the first answer is, the share of faces that get it decides the speed. The bundled sample comes from the
 training split, where the model is surer than on new faces, so its figures flatter the gate:
 measure on faces the model never saw (``--faces ../shared/fer2013/val``).
 ``--architecture`` measures an untrained design (random weights, the bundled model's
@@ -65,12 +65,13 @@ def untrained_weights(architecture: str, widths: tuple[int, ...] | None, folder:
     bundled = json.loads(card_path(DEFAULT_WEIGHTS).read_text())
     card = {"architecture": architecture, "model_kwargs": {k: list(v) for k, v in kwargs.items()},
             "labels": bundled["labels"], "parameters": count_params(model), "untrained": True,
-            "inference": bundled.get("inference", {})}
+            # One model's speed: the bundled ensemble's other members are not part of the design.
+            "inference": {k: v for k, v in bundled.get("inference", {}).items() if k != "members"}}
     return save_model(model, Path(folder) / f"{architecture}.safetensors", card)
 
 
 def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float, tta: bool | None = None,
-              mirror_gap: float | None = None, faces_from: str | None = None,
+              mirror_gap: float | None = None, ensemble: bool | None = None, faces_from: str | None = None,
               batch_sizes: tuple[int, ...] = (1, 16, 64, 256, 1024)) -> dict[str, object]:
     import cv2
     import torch
@@ -79,11 +80,11 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
     from fer_core.datasets import load_faces
     from fer_core.faces import compose_scene
     from fer_core.predict import Predictor, top_two_gap
-    from fer_core.weights import DEFAULT_WEIGHTS
+    from fer_core.weights import DEFAULT_WEIGHTS, member_paths
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
-    predictor = Predictor(weights, runtime=runtime, tta=tta, mirror_gap=mirror_gap, threads=threads)
+    predictor = Predictor(weights, runtime=runtime, tta=tta, mirror_gap=mirror_gap, ensemble=ensemble, threads=threads)
     sample = load_faces(faces_from or SAMPLE_PATH, progress=False).images
     if len(sample) == 0:
         raise FERError(f"no faces in {faces_from}")
@@ -91,13 +92,13 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
     # faces the gated mirror takes) differs by class.
     faces = sample[np.random.default_rng(0).permutation(len(sample))]
     pool = np.concatenate([faces] * (max(batch_sizes) // len(faces) + 1))
-    if not predictor.tta:
-        mirrored_share = 0.0
+    if not predictor.second_pass:
+        second_pass_share = 0.0
     elif predictor.mirror_gap == math.inf:
-        mirrored_share = 1.0
+        second_pass_share = 1.0
     else:
-        plain = Predictor(weights, runtime=runtime, tta=False, threads=threads)
-        mirrored_share = float(np.mean(top_two_gap(plain.logits(faces)) < predictor.mirror_gap))
+        plain = Predictor(weights, runtime=runtime, tta=False, ensemble=False, threads=threads)
+        second_pass_share = float(np.mean(top_two_gap(plain.logits(faces)) < predictor.mirror_gap))
 
     # Batch 1 goes round the faces, so a gated mirror runs as often as it would on them.
     next_face = iter(np.concatenate([faces] * 1000))
@@ -110,16 +111,18 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
     photo, squares = compose_scene([sample[3]], seed=0, size=(640, 480), face_size=(160, 160))
     found = predictor.predict_image(photo)
     photo_times = _times(lambda: predictor.predict_image(photo), seconds=seconds)
-    path = weights or DEFAULT_WEIGHTS
+    path = Path(weights or DEFAULT_WEIGHTS)
+    files = [path, *(member_paths(path, predictor.card) if predictor.members else [])]
     best = max(throughput, key=throughput.get)
     return {
         "runtime": predictor.runtime, "flip_tta": predictor.tta, "mirror_gap": predictor.mirror_gap,
-        "mirrored_share": mirrored_share, "faces": faces_from or "bundled sample (training faces)",
+        "ensemble_members": len(predictor.members), "second_pass_share": second_pass_share, "faces": faces_from or "bundled sample (training faces)",
         "faces_count": len(faces), "threads": threads,
         "face_ms_median": 1000 * float(np.median(one)), "face_ms_p95": 1000 * float(np.percentile(one, 95)),
         "throughput": throughput, "best_batch": best, "best_faces_per_s": throughput[best],
         "photo_ms_median": 1000 * float(np.median(photo_times)), "photo_ms_p95": 1000 * float(np.percentile(photo_times, 95)),
-        "photo_faces_found": len(found), "weights_mb": os.path.getsize(path) / 1e6,
+        "photo_faces_found": len(found), "weights_mb": sum(os.path.getsize(f) for f in files) / 1e6,
+        "weights_files": len(files),
         "cpu": cpu_description(),
     }
 
@@ -133,6 +136,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", choices=list(TTA_CHOICES), default="card",
                         help="flip test-time augmentation: as the model card sets it, on with the card's gate, "
                              "off, or on for every face")
+    parser.add_argument("--ensemble", choices=["card", "off"], default="card",
+                        help="the other models the card bundles for the second pass: as the card says, or off "
+                             "(this model alone)")
     parser.add_argument("--faces", default=None, metavar="DATA",
                         help="real faces to measure on, in any form fer_core.datasets reads "
                              "(default: the bundled sample of training faces)")
@@ -167,22 +173,29 @@ def main(args: argparse.Namespace) -> int:
                        if args.architecture else args.weights)
             tta, mirror_gap = TTA_CHOICES[args.tta]
             r = run_bench(weights=weights, runtime=args.runtime, threads=args.threads, seconds=args.seconds,
-                          tta=tta, mirror_gap=mirror_gap, faces_from=args.faces)
+                          tta=tta, mirror_gap=mirror_gap, ensemble=None if args.ensemble == "card" else False,
+                          faces_from=args.faces)
         except FERError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
     if args.architecture:
         print(f"untrained {args.architecture}"
               + (f" with widths {args.widths}" if args.widths else "") + " (random weights: speed only)")
-    if not r["flip_tta"]:
-        mirror = "off"
+    models = r["ensemble_members"] + 1
+    looks = (["its mirror"] if r["flip_tta"] else []) + (
+        [f"{models - 1} more model{'s' if models > 2 else ''}" + (" and their mirrors" if r["flip_tta"] else "")]
+        if models > 1 else [])
+    if not looks:
+        second = "none"
     elif r["mirror_gap"] == math.inf:
-        mirror = "on, every face"
+        second = f"{' and '.join(looks)}, for every face"
     else:
-        mirror = (f"on where the top two logits lie within {r['mirror_gap']:g}: "
-                  f"{100 * r['mirrored_share']:.1f}% of these faces")
+        second = (f"{' and '.join(looks)}, where the top two logits lie within {r['mirror_gap']:g}: "
+                  f"{100 * r['second_pass_share']:.1f}% of these faces")
     print(f"cpu: {r['cpu']}")
-    print(f"runtime {r['runtime']}, flip TTA {mirror}, {r['threads']} threads")
+    print(f"runtime {r['runtime']}, flip TTA {'on' if r['flip_tta'] else 'off'}, "
+          f"{models} model{'s' if models > 1 else ''}, {r['threads']} threads")
+    print(f"second pass: {second}")
     print(f"faces: {r['faces']} ({r['faces_count']})")
     print(f"per face, batch 1:        median {r['face_ms_median']:.3f} ms   p95 {r['face_ms_p95']:.3f} ms")
     for size, rate in r["throughput"].items():
@@ -190,7 +203,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"best batch {r['best_batch']}: {r['best_faces_per_s']:.0f} faces/s")
     print(f"640x480 photo, one face:  median {r['photo_ms_median']:.1f} ms   p95 {r['photo_ms_p95']:.1f} ms "
           f"(faces found: {r['photo_faces_found']})")
-    print(f"weights file: {r['weights_mb']:.2f} MB")
+    print(f"weights: {r['weights_mb']:.2f} MB in {r['weights_files']} file{'s' if r['weights_files'] > 1 else ''}")
     return 0
 
 

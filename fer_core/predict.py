@@ -190,42 +190,71 @@ class Predictor:
     tta : bool, optional
         Average with the mirrored face; default from the model card (on only where it paid on val).
     mirror_gap : float, optional
-        With ``tta``, mirror only the faces whose two highest logits (of the plain pass) lie
-        closer than this: the mirror almost never changes a clear answer, so most faces need
-        one pass. Default from the model card (``inference.flip_tta_gap``, chosen on val when
-        the model was bundled; absent there: every face); ``math.inf`` mirrors every face.
+        The gate of the second pass (the mirror, and the ensemble's other models): only the
+        faces whose two highest logits (of the plain pass) lie closer than this get it; a
+        second opinion almost never changes a clear answer, so most faces need one pass.
+        Default from the model card (``inference.second_pass_gap``, or ``flip_tta_gap`` in
+        cards written before ensembles; chosen on val when the model was bundled; absent
+        there: every face); ``math.inf`` gives every face the second pass.
+    ensemble : bool, optional
+        Average with the other models the card bundles (``inference.members``: files beside
+        the weights, checked by sha256) on the faces the gate picks; default on where the
+        card has them. ``False``: this model alone.
     threads : int, optional
         CPU threads for inference.
     """
 
     def __init__(self, weights: str | Path | None = None, *, device: str = "cpu", runtime: str = "auto",
-                 tta: bool | None = None, mirror_gap: float | None = None, threads: int | None = None) -> None:
-        from fer_core.weights import DEFAULT_WEIGHTS, load_model
+                 tta: bool | None = None, mirror_gap: float | None = None, ensemble: bool | None = None,
+                 threads: int | None = None) -> None:
+        from fer_core.weights import DEFAULT_WEIGHTS, WeightsError, load_model, member_paths
 
         if runtime not in RUNTIMES:
             raise ValueError(f"unknown runtime {runtime!r}; choose one of {list(RUNTIMES)}")
-        self.model, self.card = load_model(weights, device=device)
+        path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        self.model, self.card = load_model(path, device=device)
         self.labels: list[str] = list(self.card["labels"])
+        inference = self.card.get("inference", {})
         self.temperature: float = float(self.card.get("calibration", {}).get("temperature", 1.0))
-        self.tta: bool = bool(self.card.get("inference", {}).get("flip_tta", False)) if tta is None else tta
+        self.tta: bool = bool(inference.get("flip_tta", False)) if tta is None else tta
         if mirror_gap is None:
-            mirror_gap = self.card.get("inference", {}).get("flip_tta_gap")
+            mirror_gap = inference.get("second_pass_gap", inference.get("flip_tta_gap"))
         self.mirror_gap: float = math.inf if mirror_gap is None else float(mirror_gap)
         if not self.mirror_gap > 0:  # also refuses NaN
             raise ValueError(f"mirror_gap must be a positive number of logits, got {mirror_gap!r}")
+        paths = [path] + (member_paths(path, self.card) if ensemble is not False else [])
+        self.members: list[torch.nn.Module] = []
+        for member in paths[1:]:
+            model, card = load_model(member, device=device)
+            if list(card["labels"]) != self.labels:
+                raise WeightsError(f"{member.name} has labels {card['labels']}, not those of {path.name}: {self.labels}")
+            self.members.append(model)
         self.model_name: str = f"{self.card['architecture']}@{self.card.get('code_version', 'unknown')}"
+        if self.members:
+            self.model_name += f" (+{len(self.members)} in ensemble)"
         if runtime == "auto":
-            preferred = self.card.get("inference", {}).get("runtime", "onnx")
+            preferred = inference.get("runtime", "onnx")
             runtime = preferred if device == "cpu" and _has_onnxruntime() else "torch"
+        # One runtime per model: this one first (the plain pass every face gets), then the members.
+        self._runtimes: list[Any] = [self._make_runtime(model, file, runtime, threads)
+                                     for model, file in zip([self.model, *self.members], paths)]
+        self._runtime = self._runtimes[0]
+        self.runtime: str = self._runtime.name
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _make_runtime(model: torch.nn.Module, weights: Path, runtime: str, threads: int | None) -> Any:
         if runtime.startswith("onnx"):
             int8 = runtime == "onnx-int8"
             # Only the int8 model is cached on disk, under the digest of the weights it came from.
-            digest = hashlib.sha256(Path(weights or DEFAULT_WEIGHTS).read_bytes()).hexdigest()[:16] if int8 else ""
-            self._runtime: Any = _OnnxRuntime(self.model, threads, int8=int8, weights_digest=digest)
-        else:
-            self._runtime = _TorchRuntime(self.model)
-        self.runtime: str = self._runtime.name
-        self._lock = threading.Lock()
+            digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if int8 else ""
+            return _OnnxRuntime(model, threads, int8=int8, weights_digest=digest)
+        return _TorchRuntime(model)
+
+    @property
+    def second_pass(self) -> bool:
+        """Whether unclear faces get a second look: their mirror, the ensemble's other models, or both."""
+        return self.tta or bool(self.members)
 
     # ------------------------------------------------------------ faces
 
@@ -238,19 +267,34 @@ class Predictor:
         for start in range(0, len(faces), batch_size):
             x = _normalise(faces[start:start + batch_size])
             with self._lock:  # ONNX Runtime sessions and torch modules are shared by the app's threads
-                if self.tta and self.mirror_gap == math.inf:
-                    # One call on faces and mirrors together: at batch 1 that is one model run, not two.
-                    both = self._runtime(np.concatenate([x, x[..., ::-1]]))
-                    logits = (both[:len(x)] + both[len(x):]) / 2
+                if self.second_pass and self.mirror_gap == math.inf:
+                    total, views = self._views(x, part_of=len(x), with_plain_pass=True)
+                    logits = total / views
                 else:
                     logits = np.array(self._runtime(x), dtype=np.float32)
-                    if self.tta:
+                    if self.second_pass:
                         unsure = np.flatnonzero(top_two_gap(logits) < self.mirror_gap)
                         if unsure.size:
-                            mirrored = np.ascontiguousarray(x[unsure][..., ::-1])
-                            logits[unsure] = (logits[unsure] + self._runtime(mirrored, part_of=len(x))) / 2
+                            total, views = self._views(x[unsure], part_of=len(x), with_plain_pass=False)
+                            logits[unsure] = (logits[unsure] + total) / (views + 1)
             out.append(logits)
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
+
+    def _views(self, x: np.ndarray, *, part_of: int, with_plain_pass: bool) -> tuple[np.ndarray, int]:
+        """The summed logits of every view of ``x`` (each model, and with ``tta`` each model's mirror),
+        leaving out this model's plain pass unless ``with_plain_pass``; and how many views that is."""
+        total, views = np.zeros((len(x), len(self.labels)), dtype=np.float32), 0
+        for index, runtime in enumerate(self._runtimes):
+            inputs = [x] if with_plain_pass or index > 0 else []
+            if self.tta:
+                inputs.append(x[..., ::-1])
+            if not inputs:
+                continue
+            # A model's face and mirror go through it in one call: at batch 1 one run, not two.
+            out = runtime(np.concatenate(inputs), part_of=part_of * len(inputs))
+            total += out.reshape(len(inputs), len(x), -1).sum(0)
+            views += len(inputs)
+        return total, views
 
     def predict_faces(self, faces: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
         """Calibrated probabilities (N, K) of uint8 faces (N, 48, 48); rows sum to 1."""

@@ -70,16 +70,18 @@ class TestCommand:
         assert main(get_args_parser().parse_args([str(tmp_path / "none")])) == 2
         assert "error: data set not found" in capsys.readouterr().err
 
-    @pytest.mark.parametrize(("mode", "predictor_args"), [
-        ("auto", {}), ("off", {"tta": False}), ("on", {"tta": True}), ("all", {"tta": True, "mirror_gap": float("inf")})])
-    def test_tta_modes_reach_the_predictor(self, tmp_path: Path, val_faces, mode: str, predictor_args: dict) -> None:
-        # The bundled model, whose card gates the mirror: each mode serves the logits of its Predictor.
+    @pytest.mark.parametrize(("options", "predictor_args"), [
+        ([], {}), (["--tta", "off"], {"tta": False}), (["--tta", "on"], {"tta": True}),
+        (["--tta", "all"], {"tta": True, "mirror_gap": float("inf")}),
+        (["--tta", "off", "--ensemble", "off"], {"tta": False, "ensemble": False})])
+    def test_tta_modes_reach_the_predictor(self, tmp_path: Path, val_faces, options: list[str], predictor_args: dict) -> None:
+        # The bundled model, whose card gates the second pass: each mode serves the logits of its Predictor.
         images, labels, _ = val_faces
         for i, (face, label) in enumerate(zip(images, labels)):
             folder = tmp_path / "data" / LABELS[label]
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(face).save(folder / f"{i:03d}.png")
-        args = get_args_parser().parse_args([str(tmp_path / "data"), "--tta", mode, "--export", str(tmp_path / "f.npz")])
+        args = get_args_parser().parse_args([str(tmp_path / "data"), *options, "--export", str(tmp_path / "f.npz")])
         assert main(args) == 0
         exported = np.load(tmp_path / "f.npz")
         order = np.argsort([f"{LABELS[label]}/{i:03d}" for i, label in enumerate(labels)])  # the folder's reading order

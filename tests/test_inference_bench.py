@@ -11,7 +11,8 @@ import pytest
 
 from fer_core.bench import get_args_parser, main, run_bench
 from fer_core.hardware import cpu_description
-from fer_core.weights import DEFAULT_WEIGHTS
+from fer_core.predict import Predictor
+from fer_core.weights import DEFAULT_WEIGHTS, member_paths
 
 
 @pytest.mark.parametrize("tta", [False, True])
@@ -24,17 +25,20 @@ def test_run_bench_measures_the_configuration_asked_for(tta: bool) -> None:
     assert result["face_ms_median"] > 0 and result["face_ms_p95"] >= result["face_ms_median"]
     # The composed 640x480 photo holds exactly one face, and the detector must find it.
     assert result["photo_faces_found"] == 1
-    assert result["weights_mb"] == pytest.approx(os.path.getsize(DEFAULT_WEIGHTS) / 1e6)
+    files = [DEFAULT_WEIGHTS, *member_paths(DEFAULT_WEIGHTS, Predictor().card)]
+    assert result["weights_files"] == len(files)
+    assert result["weights_mb"] == pytest.approx(sum(os.path.getsize(f) for f in files) / 1e6)
 
 
 def test_command_line_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
-    args = get_args_parser().parse_args(["--runtime", "onnx", "--threads", "1", "--seconds", "0.05", "--tta", "off"])
+    args = get_args_parser().parse_args(["--runtime", "onnx", "--threads", "1", "--seconds", "0.05", "--tta", "off",
+                                         "--ensemble", "off"])
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "runtime onnx, flip TTA off, 1 threads" in out
+    assert "runtime onnx, flip TTA off, 1 model, 1 threads\nsecond pass: none\n" in out
     assert f"cpu: {cpu_description()}\n" in out  # figures only mean something next to the machine
     for line in ("per face, batch 1:", "throughput, batch  1024:", "best batch", "640x480 photo, one face:",
-                 "(faces found: 1)", "weights file:"):
+                 "(faces found: 1)", "weights: "):
         assert line in out
 
 
@@ -49,21 +53,24 @@ def test_the_gated_mirror_is_measured_on_the_faces_given(tmp_path: Path, capsys:
         for i, face in enumerate(sample.images[sample.labels == label][:10]):
             cv2.imwrite(str(tmp_path / name / f"{i}.png"), face)
     faces = load_faces(tmp_path, progress=False).images
-    gate = Predictor().mirror_gap
-    expected_share = float(np.mean(top_two_gap(Predictor(tta=False).logits(faces)) < gate))
+    bundled = Predictor()
+    gate, others = bundled.mirror_gap, len(bundled.members)
+    expected_share = float(np.mean(top_two_gap(Predictor(tta=False, ensemble=False).logits(faces)) < gate))
 
     result = run_bench(weights=None, runtime="auto", threads=1, seconds=0.05, faces_from=str(tmp_path), batch_sizes=(1, 8))
     assert result["flip_tta"] is True and result["mirror_gap"] == gate < float("inf")
-    assert result["faces_count"] == 20 and result["mirrored_share"] == pytest.approx(expected_share)
+    assert result["faces_count"] == 20 and result["second_pass_share"] == pytest.approx(expected_share)
+    assert result["ensemble_members"] == others
 
     args = get_args_parser().parse_args(["--faces", str(tmp_path), "--threads", "1", "--seconds", "0.05"])
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert f"flip TTA on where the top two logits lie within {gate:g}: {100 * expected_share:.1f}% of these faces" in out
+    looks = "its mirror" + (f" and {others} more model{'s' if others > 1 else ''} and their mirrors" if others else "")
+    assert f"second pass: {looks}, where the top two logits lie within {gate:g}: {100 * expected_share:.1f}% of these faces" in out
     assert f"faces: {tmp_path} (20)" in out
 
     assert main(get_args_parser().parse_args(["--tta", "all", "--threads", "1", "--seconds", "0.05"])) == 0
-    assert "flip TTA on, every face," in capsys.readouterr().out
+    assert f"second pass: {looks}, for every face\n" in capsys.readouterr().out
 
 
 def test_faces_that_cannot_be_read_get_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -93,7 +100,8 @@ def test_an_untrained_design_is_measured_with_its_own_widths(capsys: pytest.Capt
     out = capsys.readouterr().out
     assert "untrained fer_tiny with widths 8,24 (random weights: speed only)" in out
     # Its own weights file is measured, far smaller than the bundled model's.
-    size_mb = float(out.split("weights file: ")[1].split(" MB")[0])
+    assert " MB in 1 file\n" in out
+    size_mb = float(out.split("\nweights: ")[1].split(" MB")[0])
     assert 0 < size_mb < 0.1
 
 

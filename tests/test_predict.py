@@ -13,7 +13,7 @@ from fer_core.datasets import load_faces
 from fer_core.faces import box_iou, compose_scene
 from fer_core.model import create_model
 from fer_core.predict import SINGLE_THREAD_BATCH, Predictor, top_two_gap
-from fer_core.weights import save_model
+from fer_core.weights import load_model, save_model
 
 LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
@@ -109,7 +109,6 @@ class TestFaces:
         np.testing.assert_allclose(np.concatenate([gated.logits(face) for face in sample_faces]), expected, atol=1e-4)
 
     def test_the_card_sets_the_mirror_gate(self, weights: Path, tmp_path: Path) -> None:
-        from fer_core.weights import load_model
 
         model, card = load_model(weights)
         gated = save_model(model, tmp_path / "gated.safetensors",
@@ -142,6 +141,125 @@ class TestFaces:
             predictor.predict_faces(np.zeros((2, 64, 64), dtype=np.uint8))
         with pytest.raises(ValueError, match="unknown runtime"):
             Predictor(weights, runtime="tensorrt")
+
+
+def _ensemble(folder: Path, *, seeds: tuple[int, ...] = (0, 1, 2), inference: dict | None = None) -> Path:
+    """Small random models saved side by side, the first bundling the others as its ensemble members."""
+    from fer_core.weights import file_sha256
+
+    paths = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        paths.append(save_model(create_model("fer_tiny").eval(), folder / f"m{seed}.safetensors",
+                                {"architecture": "fer_tiny", "labels": LABELS}))
+    model, _ = load_model(paths[0])
+    members = [{"file": path.name, "sha256": file_sha256(path)} for path in paths[1:]]
+    return save_model(model, paths[0], {"architecture": "fer_tiny", "labels": LABELS,
+                                        "inference": {"members": members, **(inference or {})}})
+
+
+class TestEnsemble:
+    """A card may bundle other models, averaged with it on the faces its first answer is unclear about."""
+
+    @pytest.mark.parametrize(("runtime", "tta"), [("torch", False), ("torch", True), ("onnx", True)])
+    def test_every_face_averages_every_model_and_mirror(self, tmp_path: Path, sample_faces: np.ndarray,
+                                                        runtime: str, tta: bool) -> None:
+        head = _ensemble(tmp_path)
+        mirrored = sample_faces[:, :, ::-1].copy()
+        views = []
+        for name in ("m0", "m1", "m2"):
+            alone = Predictor(tmp_path / f"{name}.safetensors", runtime=runtime, tta=False, ensemble=False)
+            views += [alone.logits(sample_faces)] + ([alone.logits(mirrored)] if tta else [])
+        expected = np.mean(views, axis=0)
+        ensemble = Predictor(head, runtime=runtime, tta=tta, mirror_gap=float("inf"))
+        assert len(ensemble.members) == 2 and ensemble.second_pass and "(+2 in ensemble)" in ensemble.model_name
+        np.testing.assert_allclose(ensemble.logits(sample_faces), expected, atol=1e-4)
+        np.testing.assert_allclose(ensemble.logits(sample_faces, batch_size=3), expected, atol=1e-4)
+        np.testing.assert_allclose(ensemble.logits(sample_faces[:1]), expected[:1], atol=1e-4)
+
+    def test_the_gate_sends_only_unclear_faces_to_the_other_models(self, tmp_path: Path, sample_faces: np.ndarray) -> None:
+        head = _ensemble(tmp_path, seeds=(0, 1), inference={"flip_tta": True})
+        first = Predictor(head, runtime="onnx", tta=False, ensemble=False)
+        logits = first.logits(sample_faces)
+        every = Predictor(head, runtime="onnx", mirror_gap=float("inf")).logits(sample_faces)
+        gaps = np.sort(top_two_gap(logits))
+        gate = float(gaps[len(gaps) // 2 - 1] + gaps[len(gaps) // 2]) / 2
+        unclear = top_two_gap(logits) < gate
+        assert 0 < unclear.sum() < len(unclear)
+        expected = np.where(unclear[:, None], every, logits)
+        gated = Predictor(head, runtime="onnx", mirror_gap=gate)
+        np.testing.assert_allclose(gated.logits(sample_faces), expected, atol=1e-4)
+        np.testing.assert_allclose(np.concatenate([gated.logits(face) for face in sample_faces]), expected, atol=1e-4)
+        # The card's gate: second_pass_gap, read before the older flip_tta_gap.
+        model, card = load_model(head)
+        card["inference"].update({"second_pass_gap": gate, "flip_tta_gap": 0.01})
+        save_model(model, head, card)
+        np.testing.assert_allclose(Predictor(head, runtime="onnx").logits(sample_faces), expected, atol=1e-4)
+
+    def test_ensemble_off_is_the_first_model_alone(self, tmp_path: Path, sample_faces: np.ndarray) -> None:
+        head = _ensemble(tmp_path)
+        alone = Predictor(head, runtime="torch", ensemble=False)
+        assert alone.members == [] and not alone.second_pass
+        np.testing.assert_array_equal(alone.logits(sample_faces), Predictor(tmp_path / "m0.safetensors", runtime="torch",
+                                                                            ensemble=False).logits(sample_faces))
+        # Without members or mirror there is no second pass, whatever the gate.
+        np.testing.assert_array_equal(Predictor(head, runtime="torch", ensemble=False, mirror_gap=0.5).logits(sample_faces),
+                                      alone.logits(sample_faces))
+
+    def test_a_changed_or_missing_member_is_refused(self, tmp_path: Path) -> None:
+        from fer_core.weights import WeightsError
+
+        head = _ensemble(tmp_path)
+        member = tmp_path / "m2.safetensors"
+        original = member.read_bytes()
+        member.write_bytes(original[:-4] + bytes(4))  # same size, other weights
+        with pytest.raises(WeightsError, match=r"m2.safetensors is not the file m0.safetensors was bundled with"):
+            Predictor(head, runtime="torch")
+        member.unlink()
+        with pytest.raises(WeightsError, match="bundled with m2.safetensors, which is missing beside it"):
+            Predictor(head, runtime="torch")
+        # This model alone still loads.
+        assert Predictor(head, runtime="torch", ensemble=False).members == []
+
+    @pytest.mark.parametrize("name", ["../m1.safetensors", "/tmp/m1.safetensors", "sub/m1.safetensors", "..", "", None])
+    def test_a_member_outside_the_weights_folder_is_refused(self, tmp_path: Path, name: str | None) -> None:
+        from fer_core.weights import WeightsError, file_sha256
+
+        head = _ensemble(tmp_path, seeds=(0, 1))
+        model, card = load_model(head)
+        card["inference"]["members"] = [{"file": name, "sha256": file_sha256(tmp_path / "m1.safetensors")}]
+        save_model(model, head, card)
+        with pytest.raises(WeightsError, match="a member must be named by a file name beside it"):
+            Predictor(head, runtime="torch")
+
+    def test_a_member_with_other_labels_is_refused(self, tmp_path: Path) -> None:
+        from fer_core.weights import WeightsError, file_sha256
+
+        head = _ensemble(tmp_path, seeds=(0,))
+        torch.manual_seed(1)
+        six = save_model(create_model("fer_tiny", num_classes=6).eval(), tmp_path / "six.safetensors",
+                         {"architecture": "fer_tiny", "labels": LABELS[:6]})
+        model, card = load_model(head)
+        card["inference"]["members"] = [{"file": six.name, "sha256": file_sha256(six)}]
+        save_model(model, head, card)
+        with pytest.raises(WeightsError, match="six.safetensors has labels"):
+            Predictor(head, runtime="torch")
+
+
+def test_half_precision_storage_halves_the_file_and_loads_as_float32(weights: Path, tmp_path: Path,
+                                                                   sample_faces: np.ndarray) -> None:
+
+
+    model, card = load_model(weights)
+    half = save_model(model, tmp_path / "half.safetensors", card, float_dtype=torch.float16)
+    assert half.stat().st_size < 0.55 * weights.stat().st_size
+    loaded, _ = load_model(half)
+    for (name, original), (_, restored) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert restored.dtype == original.dtype, name
+        expected = original.half().to(original.dtype) if original.is_floating_point() else original
+        assert torch.equal(restored, expected), name
+    np.testing.assert_allclose(Predictor(half, runtime="torch").logits(sample_faces),
+                               Predictor(weights, runtime="torch").logits(sample_faces), atol=0.02)
 
 
 class TestPhotos:

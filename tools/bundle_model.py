@@ -1,47 +1,59 @@
 """Copy a trained model into the repository as the bundled weights, with a check anyone can re-run.
 
-    python tools/bundle_model.py runs/fastnet_adamw --val ../shared/fer2013/val
+    python tools/bundle_model.py runs/vgg_s0 --val ../shared/fer2013/val
+    python tools/bundle_model.py runs/pair_s0 --member runs/pair_s1 --val ../shared/fer2013/val
+
+The weights are stored in half precision (inference runs in float32 or int8 from them;
+half the file). ``--member RUN`` bundles other trained models as an ensemble: they are
+copied beside the weights, named in the card with their sha256, and averaged with the
+first model on the faces its answer is unclear about.
 
 Chooses the inference runtime on the whole val split: ONNX Runtime int8 when it keeps
 the fp32 accuracy to within :data:`INT8_TOLERANCE`, else fp32 (the figures of both go into
-the card). Where training kept flip test-time augmentation, chooses its gate on val too:
-the smallest gap between the two highest logits below which a face gets the mirrored pass,
-keeping the accuracy of mirroring every face to within :data:`MIRROR_TOLERANCE` (most
-faces then need one pass). ``--tta off`` turns the mirror off altogether. The temperature
-is refitted to the logits the bundled model then serves. Last, adds to the model card the
-accuracy on a fixed, named sample of val faces (the first files by name of each emotion
-folder), which tests/test_bundled_model.py recomputes from the bundled file.
+the card). Where there is a second pass (flip test-time augmentation kept by training, the
+members), chooses its gate on val too: the smallest gap between the two highest logits of
+the first model's plain pass below which a face gets the second pass, keeping the accuracy
+of giving it to every face to within :data:`SECOND_PASS_TOLERANCE` (most faces then need one
+pass). ``--tta off`` turns the mirror off altogether. The temperature is refitted to the
+logits the bundled model then serves. Last, adds to the model card the accuracy on a fixed,
+named sample of val faces (the first files by name of each emotion folder), which
+tests/test_bundled_model.py recomputes from the bundled files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fer_core.datasets import load_faces  # noqa: E402
 from fer_core.predict import Predictor  # noqa: E402
-from fer_core.weights import DEFAULT_WEIGHTS, card_path  # noqa: E402
+from fer_core.weights import DEFAULT_WEIGHTS, card_path, file_sha256, load_model, save_model  # noqa: E402
 
 #: Faces per emotion in the fixed val sample.
 CHECK_PER_CLASS = 40
 #: Largest val accuracy an int8 model may lose against fp32 and still be chosen.
 INT8_TOLERANCE = 0.003
-#: Largest val accuracy the gated mirror may lose against mirroring every face.
-MIRROR_TOLERANCE = 0.001
+#: Largest val accuracy the gated second pass may lose against giving it to every face.
+SECOND_PASS_TOLERANCE = 0.001
 #: Gaps between the two highest logits tried for the gate, smallest first.
-MIRROR_GAPS = np.round(np.arange(0.05, 3.001, 0.05), 2)
+SECOND_PASS_GAPS = np.round(np.arange(0.05, 3.001, 0.05), 2)
+#: The ensemble's other models are stored beside the bundled weights under these names.
+MEMBER_NAME = "fer_model_member{}.safetensors"
 
 
 def val_accuracy(weights: Path, val, runtime: str, tta: bool) -> float:
-    predictor = Predictor(weights, runtime=runtime, tta=tta)
+    """Accuracy with the second pass (mirror, members) on every face: the runtime's best."""
+    predictor = Predictor(weights, runtime=runtime, tta=tta, mirror_gap=math.inf)
     id_to_class = np.asarray(predictor.card["fer2013_id_to_class"])
     return float((predictor.predict_faces(val.images).argmax(1) == id_to_class[val.labels]).mean())
 
@@ -57,26 +69,27 @@ def check_sample(val_folder: str | Path, per_class: int = CHECK_PER_CLASS):
     return table.select(np.array(picked))
 
 
-def choose_mirror_gap(weights: Path, val, runtime: str) -> dict:
-    """The smallest gap of :data:`MIRROR_GAPS` whose gated mirror keeps the val accuracy of mirroring
-    every face to within :data:`MIRROR_TOLERANCE`, with the share of val faces it mirrors."""
+def choose_second_pass_gap(weights: Path, val, runtime: str) -> dict:
+    """The smallest gap of :data:`SECOND_PASS_GAPS` whose gated second pass (the card's mirror and
+    members) keeps the val accuracy of giving it to every face to within :data:`SECOND_PASS_TOLERANCE`,
+    with the share of val faces that get it."""
     from fer_core.predict import top_two_gap
 
-    plain = Predictor(weights, runtime=runtime, tta=False)
+    plain = Predictor(weights, runtime=runtime, tta=False, ensemble=False)
     labels = np.asarray(plain.card["fer2013_id_to_class"])[val.labels]
     logits = plain.logits(val.images)
-    both = (logits + plain.logits(np.ascontiguousarray(val.images[:, :, ::-1]))) / 2
+    both = Predictor(weights, runtime=runtime, mirror_gap=math.inf).logits(val.images)
     every_face = float((both.argmax(1) == labels).mean())
     gaps = top_two_gap(logits)
-    for gap in MIRROR_GAPS:
-        mirrored = gaps < gap
-        accuracy = float((np.where(mirrored[:, None], both, logits).argmax(1) == labels).mean())
-        if accuracy >= every_face - MIRROR_TOLERANCE:
-            return {"flip_tta_gap": float(gap), "flip_tta_gap_val": {
-                "accuracy": accuracy, "accuracy_every_face_mirrored": every_face,
-                "accuracy_no_mirror": float((logits.argmax(1) == labels).mean()),
-                "mirrored_share": float(mirrored.mean()), "tolerance": MIRROR_TOLERANCE}}
-    return {"flip_tta_gap": None}  # no gap kept the accuracy: every face is mirrored
+    for gap in SECOND_PASS_GAPS:
+        second = gaps < gap
+        accuracy = float((np.where(second[:, None], both, logits).argmax(1) == labels).mean())
+        if accuracy >= every_face - SECOND_PASS_TOLERANCE:
+            return {"second_pass_gap": float(gap), "second_pass_gap_val": {
+                "accuracy": accuracy, "accuracy_every_face_second_pass": every_face,
+                "accuracy_first_pass_only": float((logits.argmax(1) == labels).mean()),
+                "second_pass_share": float(second.mean()), "tolerance": SECOND_PASS_TOLERANCE}}
+    return {"second_pass_gap": None}  # no gap kept the accuracy: every face gets the second pass
 
 
 def refit_temperature(weights: Path, val, card: dict) -> dict:
@@ -92,15 +105,29 @@ def refit_temperature(weights: Path, val, card: dict) -> dict:
             "ece_after": expected_calibration_error(softmax(logits, temperature), labels)}
 
 
+def store_half(run_weights: Path, destination: Path) -> Path:
+    """Copy trained weights (and their card) to ``destination``, stored in half precision."""
+    model, card = load_model(run_weights)
+    return save_model(model, destination, card, float_dtype=torch.float16)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="a training output folder holding model.safetensors and model.json")
+    parser.add_argument("--member", action="append", default=[], metavar="RUN",
+                        help="another training output folder to bundle as an ensemble member (repeatable)")
     parser.add_argument("--val", required=True, help="the val folder of FER2013 (../shared/fer2013/val)")
     parser.add_argument("--tta", choices=["card", "off"], default="card",
                         help="flip test-time augmentation: as training chose it, or off")
     args = parser.parse_args()
     run = Path(args.run)
-    shutil.copyfile(run / "model.safetensors", DEFAULT_WEIGHTS)
+    for stale in DEFAULT_WEIGHTS.parent.glob(MEMBER_NAME.format("*").replace(".safetensors", ".*")):
+        stale.unlink()  # the members of an earlier bundle
+    store_half(run / "model.safetensors", DEFAULT_WEIGHTS)
+    members = []
+    for number, member_run in enumerate(args.member, start=1):
+        member = store_half(Path(member_run) / "model.safetensors", DEFAULT_WEIGHTS.with_name(MEMBER_NAME.format(number)))
+        members.append({"file": member.name, "sha256": file_sha256(member), "run": str(member_run)})
     if (run / "curve.png").is_file():
         shutil.copyfile(run / "curve.png", DEFAULT_WEIGHTS.with_name("fer_model_curve.png"))
     card = json.loads((run / "model.json").read_text())
@@ -108,17 +135,20 @@ def main() -> int:
     val = load_faces(args.val, progress=False)
     if args.tta == "off":
         inference["flip_tta"] = False
-    for stale in ("flip_tta_gap", "flip_tta_gap_val"):  # chosen again below for these weights
-        inference.pop(stale, None)
+    for stale in ("flip_tta_gap", "flip_tta_gap_val", "second_pass_gap", "second_pass_gap_val", "members"):
+        inference.pop(stale, None)  # chosen again below for these weights
+    if members:
+        inference["members"] = members
+    card["storage"] = "float16 (inference in float32 or int8)"
     card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     tta = bool(inference.get("flip_tta", False))
     accuracies = {runtime: val_accuracy(DEFAULT_WEIGHTS, val, runtime, tta) for runtime in ("onnx", "onnx-int8")}
     inference["runtime"] = "onnx-int8" if accuracies["onnx-int8"] >= accuracies["onnx"] - INT8_TOLERANCE else "onnx"
     inference["runtime_val_accuracy"] = accuracies
-    print(f"val accuracy by runtime: {accuracies}; chosen: {inference['runtime']}")
-    if tta:
-        inference.update(choose_mirror_gap(DEFAULT_WEIGHTS, val, inference["runtime"]))
-        print(f"mirror gate: {inference.get('flip_tta_gap')} {inference.get('flip_tta_gap_val', '')}")
+    print(f"val accuracy by runtime (second pass on every face): {accuracies}; chosen: {inference['runtime']}")
+    if tta or members:
+        inference.update(choose_second_pass_gap(DEFAULT_WEIGHTS, val, inference["runtime"]))
+        print(f"second-pass gate: {inference.get('second_pass_gap')} {inference.get('second_pass_gap_val', '')}")
     card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     # Training fitted the temperature to its own val logits (fp32, the mirror on every face or none).
     card["calibration"] = refit_temperature(DEFAULT_WEIGHTS, val, card)
@@ -131,9 +161,10 @@ def main() -> int:
     card["checks"] = {"val_sample": {
         "definition": f"the first {CHECK_PER_CLASS} faces by sample_id of each emotion of FER2013 val (PublicTest)",
         "faces": len(sample), "accuracy": accuracy, "runtime": predictor.runtime, "flip_tta": predictor.tta,
-        "flip_tta_gap": inference.get("flip_tta_gap")}}
+        "ensemble_members": len(predictor.members), "second_pass_gap": inference.get("second_pass_gap")}}
     card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
-    print(f"bundled {run / 'model.safetensors'} as {DEFAULT_WEIGHTS}; val-sample accuracy {accuracy:.4f} on {len(sample)} faces")
+    print(f"bundled {run / 'model.safetensors'} (+{len(members)} members) as {DEFAULT_WEIGHTS}; "
+          f"val-sample accuracy {accuracy:.4f} on {len(sample)} faces")
     return 0
 
 
