@@ -176,6 +176,16 @@ class TestEnsemble:
         np.testing.assert_allclose(ensemble.logits(sample_faces), expected, atol=1e-4)
         np.testing.assert_allclose(ensemble.logits(sample_faces, batch_size=3), expected, atol=1e-4)
         np.testing.assert_allclose(ensemble.logits(sample_faces[:1]), expected[:1], atol=1e-4)
+        if runtime == "onnx":
+            # The models take turns on the same cores: none of their sessions may keep its workers
+            # spinning after a call (they starved the next model's call), while a lone model's may.
+            def spinning(runtime_) -> str:
+                return runtime_.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+            assert [spinning(r) for r in ensemble._runtimes] == ["0", "0", "0"]
+            alone = Predictor(head, runtime="onnx", ensemble=False)
+            with pytest.raises(RuntimeError, match="does not have configuration"):  # the default: spinning
+                spinning(alone._runtime)
 
     def test_the_gate_sends_only_unclear_faces_to_the_other_models(self, tmp_path: Path, sample_faces: np.ndarray) -> None:
         head = _ensemble(tmp_path, seeds=(0, 1), inference={"flip_tta": True})
