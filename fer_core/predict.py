@@ -11,7 +11,6 @@ Probabilities are calibrated with the temperature stored in the model card
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 import math
 import os
@@ -250,10 +249,12 @@ class Predictor:
 
     @staticmethod
     def _make_runtime(model: torch.nn.Module, weights: Path, runtime: str, threads: int | None, *, spin: bool) -> Any:
+        from fer_core.weights import file_sha256
+
         if runtime.startswith("onnx"):
             int8 = runtime == "onnx-int8"
             # Only the int8 model is cached on disk, under the digest of the weights it came from.
-            digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:16] if int8 else ""
+            digest = file_sha256(weights)[:16] if int8 else ""
             return _OnnxRuntime(model, threads, int8=int8, weights_digest=digest, spin=spin)
         return _TorchRuntime(model)
 
