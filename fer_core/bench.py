@@ -3,8 +3,8 @@
 Measured on the CPU with ``--threads`` threads (default 2), on real faces (the bundled
 sample, or ``--faces DATA``) and on a 640x480 photo composed with one of them (160 px face).
 Where the model card gates a second pass (the mirror, the ensemble's other models) on how
-clear the first answer is, the share of faces that get it decides the speed. The bundled sample comes from the
-training split, where the model is surer than on new faces, so its figures flatter the gate:
+clear the first answer is, the share of faces that get it decides the speed. The bundled
+sample comes from the training split, where the model is surer than on new faces, so its figures flatter the gate:
 measure on faces the model never saw (``--faces ../shared/fer2013/val``).
 ``--architecture`` measures an untrained design (random weights, the bundled model's
 inference settings) before hours go into training it.
@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_core._validation import FERError
-from fer_core.constants import TTA_MODES
+from fer_core.constants import ENSEMBLE_MODES, TTA_MODES
 from fer_core.hardware import cpu_description
 
 #: ``--tta`` values and the Predictor's ``tta`` and ``mirror_gap`` arguments they give (None: the
@@ -80,7 +80,6 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
     from fer_core.datasets import load_faces
     from fer_core.faces import compose_scene
     from fer_core.predict import Predictor, top_two_gap
-    from fer_core.weights import DEFAULT_WEIGHTS, member_paths
 
     torch.set_num_threads(threads)
     cv2.setNumThreads(threads)
@@ -111,8 +110,7 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
     photo, squares = compose_scene([sample[3]], seed=0, size=(640, 480), face_size=(160, 160))
     found = predictor.predict_image(photo)
     photo_times = _times(lambda: predictor.predict_image(photo), seconds=seconds)
-    path = Path(weights or DEFAULT_WEIGHTS)
-    files = [path, *(member_paths(path, predictor.card) if predictor.members else [])]
+    files = predictor.weights_files
     best = max(throughput, key=throughput.get)
     return {
         "runtime": predictor.runtime, "flip_tta": predictor.tta, "mirror_gap": predictor.mirror_gap,
@@ -136,7 +134,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", choices=list(TTA_CHOICES), default="card",
                         help="flip test-time augmentation: as the model card sets it, on with the card's gate, "
                              "off, or on for every face")
-    parser.add_argument("--ensemble", choices=["card", "off"], default="card",
+    parser.add_argument("--ensemble", choices=list(ENSEMBLE_MODES), default="card",
                         help="the other models the card bundles for the second pass: as the card says, or off "
                              "(this model alone)")
     parser.add_argument("--faces", default=None, metavar="DATA",
@@ -173,7 +171,7 @@ def main(args: argparse.Namespace) -> int:
                        if args.architecture else args.weights)
             tta, mirror_gap = TTA_CHOICES[args.tta]
             r = run_bench(weights=weights, runtime=args.runtime, threads=args.threads, seconds=args.seconds,
-                          tta=tta, mirror_gap=mirror_gap, ensemble=None if args.ensemble == "card" else False,
+                          tta=tta, mirror_gap=mirror_gap, ensemble=ENSEMBLE_MODES[args.ensemble],
                           faces_from=args.faces)
         except FERError as err:
             print(f"error: {err}", file=sys.stderr)

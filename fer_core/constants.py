@@ -43,3 +43,7 @@ INPUT_STD: float = 0.2541
 #: arguments of ``fer_core.predict.Predictor``: on with the model card's gate, off, or every
 #: face mirrored.
 TTA_MODES: dict[str, tuple[bool, float | None]] = {"on": (True, None), "off": (False, None), "all": (True, math.inf)}
+
+#: Ensemble settings a command line can name, as the ``ensemble`` argument of the Predictor:
+#: the other models the model card bundles, or the first model alone.
+ENSEMBLE_MODES: dict[str, bool | None] = {"card": None, "off": False}

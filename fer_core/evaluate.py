@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fer_core._validation import FERError
-from fer_core.constants import TTA_MODES
+from fer_core.constants import ENSEMBLE_MODES, TTA_MODES
 
 __all__ = ["evaluate_table", "compute_metrics", "get_args_parser", "main"]
 
@@ -171,7 +171,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", default="auto", choices=["auto", *TTA_MODES],
                         help="flip test-time augmentation: as the model card says, on with the card's gate, off, "
                              "or on for every face")
-    parser.add_argument("--ensemble", default="card", choices=["card", "off"],
+    parser.add_argument("--ensemble", default="card", choices=list(ENSEMBLE_MODES),
                         help="the other models the card bundles for unclear faces: as the card says, or off "
                              "(this model alone)")
     parser.add_argument("--cache-dir", default=None, help="data set cache folder")
@@ -190,7 +190,7 @@ def main(args: argparse.Namespace) -> int:
                 raise FERError(f"{args.data} has no faces in split {args.split!r}")
         tta, mirror_gap = (None, None) if args.tta == "auto" else TTA_MODES[args.tta]
         predictor = Predictor(args.weights, runtime=args.runtime, tta=tta, mirror_gap=mirror_gap,
-                              ensemble=None if args.ensemble == "card" else False)
+                              ensemble=ENSEMBLE_MODES[args.ensemble])
         metrics, arrays = evaluate_table(predictor, table, detect=args.detect, backend=args.backend)
         print(format_report(metrics))
         if args.json:

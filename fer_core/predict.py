@@ -228,6 +228,8 @@ class Predictor:
         if not self.mirror_gap > 0:  # also refuses NaN
             raise ValueError(f"mirror_gap must be a positive number of logits, got {mirror_gap!r}")
         paths = [path] + (member_paths(path, self.card) if ensemble is not False else [])
+        #: Every weights file this predictor runs: its own, then its ensemble members'.
+        self.weights_files: list[Path] = paths
         self.members: list[torch.nn.Module] = []
         for member in paths[1:]:
             model, card = load_model(member, device=device)
