@@ -113,7 +113,8 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
     files = predictor.weights_files
     best = max(throughput, key=throughput.get)
     return {
-        "runtime": predictor.runtime, "flip_tta": predictor.tta, "mirror_gap": predictor.mirror_gap,
+        "runtime": predictor.runtime, "flip_tta": predictor.tta, "tta_views": list(predictor.tta_views),
+        "mirror_gap": predictor.mirror_gap,
         "ensemble_members": len(predictor.members), "second_pass_share": second_pass_share, "faces": faces_from or "bundled sample (training faces)",
         "faces_count": len(faces), "threads": threads,
         "face_ms_median": 1000 * float(np.median(one)), "face_ms_p95": 1000 * float(np.percentile(one, 95)),
@@ -132,8 +133,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", default="auto", help="auto, torch or onnx")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
     parser.add_argument("--tta", choices=list(TTA_CHOICES), default="card",
-                        help="flip test-time augmentation: as the model card sets it, on with the card's gate, "
-                             "off, or on for every face")
+                        help="test-time augmentation (the mirror, or the views the card names): as the model "
+                             "card sets it, on with the card's gate, off, or on for every face")
     parser.add_argument("--ensemble", choices=list(ENSEMBLE_MODES), default="card",
                         help="the other models the card bundles for the second pass: as the card says, or off "
                              "(this model alone)")
@@ -180,8 +181,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"untrained {args.architecture}"
               + (f" with widths {args.widths}" if args.widths else "") + " (random weights: speed only)")
     models = r["ensemble_members"] + 1
-    looks = (["its mirror"] if r["flip_tta"] else []) + (
-        [f"{models - 1} more model{'s' if models > 2 else ''}" + (" and their mirrors" if r["flip_tta"] else "")]
+    views = r["tta_views"]
+    # "its mirror", or the views by name where the card adds shifted ones.
+    view_words = ("its mirror", "their mirrors") if views == ["flip"] else (f"its views {', '.join(views)}",) * 2
+    looks = ([view_words[0]] if views else []) + (
+        [f"{models - 1} more model{'s' if models > 2 else ''}" + (f" and {view_words[1]}" if views else "")]
         if models > 1 else [])
     if not looks:
         second = "none"
@@ -191,7 +195,8 @@ def main(args: argparse.Namespace) -> int:
         second = (f"{' and '.join(looks)}, where the top two logits lie within {r['mirror_gap']:g}: "
                   f"{100 * r['second_pass_share']:.1f}% of these faces")
     print(f"cpu: {r['cpu']}")
-    print(f"runtime {r['runtime']}, flip TTA {'on' if r['flip_tta'] else 'off'}, "
+    tta_words = "flip TTA off" if not views else "flip TTA on" if views == ["flip"] else f"TTA on ({len(views)} views)"
+    print(f"runtime {r['runtime']}, {tta_words}, "
           f"{models} model{'s' if models > 1 else ''}, {r['threads']} threads")
     print(f"second pass: {second}")
     print(f"faces: {r['faces']} ({r['faces_count']})")

@@ -169,8 +169,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--export", default=None, help="write features, logits and probabilities to FILE.npz (+ FILE.csv)")
     parser.add_argument("--runtime", default="auto", help="auto, torch or onnx")
     parser.add_argument("--tta", default="auto", choices=["auto", *TTA_MODES],
-                        help="flip test-time augmentation: as the model card says, on with the card's gate, off, "
-                             "or on for every face")
+                        help="test-time augmentation (the mirror, or the views the card names): as the model "
+                             "card says, on with the card's gate, off, or on for every face")
     parser.add_argument("--ensemble", default="card", choices=list(ENSEMBLE_MODES),
                         help="the other models the card bundles for unclear faces: as the card says, or off "
                              "(this model alone)")

@@ -26,7 +26,7 @@ import torch
 
 from fer_core._validation import check_face_batch
 from fer_core.calibration import softmax
-from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD
+from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD, TTA_SHIFT, TTA_VIEWS
 
 __all__ = ["FacePrediction", "Predictor", "get_predictor", "top_two_gap", "RUNTIMES"]
 
@@ -60,6 +60,28 @@ def top_two_gap(logits: np.ndarray) -> np.ndarray:
 
 def _normalise(faces: np.ndarray) -> np.ndarray:
     return ((faces.astype(np.float32) / 255.0 - INPUT_MEAN) / INPUT_STD)[:, None]
+
+
+def view_of(x: np.ndarray, name: str) -> np.ndarray:
+    """A test-time view (:data:`~fer_core.constants.TTA_VIEWS`) of normalised faces (N, 1, 48, 48):
+    shifted by edge padding and cropping, then mirrored if the view says so."""
+    dx, dy, mirrored = TTA_VIEWS[name]
+    if dx or dy:
+        padded = np.pad(x, ((0, 0), (0, 0), (TTA_SHIFT, TTA_SHIFT), (TTA_SHIFT, TTA_SHIFT)), mode="edge")
+        x = padded[..., TTA_SHIFT + dy:TTA_SHIFT + dy + IMAGE_SIZE, TTA_SHIFT + dx:TTA_SHIFT + dx + IMAGE_SIZE]
+    return x[..., ::-1] if mirrored else x
+
+
+def check_tta_views(views: Any) -> tuple[str, ...]:
+    """``views`` as a tuple of known view names; a clear ValueError for anything else."""
+    if isinstance(views, str) or not all(isinstance(view, str) for view in views):
+        raise ValueError(f"tta_views must be a list of view names, got {views!r}")
+    unknown = [view for view in views if view not in TTA_VIEWS]
+    if unknown:
+        raise ValueError(f"unknown test-time view(s) {unknown}; choose from {list(TTA_VIEWS)}")
+    if len(set(views)) != len(views):
+        raise ValueError(f"tta_views names a view twice: {list(views)}")
+    return tuple(views)
 
 
 class _TorchRuntime:
@@ -193,7 +215,12 @@ class Predictor:
         ``auto`` takes the runtime the model card names (``inference.runtime``, chosen when the
         model was bundled), else ``onnx``, on the CPU when ONNX Runtime is installed; PyTorch otherwise.
     tta : bool, optional
-        Average with the mirrored face; default from the model card (on only where it paid on val).
+        Average with other views of the face (``tta_views``); default from the model card (on only
+        where it paid on val).
+    tta_views : list of str, optional
+        The views averaged where ``tta`` is on, names of :data:`~fer_core.constants.TTA_VIEWS`
+        (``flip``, the face shifted 2 pixels ``left``, ``right_flip``, ...); default from the model
+        card (``inference.tta_views``, chosen on val when the model was bundled; else ``["flip"]``).
     mirror_gap : float, optional
         The gate of the second pass (the mirror, and the ensemble's other models): only the
         faces whose two highest logits (of the plain pass) lie closer than this get it; a
@@ -211,7 +238,7 @@ class Predictor:
 
     def __init__(self, weights: str | Path | None = None, *, device: str = "cpu", runtime: str = "auto",
                  tta: bool | None = None, mirror_gap: float | None = None, ensemble: bool | None = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, tta_views: list[str] | tuple[str, ...] | None = None) -> None:
         from fer_core.weights import DEFAULT_WEIGHTS, WeightsError, load_model, member_paths
 
         if runtime not in RUNTIMES:
@@ -221,7 +248,19 @@ class Predictor:
         self.labels: list[str] = list(self.card["labels"])
         inference = self.card.get("inference", {})
         self.temperature: float = float(self.card.get("calibration", {}).get("temperature", 1.0))
-        self.tta: bool = bool(inference.get("flip_tta", False)) if tta is None else tta
+        if tta is None:  # views named here switch TTA on; otherwise the card says
+            tta = bool(tta_views) if tta_views is not None else bool(inference.get("flip_tta", False))
+        self.tta: bool = tta
+        if tta_views is None:
+            try:
+                views = check_tta_views(inference.get("tta_views", ["flip"]))
+            except ValueError as error:
+                raise WeightsError(f"the model card of {path.name} is broken: {error}") from None
+        else:
+            views = check_tta_views(tta_views)
+        #: The views of the face averaged in the second pass, beside its plain pass; none without TTA.
+        self.tta_views: tuple[str, ...] = views if self.tta else ()
+        self.tta = bool(self.tta_views)
         if mirror_gap is None:
             mirror_gap = inference.get("second_pass_gap", inference.get("flip_tta_gap"))
         self.mirror_gap: float = math.inf if mirror_gap is None else float(mirror_gap)
@@ -262,7 +301,8 @@ class Predictor:
 
     @property
     def second_pass(self) -> bool:
-        """Whether unclear faces get a second look: their mirror, the ensemble's other models, or both."""
+        """Whether unclear faces get a second look: their mirror (or the card's other test-time views),
+        the ensemble's other models, or both."""
         return self.tta or bool(self.members)
 
     # ------------------------------------------------------------ faces
@@ -290,16 +330,15 @@ class Predictor:
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 
     def _views(self, x: np.ndarray, *, part_of: int, with_plain_pass: bool) -> tuple[np.ndarray, int]:
-        """The summed logits of every view of ``x`` (each model, and with ``tta`` each model's mirror),
+        """The summed logits of every view of ``x`` (each model, and with ``tta`` its ``tta_views``),
         leaving out this model's plain pass unless ``with_plain_pass``; and how many views that is."""
         total, views = np.zeros((len(x), len(self.labels)), dtype=np.float32), 0
         for index, runtime in enumerate(self._runtimes):
             inputs = [x] if with_plain_pass or index > 0 else []
-            if self.tta:
-                inputs.append(x[..., ::-1])
+            inputs += [view_of(x, view) for view in self.tta_views]
             if not inputs:
                 continue
-            # A model's face and mirror go through it in one call: at batch 1 one run, not two.
+            # A model's views of a face go through it in one call: at batch 1 one run, not several.
             out = runtime(np.concatenate(inputs), part_of=part_of * len(inputs))
             total += out.reshape(len(inputs), len(x), -1).sum(0)
             views += len(inputs)

@@ -65,12 +65,30 @@ def test_the_gated_mirror_is_measured_on_the_faces_given(tmp_path: Path, capsys:
     args = get_args_parser().parse_args(["--faces", str(tmp_path), "--threads", "1", "--seconds", "0.05"])
     assert main(args) == 0
     out = capsys.readouterr().out
-    looks = "its mirror" + (f" and {others} more model{'s' if others > 1 else ''} and their mirrors" if others else "")
+    views = bundled.tta_views
+    assert views, "the bundled model's card switches test-time views on"
+    mirror = ("its mirror", "their mirrors") if views == ("flip",) else (f"its views {', '.join(views)}",) * 2
+    looks = mirror[0] + (f" and {others} more model{'s' if others > 1 else ''} and {mirror[1]}" if others else "")
     assert f"second pass: {looks}, where the top two logits lie within {gate:g}: {100 * expected_share:.1f}% of these faces" in out
     assert f"faces: {tmp_path} (20)" in out
 
     assert main(get_args_parser().parse_args(["--tta", "all", "--threads", "1", "--seconds", "0.05"])) == 0
     assert f"second pass: {looks}, for every face\n" in capsys.readouterr().out
+
+
+def test_the_views_of_the_card_are_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fer_core.model import create_model
+    from fer_core.weights import load_model, save_model
+
+    card = load_model(DEFAULT_WEIGHTS)[1]
+    weights = save_model(create_model("fer_tiny").eval(), tmp_path / "tiny.safetensors",
+                         {**card, "architecture": "fer_tiny",
+                          "inference": {"flip_tta": True, "tta_views": ["flip", "left", "right_flip"]}})
+    args = ["--weights", str(weights), "--threads", "1", "--seconds", "0.05", "--runtime", "onnx"]
+    assert main(get_args_parser().parse_args([*args, "--tta", "all"])) == 0
+    out = capsys.readouterr().out
+    assert "runtime onnx, TTA on (3 views), 1 model, 1 threads\n" in out
+    assert "second pass: its views flip, left, right_flip, for every face\n" in out
 
 
 def test_faces_that_cannot_be_read_get_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

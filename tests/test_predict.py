@@ -13,7 +13,7 @@ from fer_core.datasets import load_faces
 from fer_core.faces import box_iou, compose_scene
 from fer_core.model import create_model
 from fer_core.predict import SINGLE_THREAD_BATCH, Predictor, top_two_gap
-from fer_core.weights import load_model, save_model
+from fer_core.weights import WeightsError, load_model, save_model
 
 LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
@@ -124,6 +124,45 @@ class TestFaces:
     def test_a_gate_that_is_not_positive_is_refused(self, weights: Path, gate: float) -> None:
         with pytest.raises(ValueError, match="mirror_gap must be a positive number"):
             Predictor(weights, runtime="torch", tta=True, mirror_gap=gate)
+
+    @pytest.mark.parametrize("runtime", ["torch", "onnx"])
+    def test_shifted_views_average_the_faces_moved_and_mirrored(self, weights: Path, sample_faces: np.ndarray,
+                                                                runtime: str) -> None:
+        # The views drawn here in pixels, edges repeated, go through the plain model one by one.
+        def moved(faces: np.ndarray, dx: int, dy: int) -> np.ndarray:
+            padded = np.pad(faces, ((0, 0), (2, 2), (2, 2)), mode="edge")
+            return padded[:, 2 + dy:50 + dy, 2 + dx:50 + dx].copy()
+
+        plain = Predictor(weights, runtime=runtime, tta=False)
+        drawn = [sample_faces, moved(sample_faces, 2, 0), moved(sample_faces, -2, 0)[:, :, ::-1].copy(),
+                 moved(sample_faces, 0, 2)]
+        expected = np.mean([plain.logits(faces) for faces in drawn], axis=0)
+        # Views named without tta=True switch it on (the card of these weights has it off).
+        views = Predictor(weights, runtime=runtime, tta_views=["left", "right_flip", "up"], mirror_gap=float("inf"))
+        assert views.tta_views == ("left", "right_flip", "up")
+        np.testing.assert_allclose(views.logits(sample_faces), expected, atol=1e-4)
+        np.testing.assert_allclose(views.logits(sample_faces[:1]), expected[:1], atol=1e-4)
+        np.testing.assert_allclose(views.logits(sample_faces, batch_size=3), expected, atol=1e-4)
+        # "left" is the face moved left: its column 2 is the view's column 0, its last column repeated.
+        assert (drawn[1][:, :, 0] == sample_faces[:, :, 2]).all()
+        assert (drawn[1][:, :, -1] == sample_faces[:, :, -1]).all()
+
+    def test_the_card_names_the_views_and_unknown_ones_are_refused(self, weights: Path, tmp_path: Path) -> None:
+        model, card = load_model(weights)
+        shifted = save_model(model, tmp_path / "views.safetensors",
+                             {**card, "inference": {"flip_tta": True, "tta_views": ["flip", "left", "right"]}})
+        assert Predictor(shifted, runtime="torch").tta_views == ("flip", "left", "right")
+        assert Predictor(shifted, runtime="torch", tta=False).tta_views == ()
+        # Cards from before views: the mirror alone.
+        assert Predictor(weights, runtime="torch", tta=True).tta_views == ("flip",)
+        for views, message in [(["flip", "sideways"], "unknown test-time view"), ("flip", "must be a list"),
+                               (["left", "left"], "names a view twice")]:
+            with pytest.raises(ValueError, match=message):
+                Predictor(weights, runtime="torch", tta=True, tta_views=views)
+        broken = save_model(model, tmp_path / "broken.safetensors",
+                            {**card, "inference": {"flip_tta": True, "tta_views": ["mirror"]}})
+        with pytest.raises(WeightsError, match="model card of broken.safetensors is broken: unknown test-time view"):
+            Predictor(broken, runtime="torch")
 
     def test_top_two_gap(self) -> None:
         logits = np.array([[0.0, 3.0, 1.0], [2.0, 2.0, -1.0], [-5.0, -4.0, -7.0]], dtype=np.float32)

@@ -14,7 +14,9 @@ the card). Where there is a second pass (flip test-time augmentation kept by tra
 members), chooses its gate on val too: the smallest gap between the two highest logits of
 the first model's plain pass below which a face gets the second pass, keeping the accuracy
 of giving it to every face to within :data:`SECOND_PASS_TOLERANCE` (most faces then need one
-pass). ``--tta off`` turns the mirror off altogether. The temperature is refitted to the
+pass). ``--tta off`` turns the mirror off altogether; ``--tta-views flip,left,right,...`` averages
+other test-time views than the mirror alone (names of ``fer_core.constants.TTA_VIEWS``; the
+face shifted by 2 pixels, mirrored or not), under the same gate. The temperature is refitted to the
 logits the bundled model then serves. Last, adds to the model card the accuracy on a fixed,
 named sample of val faces (the first files by name of each emotion folder), which
 tests/test_bundled_model.py recomputes from the bundled files.
@@ -36,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fer_core.datasets import load_faces  # noqa: E402
-from fer_core.predict import Predictor  # noqa: E402
+from fer_core.predict import Predictor, check_tta_views  # noqa: E402
 from fer_core.weights import DEFAULT_WEIGHTS, card_path, file_sha256, load_model, save_model  # noqa: E402
 
 #: Faces per emotion in the fixed val sample.
@@ -119,7 +121,16 @@ def main() -> int:
     parser.add_argument("--val", required=True, help="the val folder of FER2013 (../shared/fer2013/val)")
     parser.add_argument("--tta", choices=["card", "off"], default="card",
                         help="flip test-time augmentation: as training chose it, or off")
+    parser.add_argument("--tta-views", default=None, metavar="VIEW,VIEW,...",
+                        help="test-time views averaged on unclear faces, names of fer_core.constants.TTA_VIEWS "
+                             "(default: the mirror alone, where training kept it); switches TTA on")
     args = parser.parse_args()
+    try:
+        views = None if args.tta_views is None else check_tta_views(args.tta_views.split(","))
+    except ValueError as error:
+        parser.error(str(error))
+    if views is not None and args.tta == "off":
+        parser.error("--tta-views needs test-time augmentation: leave out --tta off")
     run = Path(args.run)
     for stale in DEFAULT_WEIGHTS.parent.glob(MEMBER_NAME.format("*").replace(".safetensors", ".*")):
         stale.unlink()  # the members of an earlier bundle
@@ -135,6 +146,8 @@ def main() -> int:
     val = load_faces(args.val, progress=False)
     if args.tta == "off":
         inference["flip_tta"] = False
+    if views:
+        inference.update({"flip_tta": True, "tta_views": list(views)})
     for stale in ("flip_tta_gap", "flip_tta_gap_val", "second_pass_gap", "second_pass_gap_val", "members"):
         inference.pop(stale, None)  # chosen again below for these weights
     if members:
@@ -161,7 +174,8 @@ def main() -> int:
     card["checks"] = {"val_sample": {
         "definition": f"the first {CHECK_PER_CLASS} faces by sample_id of each emotion of FER2013 val (PublicTest)",
         "faces": len(sample), "accuracy": accuracy, "runtime": predictor.runtime, "flip_tta": predictor.tta,
-        "ensemble_members": len(predictor.members), "second_pass_gap": inference.get("second_pass_gap")}}
+        "tta_views": list(predictor.tta_views), "ensemble_members": len(predictor.members),
+        "second_pass_gap": inference.get("second_pass_gap")}}
     card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     print(f"bundled {run / 'model.safetensors'} (+{len(members)} members) as {DEFAULT_WEIGHTS}; "
           f"val-sample accuracy {accuracy:.4f} on {len(sample)} faces")
