@@ -171,6 +171,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tta", default="auto", choices=["auto", *TTA_MODES],
                         help="test-time augmentation (the mirror, or the views the card names): as the model "
                              "card says, on with the card's gate, off, or on for every face")
+    parser.add_argument("--tta-views", default=None, metavar="VIEW,VIEW,...",
+                        help="the test-time views instead of the card's: names of fer_core.constants.TTA_VIEWS "
+                             "(flip, left, right_flip, ...: the face moved 2 pixels, mirrored or not)")
     parser.add_argument("--ensemble", default="card", choices=list(ENSEMBLE_MODES),
                         help="the other models the card bundles for unclear faces: as the card says, or off "
                              "(this model alone)")
@@ -189,8 +192,9 @@ def main(args: argparse.Namespace) -> int:
             if len(table) == 0:
                 raise FERError(f"{args.data} has no faces in split {args.split!r}")
         tta, mirror_gap = (None, None) if args.tta == "auto" else TTA_MODES[args.tta]
+        views = None if args.tta_views is None else args.tta_views.split(",")
         predictor = Predictor(args.weights, runtime=args.runtime, tta=tta, mirror_gap=mirror_gap,
-                              ensemble=ENSEMBLE_MODES[args.ensemble])
+                              ensemble=ENSEMBLE_MODES[args.ensemble], tta_views=views)
         metrics, arrays = evaluate_table(predictor, table, detect=args.detect, backend=args.backend)
         print(format_report(metrics))
         if args.json:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fer_core._validation import check_face_batch
+from fer_core._validation import FERError, check_face_batch
 from fer_core.calibration import softmax
 from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD, TTA_SHIFT, TTA_VIEWS
 
@@ -73,14 +73,14 @@ def view_of(x: np.ndarray, name: str) -> np.ndarray:
 
 
 def check_tta_views(views: Any) -> tuple[str, ...]:
-    """``views`` as a tuple of known view names; a clear ValueError for anything else."""
-    if isinstance(views, str) or not all(isinstance(view, str) for view in views):
-        raise ValueError(f"tta_views must be a list of view names, got {views!r}")
+    """``views`` as a tuple of known view names; a clear FERError (a ValueError) for anything else."""
+    if not isinstance(views, (list, tuple)) or not all(isinstance(view, str) for view in views):
+        raise FERError(f"tta_views must be a list of view names, got {views!r}")
     unknown = [view for view in views if view not in TTA_VIEWS]
     if unknown:
-        raise ValueError(f"unknown test-time view(s) {unknown}; choose from {list(TTA_VIEWS)}")
+        raise FERError(f"unknown test-time view(s) {unknown}; choose from {list(TTA_VIEWS)}")
     if len(set(views)) != len(views):
-        raise ValueError(f"tta_views names a view twice: {list(views)}")
+        raise FERError(f"tta_views names a view twice: {list(views)}")
     return tuple(views)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from fer_core.config import SAMPLE_PATH
 from fer_core.evaluate import compute_metrics, get_args_parser, main
 from fer_core.model import create_model
 from fer_core.predict import Predictor
@@ -70,10 +71,18 @@ class TestCommand:
         assert main(get_args_parser().parse_args([str(tmp_path / "none")])) == 2
         assert "error: data set not found" in capsys.readouterr().err
 
+    def test_unknown_views_are_a_clean_error(self, capsys: pytest.CaptureFixture) -> None:
+        args = get_args_parser().parse_args([str(SAMPLE_PATH), "--tta-views", "flip,sideways"])
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: unknown test-time view(s) ['sideways']") and "Traceback" not in err
+
     @pytest.mark.parametrize(("options", "predictor_args"), [
         ([], {}), (["--tta", "off"], {"tta": False}), (["--tta", "on"], {"tta": True}),
         (["--tta", "all"], {"tta": True, "mirror_gap": float("inf")}),
-        (["--tta", "off", "--ensemble", "off"], {"tta": False, "ensemble": False})])
+        (["--tta", "off", "--ensemble", "off"], {"tta": False, "ensemble": False}),
+        (["--tta", "all", "--tta-views", "flip,left,down_flip"],
+         {"tta": True, "mirror_gap": float("inf"), "tta_views": ["flip", "left", "down_flip"]})])
     def test_tta_modes_reach_the_predictor(self, tmp_path: Path, val_faces, options: list[str], predictor_args: dict) -> None:
         # The bundled model, whose card gates the second pass: each mode serves the logits of its Predictor.
         images, labels, _ = val_faces

@@ -156,13 +156,15 @@ class TestFaces:
         # Cards from before views: the mirror alone.
         assert Predictor(weights, runtime="torch", tta=True).tta_views == ("flip",)
         for views, message in [(["flip", "sideways"], "unknown test-time view"), ("flip", "must be a list"),
+                               (["flip", 3], "must be a list"),
                                (["left", "left"], "names a view twice")]:
             with pytest.raises(ValueError, match=message):
                 Predictor(weights, runtime="torch", tta=True, tta_views=views)
-        broken = save_model(model, tmp_path / "broken.safetensors",
-                            {**card, "inference": {"flip_tta": True, "tta_views": ["mirror"]}})
-        with pytest.raises(WeightsError, match="model card of broken.safetensors is broken: unknown test-time view"):
-            Predictor(broken, runtime="torch")
+        for views, message in [(["mirror"], "unknown test-time view"), (None, "must be a list")]:
+            broken = save_model(model, tmp_path / "broken.safetensors",
+                                {**card, "inference": {"flip_tta": True, "tta_views": views}})
+            with pytest.raises(WeightsError, match=f"model card of broken.safetensors is broken: .*{message}"):
+                Predictor(broken, runtime="torch")
 
     def test_top_two_gap(self) -> None:
         logits = np.array([[0.0, 3.0, 1.0], [2.0, 2.0, -1.0], [-5.0, -4.0, -7.0]], dtype=np.float32)
