@@ -183,7 +183,8 @@ def main(args: argparse.Namespace) -> int:
     models = r["ensemble_members"] + 1
     views = r["tta_views"]
     # "its mirror", or the views by name where the card adds shifted ones.
-    view_words = ("its mirror", "their mirrors") if views == ["flip"] else (f"its views {', '.join(views)}",) * 2
+    named = ", ".join(views)
+    view_words = ("its mirror", "their mirrors") if views == ["flip"] else (f"its views {named}", f"their views {named}")
     looks = ([view_words[0]] if views else []) + (
         [f"{models - 1} more model{'s' if models > 2 else ''}" + (f" and {view_words[1]}" if views else "")]
         if models > 1 else [])

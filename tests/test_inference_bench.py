@@ -67,7 +67,8 @@ def test_the_gated_mirror_is_measured_on_the_faces_given(tmp_path: Path, capsys:
     out = capsys.readouterr().out
     views = bundled.tta_views
     assert views, "the bundled model's card switches test-time views on"
-    mirror = ("its mirror", "their mirrors") if views == ("flip",) else (f"its views {', '.join(views)}",) * 2
+    named = ", ".join(views)
+    mirror = ("its mirror", "their mirrors") if views == ("flip",) else (f"its views {named}", f"their views {named}")
     looks = mirror[0] + (f" and {others} more model{'s' if others > 1 else ''} and {mirror[1]}" if others else "")
     assert f"second pass: {looks}, where the top two logits lie within {gate:g}: {100 * expected_share:.1f}% of these faces" in out
     assert f"faces: {tmp_path} (20)" in out
