@@ -183,16 +183,17 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     from fer_core.datasets import load_faces
-    from fer_core.predict import Predictor
+    from fer_core.predict import Predictor, parse_tta_views
 
     try:
+        # The views are checked before the data set is read, which may take a while.
+        views = parse_tta_views(args.tta_views, tta_off=args.tta == "off")
         table = load_faces(args.data, cache_dir=args.cache_dir)
         if args.split:
             table = table.split(args.split)
             if len(table) == 0:
                 raise FERError(f"{args.data} has no faces in split {args.split!r}")
         tta, mirror_gap = (None, None) if args.tta == "auto" else TTA_MODES[args.tta]
-        views = None if args.tta_views is None else args.tta_views.split(",")
         predictor = Predictor(args.weights, runtime=args.runtime, tta=tta, mirror_gap=mirror_gap,
                               ensemble=ENSEMBLE_MODES[args.ensemble], tta_views=views)
         metrics, arrays = evaluate_table(predictor, table, detect=args.detect, backend=args.backend)

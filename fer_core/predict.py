@@ -84,6 +84,15 @@ def check_tta_views(views: Any) -> tuple[str, ...]:
     return tuple(views)
 
 
+def parse_tta_views(text: str | None, *, tta_off: bool = False) -> tuple[str, ...] | None:
+    """A command line's ``--tta-views`` (comma-separated view names), checked; None where it is not given."""
+    if text is None:
+        return None
+    if tta_off:
+        raise FERError("--tta-views needs test-time augmentation: leave out --tta off")
+    return check_tta_views(text.split(","))
+
+
 class _TorchRuntime:
     name = "torch"
 

@@ -71,11 +71,13 @@ class TestCommand:
         assert main(get_args_parser().parse_args([str(tmp_path / "none")])) == 2
         assert "error: data set not found" in capsys.readouterr().err
 
-    def test_unknown_views_are_a_clean_error(self, capsys: pytest.CaptureFixture) -> None:
-        args = get_args_parser().parse_args([str(SAMPLE_PATH), "--tta-views", "flip,sideways"])
-        assert main(args) == 2
+    @pytest.mark.parametrize(("options", "message"), [
+        (["--tta-views", "flip,sideways"], "error: unknown test-time view(s) ['sideways']"),
+        (["--tta-views", "left", "--tta", "off"], "error: --tta-views needs test-time augmentation")])
+    def test_bad_views_are_a_clean_error(self, options: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+        assert main(get_args_parser().parse_args([str(SAMPLE_PATH), *options])) == 2
         err = capsys.readouterr().err
-        assert err.startswith("error: unknown test-time view(s) ['sideways']") and "Traceback" not in err
+        assert err.startswith(message) and "Traceback" not in err
 
     @pytest.mark.parametrize(("options", "predictor_args"), [
         ([], {}), (["--tta", "off"], {"tta": False}), (["--tta", "on"], {"tta": True}),

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fer_core.datasets import load_faces  # noqa: E402
-from fer_core.predict import Predictor, check_tta_views  # noqa: E402
+from fer_core.predict import Predictor, parse_tta_views  # noqa: E402
 from fer_core.weights import DEFAULT_WEIGHTS, card_path, file_sha256, load_model, save_model  # noqa: E402
 
 #: Faces per emotion in the fixed val sample.
@@ -126,11 +126,9 @@ def main() -> int:
                              "(default: the mirror alone, where training kept it); switches TTA on")
     args = parser.parse_args()
     try:
-        views = None if args.tta_views is None else check_tta_views(args.tta_views.split(","))
+        views = parse_tta_views(args.tta_views, tta_off=args.tta == "off")
     except ValueError as error:
         parser.error(str(error))
-    if views is not None and args.tta == "off":
-        parser.error("--tta-views needs test-time augmentation: leave out --tta off")
     run = Path(args.run)
     for stale in DEFAULT_WEIGHTS.parent.glob(MEMBER_NAME.format("*").replace(".safetensors", ".*")):
         stale.unlink()  # the members of an earlier bundle
