@@ -259,7 +259,6 @@ class Predictor:
         self.temperature: float = float(self.card.get("calibration", {}).get("temperature", 1.0))
         if tta is None:  # views named here switch TTA on; otherwise the card says
             tta = bool(tta_views) if tta_views is not None else bool(inference.get("flip_tta", False))
-        self.tta: bool = tta
         if tta_views is None:
             try:
                 views = check_tta_views(inference.get("tta_views", ["flip"]))
@@ -268,8 +267,8 @@ class Predictor:
         else:
             views = check_tta_views(tta_views)
         #: The views of the face averaged in the second pass, beside its plain pass; none without TTA.
-        self.tta_views: tuple[str, ...] = views if self.tta else ()
-        self.tta = bool(self.tta_views)
+        self.tta_views: tuple[str, ...] = views if tta else ()
+        self.tta: bool = bool(self.tta_views)
         if mirror_gap is None:
             mirror_gap = inference.get("second_pass_gap", inference.get("flip_tta_gap"))
         self.mirror_gap: float = math.inf if mirror_gap is None else float(mirror_gap)
