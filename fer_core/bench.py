@@ -91,13 +91,17 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
     # faces the gated mirror takes) differs by class.
     faces = sample[np.random.default_rng(0).permutation(len(sample))]
     pool = np.concatenate([faces] * (max(batch_sizes) // len(faces) + 1))
-    if not predictor.second_pass:
-        second_pass_share = 0.0
-    elif predictor.mirror_gap == math.inf:
-        second_pass_share = 1.0
-    else:
+    second_pass_share = third_pass_share = 0.0
+    if predictor.second_pass and predictor.mirror_gap == math.inf:
+        second_pass_share = third_pass_share = 1.0
+    elif predictor.second_pass:
         plain = Predictor(weights, runtime=runtime, tta=False, ensemble=False, threads=threads)
-        second_pass_share = float(np.mean(top_two_gap(plain.logits(faces)) < predictor.mirror_gap))
+        second = top_two_gap(plain.logits(faces)) < predictor.mirror_gap
+        second_pass_share = float(np.mean(second))
+        if predictor.third_pass_views:
+            after_second = Predictor(weights, runtime=runtime, tta=tta, mirror_gap=mirror_gap, ensemble=ensemble,
+                                     threads=threads, third_pass_views=[]).logits(faces)
+            third_pass_share = float(np.mean(second & (top_two_gap(after_second) < predictor.third_pass_gap)))
 
     # Batch 1 goes round the faces, so a gated mirror runs as often as it would on them.
     next_face = iter(np.concatenate([faces] * 1000))
@@ -114,7 +118,8 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
     best = max(throughput, key=throughput.get)
     return {
         "runtime": predictor.runtime, "flip_tta": predictor.tta, "tta_views": list(predictor.tta_views),
-        "mirror_gap": predictor.mirror_gap,
+        "mirror_gap": predictor.mirror_gap, "third_pass_views": list(predictor.third_pass_views),
+        "third_pass_gap": predictor.third_pass_gap, "third_pass_share": third_pass_share,
         "ensemble_members": len(predictor.members), "second_pass_share": second_pass_share, "faces": faces_from or "bundled sample (training faces)",
         "faces_count": len(faces), "threads": threads,
         "face_ms_median": 1000 * float(np.median(one)), "face_ms_p95": 1000 * float(np.percentile(one, 95)),
@@ -200,6 +205,15 @@ def main(args: argparse.Namespace) -> int:
     print(f"runtime {r['runtime']}, {tta_words}, "
           f"{models} model{'s' if models > 1 else ''}, {r['threads']} threads")
     print(f"second pass: {second}")
+    if r["third_pass_views"]:
+        more = ", ".join(r["third_pass_views"])
+        if r["mirror_gap"] == math.inf:
+            print(f"third pass: its views {more}, for every face")
+        else:
+            within = "" if r["third_pass_gap"] == math.inf else (
+                f", where the averaged top two logits still lie within {r['third_pass_gap']:g}")
+            print(f"third pass: its views {more} on faces of the second pass{within}: "
+                  f"{100 * r['third_pass_share']:.1f}% of these faces")
     print(f"faces: {r['faces']} ({r['faces_count']})")
     print(f"per face, batch 1:        median {r['face_ms_median']:.3f} ms   p95 {r['face_ms_p95']:.3f} ms")
     for size, rate in r["throughput"].items():

@@ -72,25 +72,26 @@ def view_of(x: np.ndarray, name: str) -> np.ndarray:
     return x[..., ::-1] if mirrored else x
 
 
-def check_tta_views(views: Any) -> tuple[str, ...]:
+def check_tta_views(views: Any, name: str = "tta_views") -> tuple[str, ...]:
     """``views`` as a tuple of known view names; a clear FERError (a ValueError) for anything else."""
     if not isinstance(views, (list, tuple)) or not all(isinstance(view, str) for view in views):
-        raise FERError(f"tta_views must be a list of view names, got {views!r}")
+        raise FERError(f"{name} must be a list of view names, got {views!r}")
     unknown = [view for view in views if view not in TTA_VIEWS]
     if unknown:
         raise FERError(f"unknown test-time view(s) {unknown}; choose from {list(TTA_VIEWS)}")
     if len(set(views)) != len(views):
-        raise FERError(f"tta_views names a view twice: {list(views)}")
+        raise FERError(f"{name} names a view twice: {list(views)}")
     return tuple(views)
 
 
-def parse_tta_views(text: str | None, *, tta_off: bool = False) -> tuple[str, ...] | None:
-    """A command line's ``--tta-views`` (comma-separated view names), checked; None where it is not given."""
+def parse_tta_views(text: str | None, *, tta_off: bool = False, option: str = "--tta-views") -> tuple[str, ...] | None:
+    """A command line's ``--tta-views`` (or another ``option``: comma-separated view names), checked;
+    None where it is not given."""
     if text is None:
         return None
     if tta_off:
-        raise FERError("--tta-views needs test-time augmentation: leave out --tta off")
-    return check_tta_views(text.split(","))
+        raise FERError(f"{option} needs test-time augmentation: leave out --tta off")
+    return check_tta_views(text.split(","), option)
 
 
 class _TorchRuntime:
@@ -212,6 +213,14 @@ def _cached(name: str, make: Any) -> bytes:
     return data
 
 
+def _gate(value: Any, name: str) -> float:
+    """A gate on the top-two logit gap: a positive number, or math.inf (every face) where ``value`` is None."""
+    gate = math.inf if value is None else float(value)
+    if not gate > 0:  # also refuses NaN
+        raise ValueError(f"{name} must be a positive number of logits, got {value!r}")
+    return gate
+
+
 class Predictor:
     """Classify 48x48 faces, or find and classify every face of a photo.
 
@@ -236,7 +245,16 @@ class Predictor:
         second opinion almost never changes a clear answer, so most faces need one pass.
         Default from the model card (``inference.second_pass_gap``, or ``flip_tta_gap`` in
         cards written before ensembles; chosen on val when the model was bundled; absent
-        there: every face); ``math.inf`` gives every face the second pass.
+        there: every face); ``math.inf`` gives every face the second pass, and the third.
+    third_pass_views : list of str, optional
+        Views averaged in a third pass, where ``tta`` is on: only on the faces of the second pass
+        whose averaged logits still lie within ``third_pass_gap``. Default from the model card
+        (``inference.third_pass_views``; none where absent, or where ``tta_views`` are named here).
+        They must differ from ``tta_views``.
+    third_pass_gap : float, optional
+        The gate of the third pass, on the top two logits averaged over the plain pass and the
+        second. Default from the model card (``inference.third_pass_gap``, chosen on val when
+        the model was bundled; absent there: every face of the second pass).
     ensemble : bool, optional
         Average with the other models the card bundles (``inference.members``: files beside
         the weights, checked by sha256) on the faces the gate picks; default on where the
@@ -247,7 +265,9 @@ class Predictor:
 
     def __init__(self, weights: str | Path | None = None, *, device: str = "cpu", runtime: str = "auto",
                  tta: bool | None = None, mirror_gap: float | None = None, ensemble: bool | None = None,
-                 threads: int | None = None, tta_views: list[str] | tuple[str, ...] | None = None) -> None:
+                 threads: int | None = None, tta_views: list[str] | tuple[str, ...] | None = None,
+                 third_pass_views: list[str] | tuple[str, ...] | None = None,
+                 third_pass_gap: float | None = None) -> None:
         from fer_core.weights import DEFAULT_WEIGHTS, WeightsError, load_model, member_paths
 
         if runtime not in RUNTIMES:
@@ -259,21 +279,32 @@ class Predictor:
         self.temperature: float = float(self.card.get("calibration", {}).get("temperature", 1.0))
         if tta is None:  # views named here switch TTA on; otherwise the card says
             tta = bool(tta_views) if tta_views is not None else bool(inference.get("flip_tta", False))
-        if tta_views is None:
-            try:
-                views = check_tta_views(inference.get("tta_views", ["flip"]))
-            except ValueError as error:
-                raise WeightsError(f"the model card of {path.name} is broken: {error}") from None
-        else:
-            views = check_tta_views(tta_views)
+        try:
+            card_views = check_tta_views(inference.get("tta_views", ["flip"]))
+            card_third = check_tta_views(inference.get("third_pass_views", []), "third_pass_views")
+        except ValueError as error:
+            raise WeightsError(f"the model card of {path.name} is broken: {error}") from None
+        views = card_views if tta_views is None else check_tta_views(tta_views)
+        if third_pass_views is not None:
+            third = check_tta_views(third_pass_views, "third_pass_views")
+        else:  # the card's third pass goes with the card's views, not with views named here
+            third = card_third if tta_views is None else ()
+        if set(views) & set(third):  # a view is averaged once
+            error = f"third_pass_views {list(third)} repeat views of the second pass {list(views)}"
+            if tta_views is None and third_pass_views is None:
+                raise WeightsError(f"the model card of {path.name} is broken: {error}")
+            raise FERError(error)
         #: The views of the face averaged in the second pass, beside its plain pass; none without TTA.
         self.tta_views: tuple[str, ...] = views if tta else ()
         self.tta: bool = bool(self.tta_views)
+        #: The views added in the third pass, on the faces the second leaves unclear; none without TTA.
+        self.third_pass_views: tuple[str, ...] = third if self.tta else ()
         if mirror_gap is None:
             mirror_gap = inference.get("second_pass_gap", inference.get("flip_tta_gap"))
-        self.mirror_gap: float = math.inf if mirror_gap is None else float(mirror_gap)
-        if not self.mirror_gap > 0:  # also refuses NaN
-            raise ValueError(f"mirror_gap must be a positive number of logits, got {mirror_gap!r}")
+        self.mirror_gap: float = _gate(mirror_gap, "mirror_gap")
+        if third_pass_gap is None:
+            third_pass_gap = inference.get("third_pass_gap")
+        self.third_pass_gap: float = _gate(third_pass_gap, "third_pass_gap")
         paths = [path] + (member_paths(path, self.card) if ensemble is not False else [])
         #: Every weights file this predictor runs: its own, then its ensemble members'.
         self.weights_files: list[Path] = paths
@@ -325,25 +356,44 @@ class Predictor:
             x = _normalise(faces[start:start + batch_size])
             with self._lock:  # ONNX Runtime sessions and torch modules are shared by the app's threads
                 if self.second_pass and self.mirror_gap == math.inf:
-                    total, views = self._views(x, part_of=len(x), with_plain_pass=True)
+                    total, views = self._views(x, self.tta_views + self.third_pass_views,
+                                               part_of=len(x), plain_passes="every model")
                     logits = total / views
                 else:
                     logits = np.array(self._runtime(x), dtype=np.float32)
                     if self.second_pass:
-                        unsure = np.flatnonzero(top_two_gap(logits) < self.mirror_gap)
-                        if unsure.size:
-                            total, views = self._views(x[unsure], part_of=len(x), with_plain_pass=False)
-                            logits[unsure] = (logits[unsure] + total) / (views + 1)
+                        self._gated_passes(x, logits)
             out.append(logits)
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), dtype=np.float32)
 
-    def _views(self, x: np.ndarray, *, part_of: int, with_plain_pass: bool) -> tuple[np.ndarray, int]:
-        """The summed logits of every view of ``x`` (each model, and with ``tta`` its ``tta_views``),
-        leaving out this model's plain pass unless ``with_plain_pass``; and how many views that is."""
+    def _gated_passes(self, x: np.ndarray, logits: np.ndarray) -> None:
+        """Average into ``logits`` (the plain pass of ``x``, changed in place) the second pass on the
+        faces it leaves unclear, then the third pass on those the second leaves unclear."""
+        unsure = np.flatnonzero(top_two_gap(logits) < self.mirror_gap)
+        if not unsure.size:
+            return
+        total, views = self._views(x[unsure], self.tta_views, part_of=len(x), plain_passes="members")
+        total += logits[unsure]
+        views += 1
+        averaged = total / views
+        if self.third_pass_views:
+            still = np.flatnonzero(top_two_gap(averaged) < self.third_pass_gap)
+            if still.size:
+                more, more_views = self._views(x[unsure[still]], self.third_pass_views, part_of=len(x),
+                                               plain_passes="none")
+                averaged[still] = (total[still] + more) / (views + more_views)
+        logits[unsure] = averaged
+
+    def _views(self, x: np.ndarray, tta_views: tuple[str, ...], *, part_of: int,
+               plain_passes: str) -> tuple[np.ndarray, int]:
+        """The summed logits of views of ``x``: each model's plain pass (``plain_passes``: "every model",
+        "members" (all but this model) or "none"), and each model's ``tta_views``; and how many views
+        that is."""
         total, views = np.zeros((len(x), len(self.labels)), dtype=np.float32), 0
         for index, runtime in enumerate(self._runtimes):
-            inputs = [x] if with_plain_pass or index > 0 else []
-            inputs += [view_of(x, view) for view in self.tta_views]
+            with_plain = plain_passes == "every model" or (plain_passes == "members" and index > 0)
+            inputs = [x] if with_plain else []
+            inputs += [view_of(x, view) for view in tta_views]
             if not inputs:
                 continue
             # A model's views of a face go through it in one call: at batch 1 one run, not several.

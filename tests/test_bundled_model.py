@@ -59,7 +59,7 @@ def test_the_second_pass_gate_is_the_smallest_that_keeps_the_accuracy() -> None:
     chosen = choose_second_pass_gap(DEFAULT_WEIGHTS, faces, "onnx")
 
     logits = Predictor(DEFAULT_WEIGHTS, runtime="onnx", tta=False, ensemble=False).logits(faces.images)
-    both = Predictor(DEFAULT_WEIGHTS, runtime="onnx", mirror_gap=math.inf).logits(faces.images)
+    both = Predictor(DEFAULT_WEIGHTS, runtime="onnx", mirror_gap=math.inf, third_pass_views=[]).logits(faces.images)
     every_face = (both.argmax(1) == faces.labels).mean()
 
     def accuracy(gap: float) -> float:
@@ -72,3 +72,45 @@ def test_the_second_pass_gate_is_the_smallest_that_keeps_the_accuracy() -> None:
     assert report["accuracy"] == pytest.approx(accuracy(kept[0]))
     assert report["accuracy_every_face_second_pass"] == pytest.approx(every_face)
     assert report["second_pass_share"] == pytest.approx(float(np.mean(top_two_gap(logits) < kept[0])))
+
+
+def test_the_third_pass_gate_is_the_smallest_that_keeps_the_accuracy(tmp_path) -> None:
+    import numpy as np
+
+    from bundle_model import SECOND_PASS_GAPS, SECOND_PASS_TOLERANCE, choose_third_pass_gap
+    from fer_core.config import SAMPLE_PATH
+    from fer_core.datasets import load_faces
+    from fer_core.predict import top_two_gap
+    from fer_core.weights import load_model, save_model
+
+    # The bundled model with a third pass of two shifted mirrors, on the bundled sample.
+    model, card = load_model(DEFAULT_WEIGHTS)
+    inference = {"flip_tta": True, "tta_views": ["flip"], "second_pass_gap": 1.0,
+                 "third_pass_views": ["left_flip", "right_flip"]}
+    staged = save_model(model, tmp_path / "staged.safetensors", {**card, "inference": inference})
+    faces = load_faces(SAMPLE_PATH, progress=False)
+    chosen = choose_third_pass_gap(staged, faces, "onnx")
+
+    # The same choice from views drawn here in pixels, each through the plain model.
+    def moved(images: np.ndarray, dx: int) -> np.ndarray:
+        return np.pad(images, ((0, 0), (0, 0), (2, 2)), mode="edge")[:, :, 2 + dx:50 + dx].copy()
+
+    plain = Predictor(staged, runtime="onnx", tta=False)
+    logits, mirror = plain.logits(faces.images), plain.logits(faces.images[:, :, ::-1].copy())
+    shifted_mirrors = [moved(faces.images, dx)[:, :, ::-1].copy() for dx in (2, -2)]
+    every_view = (logits + mirror + sum(plain.logits(images) for images in shifted_mirrors)) / 4
+    second = top_two_gap(logits) < 1.0
+    after_second = np.where(second[:, None], (logits + mirror) / 2, logits)
+
+    def accuracy(third: np.ndarray) -> float:
+        return float((np.where(third[:, None], every_view, after_second).argmax(1) == faces.labels).mean())
+
+    reference = accuracy(second)
+    kept = [float(gap) for gap in SECOND_PASS_GAPS
+            if accuracy(second & (top_two_gap(after_second) < gap)) >= reference - SECOND_PASS_TOLERANCE]
+    assert accuracy(second) != accuracy(np.zeros_like(second)), "the third pass changes nothing: nothing is tested"
+    assert kept[0] > SECOND_PASS_GAPS[0]
+    assert chosen["third_pass_gap"] == pytest.approx(kept[0])
+    report = chosen["third_pass_gap_val"]
+    assert report["accuracy_every_face_of_the_second_pass"] == pytest.approx(reference, abs=1e-9)
+    assert report["third_pass_share"] == pytest.approx(float(np.mean(second & (top_two_gap(after_second) < kept[0]))))

@@ -92,6 +92,44 @@ def test_the_views_of_the_card_are_named(tmp_path: Path, capsys: pytest.CaptureF
     assert "second pass: its views flip, left, right_flip, for every face\n" in out
 
 
+def test_the_third_pass_is_named_and_its_share_measured(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fer_core.config import SAMPLE_PATH
+    from fer_core.datasets import load_faces
+    from fer_core.model import create_model
+    from fer_core.predict import top_two_gap
+    from fer_core.weights import load_model, save_model
+
+    card = load_model(DEFAULT_WEIGHTS)[1]
+    tiny = {**card, "architecture": "fer_tiny", "inference": {"flip_tta": True}}
+    weights = save_model(create_model("fer_tiny").eval(), tmp_path / "tiny.safetensors", tiny)
+    faces = load_faces(SAMPLE_PATH, progress=False).images
+    plain = Predictor(weights, runtime="onnx", tta=False).logits(faces)
+    second_gate = float(np.median(top_two_gap(plain)))
+    second = top_two_gap(plain) < second_gate
+    after_second = Predictor(weights, runtime="onnx", mirror_gap=second_gate).logits(faces)
+    third_gate = float(np.median(top_two_gap(after_second)[second]))
+    expected = float(np.mean(second & (top_two_gap(after_second) < third_gate)))
+    assert 0 < expected < second.mean()
+    # The same weights, with both gates and the third pass's views in the card.
+    staged = save_model(load_model(weights)[0], tmp_path / "staged.safetensors", {**tiny, "inference": {
+        "flip_tta": True, "second_pass_gap": second_gate, "third_pass_views": ["left", "up_flip"],
+        "third_pass_gap": third_gate}})
+    result = run_bench(weights=str(staged), runtime="onnx", threads=1, seconds=0.05, batch_sizes=(1, 8))
+    assert result["third_pass_views"] == ["left", "up_flip"]
+    assert result["second_pass_share"] == pytest.approx(float(second.mean()))
+    assert result["third_pass_share"] == pytest.approx(expected)
+
+    args = ["--weights", str(staged), "--threads", "1", "--seconds", "0.05", "--runtime", "onnx"]
+    assert main(get_args_parser().parse_args(args)) == 0
+    out = capsys.readouterr().out
+    assert (f"third pass: its views left, up_flip on faces of the second pass, where the averaged top two logits "
+            f"still lie within {third_gate:g}: {100 * expected:.1f}% of these faces\n") in out
+    assert main(get_args_parser().parse_args([*args, "--tta", "all"])) == 0
+    assert "third pass: its views left, up_flip, for every face\n" in capsys.readouterr().out
+    assert main(get_args_parser().parse_args([*args, "--tta", "off"])) == 0
+    assert "third pass" not in capsys.readouterr().out
+
+
 def test_faces_that_cannot_be_read_get_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(get_args_parser().parse_args(["--faces", str(tmp_path / "missing"), "--seconds", "0.05"])) == 2
     err = capsys.readouterr().err

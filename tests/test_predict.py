@@ -166,6 +166,67 @@ class TestFaces:
             with pytest.raises(WeightsError, match=f"model card of broken.safetensors is broken: .*{message}"):
                 Predictor(broken, runtime="torch")
 
+    @pytest.mark.parametrize("runtime", ["torch", "onnx"])
+    def test_third_pass_adds_views_to_the_faces_the_second_leaves_unclear(
+            self, weights: Path, sample_faces: np.ndarray, runtime: str) -> None:
+        def moved(faces: np.ndarray, dx: int) -> np.ndarray:
+            padded = np.pad(faces, ((0, 0), (0, 0), (2, 2)), mode="edge")
+            return padded[:, :, 2 + dx:50 + dx].copy()
+
+        plain = Predictor(weights, runtime=runtime, tta=False)
+        logits = plain.logits(sample_faces)
+        mirror = plain.logits(sample_faces[:, :, ::-1].copy())
+        shifts = plain.logits(moved(sample_faces, 2)) + plain.logits(moved(sample_faces, -2))
+
+        def halfway(values: np.ndarray) -> float:  # a gate with half the values under it, none on it
+            ordered = np.sort(values)
+            return float(ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+
+        second_gate = halfway(top_two_gap(logits))
+        second = top_two_gap(logits) < second_gate
+        after_second = np.where(second[:, None], (logits + mirror) / 2, logits)
+        third_gate = halfway(top_two_gap(after_second[second]))
+        third = second & (top_two_gap(after_second) < third_gate)
+        assert 0 < third.sum() < second.sum() < len(second)
+        expected = np.where(third[:, None], (logits + mirror + shifts) / 4, after_second)
+        staged = Predictor(weights, runtime=runtime, tta_views=["flip"], third_pass_views=["left", "right"],
+                           mirror_gap=second_gate, third_pass_gap=third_gate)
+        assert (staged.tta_views, staged.third_pass_views) == (("flip",), ("left", "right"))
+        np.testing.assert_allclose(staged.logits(sample_faces), expected, atol=1e-4)
+        np.testing.assert_allclose(staged.logits(sample_faces, batch_size=3), expected, atol=1e-4)
+        np.testing.assert_allclose(np.concatenate([staged.logits(face) for face in sample_faces]), expected, atol=1e-4)
+        # Every face: every view of both passes, whatever the third gate.
+        every = Predictor(weights, runtime=runtime, tta_views=["flip"], third_pass_views=["left", "right"],
+                          mirror_gap=float("inf"), third_pass_gap=third_gate)
+        np.testing.assert_allclose(every.logits(sample_faces), (logits + mirror + shifts) / 4, atol=1e-4)
+
+    def test_the_card_names_the_third_pass_and_bad_ones_are_refused(self, weights: Path, tmp_path: Path) -> None:
+        model, card = load_model(weights)
+        staged = save_model(model, tmp_path / "staged.safetensors", {**card, "inference": {
+            "flip_tta": True, "second_pass_gap": 0.5, "third_pass_views": ["left", "right"], "third_pass_gap": 0.2}})
+        predictor = Predictor(staged, runtime="torch")
+        assert (predictor.tta_views, predictor.third_pass_views) == (("flip",), ("left", "right"))
+        assert (predictor.mirror_gap, predictor.third_pass_gap) == (0.5, 0.2)
+        assert Predictor(staged, runtime="torch", tta=False).third_pass_views == ()
+        # Views named in code replace the card's, both passes: the third pass went with the card's.
+        assert Predictor(staged, runtime="torch", tta_views=["left"]).third_pass_views == ()
+        assert Predictor(staged, runtime="torch", tta_views=["up"], third_pass_views=["left"]).third_pass_views == ("left",)
+        # Without a third gate every face of the second pass gets the third; without views, no third pass.
+        assert Predictor(weights, runtime="torch", tta=True).third_pass_views == ()
+        ungated = save_model(model, tmp_path / "ungated.safetensors",
+                             {**card, "inference": {"flip_tta": True, "third_pass_views": ["up"]}})
+        assert Predictor(ungated, runtime="torch").third_pass_gap == float("inf")
+        with pytest.raises(ValueError, match=r"third_pass_views \['flip'\] repeat views of the second pass"):
+            Predictor(weights, runtime="torch", tta=True, third_pass_views=["flip"])
+        with pytest.raises(ValueError, match="third_pass_gap must be a positive number"):
+            Predictor(staged, runtime="torch", third_pass_gap=0)
+        for inference, message in [({"third_pass_views": ["flip"]}, "repeat views of the second pass"),
+                                   ({"third_pass_views": "left"}, "third_pass_views must be a list"),
+                                   ({"third_pass_views": ["left", "left"]}, "third_pass_views names a view twice")]:
+            broken = save_model(model, tmp_path / "broken.safetensors", {**card, "inference": {"flip_tta": True, **inference}})
+            with pytest.raises(WeightsError, match=f"model card of broken.safetensors is broken: .*{message}"):
+                Predictor(broken, runtime="torch")
+
     def test_top_two_gap(self) -> None:
         logits = np.array([[0.0, 3.0, 1.0], [2.0, 2.0, -1.0], [-5.0, -4.0, -7.0]], dtype=np.float32)
         np.testing.assert_allclose(top_two_gap(logits), [2.0, 0.0, 1.0])

@@ -16,7 +16,10 @@ the first model's plain pass below which a face gets the second pass, keeping th
 of giving it to every face to within :data:`SECOND_PASS_TOLERANCE` (most faces then need one
 pass). ``--tta off`` turns the mirror off altogether; ``--tta-views flip,left,right,...`` averages
 other test-time views than the mirror alone (names of ``fer_core.constants.TTA_VIEWS``; the
-face shifted by 2 pixels, mirrored or not), under the same gate. The temperature is refitted to the
+face shifted by 2 pixels, mirrored or not), under the same gate; ``--third-pass-views`` adds
+more views in a third pass, only on the faces the second leaves unclear, under a gate of its own
+chosen the same way (on the averaged logits, against those views on every face of the second
+pass). The temperature is refitted to the
 logits the bundled model then serves. Last, adds to the model card the accuracy on a fixed,
 named sample of val faces (the first files by name of each emotion folder), which
 tests/test_bundled_model.py recomputes from the bundled files.
@@ -38,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fer_core.datasets import load_faces  # noqa: E402
+from fer_core._validation import FERError  # noqa: E402
 from fer_core.predict import Predictor, parse_tta_views  # noqa: E402
 from fer_core.weights import DEFAULT_WEIGHTS, card_path, file_sha256, load_model, save_model  # noqa: E402
 
@@ -80,7 +84,7 @@ def choose_second_pass_gap(weights: Path, val, runtime: str) -> dict:
     plain = Predictor(weights, runtime=runtime, tta=False, ensemble=False)
     labels = np.asarray(plain.card["fer2013_id_to_class"])[val.labels]
     logits = plain.logits(val.images)
-    both = Predictor(weights, runtime=runtime, mirror_gap=math.inf).logits(val.images)
+    both = Predictor(weights, runtime=runtime, mirror_gap=math.inf, third_pass_views=[]).logits(val.images)
     every_face = float((both.argmax(1) == labels).mean())
     gaps = top_two_gap(logits)
     for gap in SECOND_PASS_GAPS:
@@ -92,6 +96,33 @@ def choose_second_pass_gap(weights: Path, val, runtime: str) -> dict:
                 "accuracy_first_pass_only": float((logits.argmax(1) == labels).mean()),
                 "second_pass_share": float(second.mean()), "tolerance": SECOND_PASS_TOLERANCE}}
     return {"second_pass_gap": None}  # no gap kept the accuracy: every face gets the second pass
+
+
+def choose_third_pass_gap(weights: Path, val, runtime: str) -> dict:
+    """The smallest gap of :data:`SECOND_PASS_GAPS` whose gated third pass (the card's
+    ``third_pass_views``, on the faces the second pass leaves unclear) keeps the val accuracy of
+    giving it to every face of the second pass to within :data:`SECOND_PASS_TOLERANCE`."""
+    from fer_core.predict import top_two_gap
+
+    second = Predictor(weights, runtime=runtime, third_pass_views=[])
+    labels = np.asarray(second.card["fer2013_id_to_class"])[val.labels]
+    after_second = second.logits(val.images)
+    plain = Predictor(weights, runtime=runtime, tta=False, ensemble=False).logits(val.images)
+    got_second = top_two_gap(plain) < second.mirror_gap
+    # On a face of the second pass, the third averages every view: what every face gets with no gates.
+    every_view = Predictor(weights, runtime=runtime, mirror_gap=math.inf).logits(val.images)
+    reference = float((np.where(got_second[:, None], every_view, after_second).argmax(1) == labels).mean())
+    gaps = top_two_gap(after_second)
+    for gap in SECOND_PASS_GAPS:
+        third = got_second & (gaps < gap)
+        accuracy = float((np.where(third[:, None], every_view, after_second).argmax(1) == labels).mean())
+        if accuracy >= reference - SECOND_PASS_TOLERANCE:
+            return {"third_pass_gap": float(gap), "third_pass_gap_val": {
+                "accuracy": accuracy, "accuracy_every_face_of_the_second_pass": reference,
+                "accuracy_without_third_pass": float((after_second.argmax(1) == labels).mean()),
+                "second_pass_share": float(got_second.mean()), "third_pass_share": float(third.mean()),
+                "tolerance": SECOND_PASS_TOLERANCE}}
+    return {"third_pass_gap": None}  # every face of the second pass gets the third
 
 
 def refit_temperature(weights: Path, val, card: dict) -> dict:
@@ -124,9 +155,19 @@ def main() -> int:
     parser.add_argument("--tta-views", default=None, metavar="VIEW,VIEW,...",
                         help="test-time views averaged on unclear faces, names of fer_core.constants.TTA_VIEWS "
                              "(default: the mirror alone, where training kept it); switches TTA on")
+    parser.add_argument("--third-pass-views", default=None, metavar="VIEW,VIEW,...",
+                        help="more views, averaged only on the faces the second pass leaves unclear "
+                             "(a third pass with its own gate, chosen on val); switches TTA on")
     args = parser.parse_args()
     try:
         views = parse_tta_views(args.tta_views, tta_off=args.tta == "off")
+        third_views = parse_tta_views(args.third_pass_views, tta_off=args.tta == "off", option="--third-pass-views")
+        if third_views:
+            run_card = json.loads((Path(args.run) / "model.json").read_text()) if (Path(args.run) / "model.json").is_file() else {}
+            second_views = views or run_card.get("inference", {}).get("tta_views", ["flip"])
+            repeated = set(third_views) & set(second_views)
+            if repeated:
+                raise FERError(f"--third-pass-views repeats views of the second pass: {sorted(repeated)}")
     except ValueError as error:
         parser.error(str(error))
     run = Path(args.run)
@@ -146,7 +187,11 @@ def main() -> int:
         inference["flip_tta"] = False
     if views:
         inference.update({"flip_tta": True, "tta_views": list(views)})
-    for stale in ("flip_tta_gap", "flip_tta_gap_val", "second_pass_gap", "second_pass_gap_val", "members"):
+    inference.pop("third_pass_views", None)
+    if third_views:
+        inference.update({"flip_tta": True, "third_pass_views": list(third_views)})
+    for stale in ("flip_tta_gap", "flip_tta_gap_val", "second_pass_gap", "second_pass_gap_val", "members",
+                  "third_pass_gap", "third_pass_gap_val"):
         inference.pop(stale, None)  # chosen again below for these weights
     if members:
         inference["members"] = members
@@ -160,6 +205,10 @@ def main() -> int:
     if tta or members:
         inference.update(choose_second_pass_gap(DEFAULT_WEIGHTS, val, inference["runtime"]))
         print(f"second-pass gate: {inference.get('second_pass_gap')} {inference.get('second_pass_gap_val', '')}")
+        card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
+    if third_views and tta:
+        inference.update(choose_third_pass_gap(DEFAULT_WEIGHTS, val, inference["runtime"]))
+        print(f"third-pass gate: {inference.get('third_pass_gap')} {inference.get('third_pass_gap_val', '')}")
     card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     # Training fitted the temperature to its own val logits (fp32, the mirror on every face or none).
     card["calibration"] = refit_temperature(DEFAULT_WEIGHTS, val, card)
@@ -173,7 +222,8 @@ def main() -> int:
         "definition": f"the first {CHECK_PER_CLASS} faces by sample_id of each emotion of FER2013 val (PublicTest)",
         "faces": len(sample), "accuracy": accuracy, "runtime": predictor.runtime, "flip_tta": predictor.tta,
         "tta_views": list(predictor.tta_views), "ensemble_members": len(predictor.members),
-        "second_pass_gap": inference.get("second_pass_gap")}}
+        "second_pass_gap": inference.get("second_pass_gap"),
+        "third_pass_views": list(predictor.third_pass_views), "third_pass_gap": inference.get("third_pass_gap")}}
     card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     print(f"bundled {run / 'model.safetensors'} (+{len(members)} members) as {DEFAULT_WEIGHTS}; "
           f"val-sample accuracy {accuracy:.4f} on {len(sample)} faces")
