@@ -101,7 +101,8 @@ def choose_second_pass_gap(weights: Path, val, runtime: str) -> dict:
 def choose_third_pass_gap(weights: Path, val, runtime: str) -> dict:
     """The smallest gap of :data:`SECOND_PASS_GAPS` whose gated third pass (the card's
     ``third_pass_views``, on the faces the second pass leaves unclear) keeps the val accuracy of
-    giving it to every face of the second pass to within :data:`SECOND_PASS_TOLERANCE`."""
+    giving it to every face of the second pass to within :data:`SECOND_PASS_TOLERANCE`; or, where
+    even that accuracy does not beat the second pass alone, ``third_pass_views: []`` (none)."""
     from fer_core.predict import top_two_gap
 
     second = Predictor(weights, runtime=runtime, third_pass_views=[])
@@ -112,6 +113,10 @@ def choose_third_pass_gap(weights: Path, val, runtime: str) -> dict:
     # On a face of the second pass, the third averages every view: what every face gets with no gates.
     every_view = Predictor(weights, runtime=runtime, mirror_gap=math.inf).logits(val.images)
     reference = float((np.where(got_second[:, None], every_view, after_second).argmax(1) == labels).mean())
+    without = float((after_second.argmax(1) == labels).mean())
+    if reference <= without:
+        return {"third_pass_views": [], "third_pass_dropped_val": {
+            "accuracy_every_face_of_the_second_pass": reference, "accuracy_without_third_pass": without}}
     gaps = top_two_gap(after_second)
     for gap in SECOND_PASS_GAPS:
         third = got_second & (gaps < gap)
@@ -119,8 +124,7 @@ def choose_third_pass_gap(weights: Path, val, runtime: str) -> dict:
         if accuracy >= reference - SECOND_PASS_TOLERANCE:
             return {"third_pass_gap": float(gap), "third_pass_gap_val": {
                 "accuracy": accuracy, "accuracy_every_face_of_the_second_pass": reference,
-                "accuracy_without_third_pass": float((after_second.argmax(1) == labels).mean()),
-                "second_pass_share": float(got_second.mean()), "third_pass_share": float(third.mean()),
+                "accuracy_without_third_pass": without, "second_pass_share": float(got_second.mean()), "third_pass_share": float(third.mean()),
                 "tolerance": SECOND_PASS_TOLERANCE}}
     return {"third_pass_gap": None}  # every face of the second pass gets the third
 
@@ -191,7 +195,7 @@ def main() -> int:
     if third_views:
         inference.update({"flip_tta": True, "third_pass_views": list(third_views)})
     for stale in ("flip_tta_gap", "flip_tta_gap_val", "second_pass_gap", "second_pass_gap_val", "members",
-                  "third_pass_gap", "third_pass_gap_val"):
+                  "third_pass_gap", "third_pass_gap_val", "third_pass_dropped_val"):
         inference.pop(stale, None)  # chosen again below for these weights
     if members:
         inference["members"] = members
@@ -208,7 +212,12 @@ def main() -> int:
         card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     if third_views and tta:
         inference.update(choose_third_pass_gap(DEFAULT_WEIGHTS, val, inference["runtime"]))
-        print(f"third-pass gate: {inference.get('third_pass_gap')} {inference.get('third_pass_gap_val', '')}")
+        if inference["third_pass_views"]:
+            print(f"third-pass gate: {inference.get('third_pass_gap')} {inference['third_pass_gap_val']}")
+        else:
+            inference.pop("third_pass_views")
+            print(f"third pass left out: its views on every face of the second pass do not beat the second "
+                  f"pass alone on val {inference['third_pass_dropped_val']}")
     card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
     # Training fitted the temperature to its own val logits (fp32, the mirror on every face or none).
     card["calibration"] = refit_temperature(DEFAULT_WEIGHTS, val, card)
