@@ -93,7 +93,7 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
     pool = np.concatenate([faces] * (max(batch_sizes) // len(faces) + 1))
     second_pass_share = third_pass_share = 0.0
     if predictor.second_pass and predictor.mirror_gap == math.inf:
-        second_pass_share = third_pass_share = 1.0
+        second_pass_share, third_pass_share = 1.0, 1.0 if predictor.third_pass_views else 0.0
     elif predictor.second_pass:
         plain = Predictor(weights, runtime=runtime, tta=False, ensemble=False, threads=threads)
         second = top_two_gap(plain.logits(faces)) < predictor.mirror_gap

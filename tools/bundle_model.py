@@ -86,16 +86,28 @@ def choose_second_pass_gap(weights: Path, val, runtime: str) -> dict:
     logits = plain.logits(val.images)
     both = Predictor(weights, runtime=runtime, mirror_gap=math.inf, third_pass_views=[]).logits(val.images)
     every_face = float((both.argmax(1) == labels).mean())
-    gaps = top_two_gap(logits)
+    found = smallest_gate(top_two_gap(logits), np.ones(len(labels), bool), both, logits, labels, every_face)
+    if found is None:
+        return {"second_pass_gap": None}  # no gap kept the accuracy: every face gets the second pass
+    gap, second, accuracy = found
+    return {"second_pass_gap": gap, "second_pass_gap_val": {
+        "accuracy": accuracy, "accuracy_every_face_second_pass": every_face,
+        "accuracy_first_pass_only": float((logits.argmax(1) == labels).mean()),
+        "second_pass_share": float(second.mean()), "tolerance": SECOND_PASS_TOLERANCE}}
+
+
+def smallest_gate(gaps: np.ndarray, eligible: np.ndarray, looked_again: np.ndarray, first: np.ndarray,
+                  labels: np.ndarray, target: float) -> tuple[float, np.ndarray, float] | None:
+    """The smallest gap of :data:`SECOND_PASS_GAPS` such that the ``eligible`` faces whose ``gaps`` lie
+    below it taking their ``looked_again`` logits (the others keeping their ``first`` ones) keeps the
+    accuracy ``target`` to within :data:`SECOND_PASS_TOLERANCE`: that gap, those faces and the
+    accuracy; None where no gap does."""
     for gap in SECOND_PASS_GAPS:
-        second = gaps < gap
-        accuracy = float((np.where(second[:, None], both, logits).argmax(1) == labels).mean())
-        if accuracy >= every_face - SECOND_PASS_TOLERANCE:
-            return {"second_pass_gap": float(gap), "second_pass_gap_val": {
-                "accuracy": accuracy, "accuracy_every_face_second_pass": every_face,
-                "accuracy_first_pass_only": float((logits.argmax(1) == labels).mean()),
-                "second_pass_share": float(second.mean()), "tolerance": SECOND_PASS_TOLERANCE}}
-    return {"second_pass_gap": None}  # no gap kept the accuracy: every face gets the second pass
+        chosen = eligible & (gaps < gap)
+        accuracy = float((np.where(chosen[:, None], looked_again, first).argmax(1) == labels).mean())
+        if accuracy >= target - SECOND_PASS_TOLERANCE:
+            return float(gap), chosen, accuracy
+    return None
 
 
 def choose_third_pass_gap(weights: Path, val, runtime: str) -> dict:
@@ -117,16 +129,14 @@ def choose_third_pass_gap(weights: Path, val, runtime: str) -> dict:
     if reference <= without:
         return {"third_pass_views": [], "third_pass_dropped_val": {
             "accuracy_every_face_of_the_second_pass": reference, "accuracy_without_third_pass": without}}
-    gaps = top_two_gap(after_second)
-    for gap in SECOND_PASS_GAPS:
-        third = got_second & (gaps < gap)
-        accuracy = float((np.where(third[:, None], every_view, after_second).argmax(1) == labels).mean())
-        if accuracy >= reference - SECOND_PASS_TOLERANCE:
-            return {"third_pass_gap": float(gap), "third_pass_gap_val": {
-                "accuracy": accuracy, "accuracy_every_face_of_the_second_pass": reference,
-                "accuracy_without_third_pass": without, "second_pass_share": float(got_second.mean()), "third_pass_share": float(third.mean()),
-                "tolerance": SECOND_PASS_TOLERANCE}}
-    return {"third_pass_gap": None}  # every face of the second pass gets the third
+    found = smallest_gate(top_two_gap(after_second), got_second, every_view, after_second, labels, reference)
+    if found is None:
+        return {"third_pass_gap": None}  # every face of the second pass gets the third
+    gap, third, accuracy = found
+    return {"third_pass_gap": gap, "third_pass_gap_val": {
+        "accuracy": accuracy, "accuracy_every_face_of_the_second_pass": reference,
+        "accuracy_without_third_pass": without, "second_pass_share": float(got_second.mean()),
+        "third_pass_share": float(third.mean()), "tolerance": SECOND_PASS_TOLERANCE}}
 
 
 def refit_temperature(weights: Path, val, card: dict) -> dict:
@@ -166,15 +176,17 @@ def main() -> int:
     try:
         views = parse_tta_views(args.tta_views, tta_off=args.tta == "off")
         third_views = parse_tta_views(args.third_pass_views, tta_off=args.tta == "off", option="--third-pass-views")
-        if third_views:
-            run_card = json.loads((Path(args.run) / "model.json").read_text()) if (Path(args.run) / "model.json").is_file() else {}
-            second_views = views or run_card.get("inference", {}).get("tta_views", ["flip"])
-            repeated = set(third_views) & set(second_views)
-            if repeated:
-                raise FERError(f"--third-pass-views repeats views of the second pass: {sorted(repeated)}")
+        run = Path(args.run)
+        if not (run / "model.json").is_file():
+            raise FERError(f"{run} holds no model.json: give a training output folder")
+        card = json.loads((run / "model.json").read_text())
+        inference = card.setdefault("inference", {})
+        # Refused here, before the bundled files are replaced, rather than by the Predictor after.
+        repeated = set(third_views or ()) & set(views or inference.get("tta_views", ["flip"]))
+        if repeated:
+            raise FERError(f"--third-pass-views repeats views of the second pass: {sorted(repeated)}")
     except ValueError as error:
         parser.error(str(error))
-    run = Path(args.run)
     for stale in DEFAULT_WEIGHTS.parent.glob(MEMBER_NAME.format("*").replace(".safetensors", ".*")):
         stale.unlink()  # the members of an earlier bundle
     store_half(run / "model.safetensors", DEFAULT_WEIGHTS)
@@ -184,8 +196,6 @@ def main() -> int:
         members.append({"file": member.name, "sha256": file_sha256(member), "run": str(member_run)})
     if (run / "curve.png").is_file():
         shutil.copyfile(run / "curve.png", DEFAULT_WEIGHTS.with_name("fer_model_curve.png"))
-    card = json.loads((run / "model.json").read_text())
-    inference = card.setdefault("inference", {})
     val = load_faces(args.val, progress=False)
     if args.tta == "off":
         inference["flip_tta"] = False
