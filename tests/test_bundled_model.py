@@ -134,3 +134,23 @@ def test_a_third_pass_that_does_not_pay_on_val_is_left_out(tmp_path) -> None:
     served = Predictor(staged, runtime="onnx", third_pass_views=[]).predict_faces(faces.images).argmax(1)
     assert report["accuracy_without_third_pass"] == pytest.approx(float((served == faces.labels).mean()))
     assert report["accuracy_every_face_of_the_second_pass"] < report["accuracy_without_third_pass"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--third-pass-views", "left,flip"], "--third-pass-views repeats views of the second pass: ['flip']"),
+    (["--tta-views", "left", "--third-pass-views", "left"], "--third-pass-views repeats views of the second pass: ['left']"),
+    (["--third-pass-views", "left,sideways"], "unknown test-time view(s) ['sideways']"),
+    (["--third-pass-views", "left", "--tta", "off"], "--third-pass-views needs test-time augmentation")])
+def test_bad_views_are_refused_before_the_bundled_files_are_touched(tmp_path, extra: list[str], message: str) -> None:
+    import shutil
+    import subprocess
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(card_path(DEFAULT_WEIGHTS), run / "model.json")
+    before = {path: path.stat().st_mtime_ns for path in DEFAULT_WEIGHTS.parent.iterdir()}
+    done = subprocess.run([sys.executable, str(REPO / "tools" / "bundle_model.py"), str(run), "--val", str(tmp_path), *extra],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+    assert {path: path.stat().st_mtime_ns for path in DEFAULT_WEIGHTS.parent.iterdir()} == before
