@@ -197,16 +197,15 @@ def main() -> int:
     if (run / "curve.png").is_file():
         shutil.copyfile(run / "curve.png", DEFAULT_WEIGHTS.with_name("fer_model_curve.png"))
     val = load_faces(args.val, progress=False)
+    for stale in ("flip_tta_gap", "flip_tta_gap_val", "second_pass_gap", "second_pass_gap_val", "members",
+                  "third_pass_views", "third_pass_gap", "third_pass_gap_val", "third_pass_dropped_val"):
+        inference.pop(stale, None)  # set or chosen again below for these weights
     if args.tta == "off":
         inference["flip_tta"] = False
     if views:
         inference.update({"flip_tta": True, "tta_views": list(views)})
-    inference.pop("third_pass_views", None)
     if third_views:
         inference.update({"flip_tta": True, "third_pass_views": list(third_views)})
-    for stale in ("flip_tta_gap", "flip_tta_gap_val", "second_pass_gap", "second_pass_gap_val", "members",
-                  "third_pass_gap", "third_pass_gap_val", "third_pass_dropped_val"):
-        inference.pop(stale, None)  # chosen again below for these weights
     if members:
         inference["members"] = members
     card["storage"] = "float16 (inference in float32 or int8)"
