@@ -34,6 +34,31 @@ class TestArchitectures:
         assert model.forward_head(features, pre_logits=True).shape == (3, model.num_features)
 
 
+def test_every_architecture_trains_on_odd_batches_in_channels_last() -> None:
+    """Training runs channels-last, and an epoch's last batch can have any size. Some PyTorch
+    CPU kernels crash the process (not an exception) on such batches, so the steps run in a
+    child process that reports which architecture and batch size got through."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    script = (
+        "import sys, torch, torch.nn.functional as F\n"
+        "from fer_core.model import create_model, list_models\n"
+        "for name in list_models():\n"
+        "    model = create_model(name).to(memory_format=torch.channels_last)\n"
+        "    for batch in (3, 15):\n"
+        "        x = torch.randn(batch, 1, 48, 48).contiguous(memory_format=torch.channels_last)\n"
+        "        F.cross_entropy(model(x), torch.zeros(batch, dtype=torch.long)).backward()\n"
+        "        print(name, batch, flush=True)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=600)
+    trained = done.stdout.split("\n")[:-1]
+    assert done.returncode == 0, f"crashed after {trained[-1:]}: {done.stderr[-1500:]}"
+    assert trained == [f"{name} {batch}" for name in list_models() for batch in (3, 15)]
+
+
 class TestRegistry:
     def test_unknown_name_lists_the_choices(self) -> None:
         with pytest.raises(ValueError, match=r"unknown model 'resnet50'; choose one of \['fer_cnn_small'"):
