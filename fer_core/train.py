@@ -47,6 +47,7 @@ from fer_core.augment import AugmentConfig, augment_batch, mix_batch, mix_target
 from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD
 from fer_core.hardware import cpu_description, cpu_flags
 from fer_core.labels import EMOTIONS, normalise
+from fer_core.time_budget import EpochCost, estimate_epoch_seconds, finish_reserve, parse_duration, plan_epochs
 
 if TYPE_CHECKING:
     from annotate.store import Store
@@ -613,7 +614,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     model.add_argument("--model", default="fer_fastnet", choices=list_models(), help="architecture")
     model.add_argument("--dropout", type=float, default=None, help="override the architecture's dropout")
     run = parser.add_argument_group("optimisation")
-    run.add_argument("--epochs", type=int, default=75)
+    run.add_argument("--epochs", type=int, default=75, help="epochs of the schedule (with --time-budget: at most)")
+    run.add_argument("--time-budget", type=parse_duration, default=None, metavar="DURATION",
+                     help="end the whole run within this wall time (e.g. 2h, 90m, 7200): after each epoch the "
+                          "schedule is planned over the epochs that fit, measured on this machine, "
+                          "at most --epochs (see fer_core.time_budget)")
     run.add_argument("--batch-size", type=int, default=128)
     run.add_argument("--opt", default="adamw", help="adamw or sgd (Nesterov, momentum 0.9)")
     run.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (try 0.1 with sgd)")
@@ -645,6 +650,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> int:
     try:
+        if args.folds is not None and args.time_budget is not None:
+            raise FERError("--time-budget plans one run's epochs; with --folds give each fold --epochs instead")
         if args.fold_index is not None and args.folds is None:
             raise FERError("--fold-index picks one fold of a --folds run: give --folds K too")
         if args.folds is not None:
@@ -665,21 +672,24 @@ def _check_out(out: Path, resume: bool) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    started = time.monotonic()  # a time budget counts the data loading too
     out = Path(args.out)
     _check_out(out, args.resume)
     label_map = LabelMap(args.merge)
     train, val = load_training_data(args)
     data = prepare_training_data(args, train, label_map)
-    fit(args, out, data, val, label_map, resume=args.resume)
+    fit(args, out, data, val, label_map, resume=args.resume, started=started)
     return 0
 
 
 def fit(args: argparse.Namespace, out: Path, data: TrainingData, val: FaceTable, label_map: LabelMap, *, resume: bool,
-        card_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        card_extra: dict[str, Any] | None = None, started: float | None = None) -> dict[str, Any]:
     """Train on ``data``'s kept faces, checkpointing into ``out`` (continuing its checkpoint when ``resume``).
 
     Writes the model and its card (``card_extra`` merged into the card's ``training``); returns the card.
+    ``started`` (``time.monotonic()``) is when this run began, for ``args.time_budget``; default: now.
     """
+    started = time.monotonic() if started is None else started
     from tqdm.auto import tqdm
 
     from fer_core.model import count_params, create_model
@@ -724,38 +734,54 @@ def fit(args: argparse.Namespace, out: Path, data: TrainingData, val: FaceTable,
         if args.ema_decay <= 0:
             raise FERError("--self-kd distils from the weights' moving average: it needs --ema-decay above 0")
 
+    budget = getattr(args, "time_budget", None)
+    if args.epochs < 1:
+        raise FERError(f"--epochs must be at least 1, got {args.epochs}")
     state: dict[str, Any] = {"epoch": 0, "step": 0, "best_accuracy": -1.0, "best_epoch": 0, "log": [],
-                             "args": vars(args), "seconds": 0.0}
+                             "args": vars(args), "seconds": 0.0, "wall_seconds_used": 0.0,
+                             "planned_epochs": args.epochs}
     if resume:
         state = load_checkpoint(out, model=model, ema=ema, optimizer=optimizer, device=device)
         print(f"resuming {out} after epoch {state['epoch']}", flush=True)
+    used_before = state.get("wall_seconds_used", 0.0)
+
+    def wall_seconds_used() -> float:
+        return used_before + time.monotonic() - started
 
     steps_per_epoch = math.ceil(len(train_labels) / args.batch_size)
     if args.max_steps:
         steps_per_epoch = min(steps_per_epoch, args.max_steps)
-    # The schedule spans the steps actually taken: a quality curriculum trains on fewer faces
-    # in its early stages, and the learning rate must still reach the end of its decay.
-    epoch_steps = [min(steps_per_epoch, math.ceil(int((train_quality >= curriculum_threshold(e, args.epochs, stages)).sum())
-                                                  / args.batch_size)) for e in range(args.epochs)]
-    total_steps = sum(epoch_steps)
-    warmup = int(args.warmup_epochs * total_steps / max(args.epochs, 1))
+
+    def schedule(epochs: int) -> tuple[int, int]:
+        """Total steps and warm-up steps of a run of ``epochs`` epochs."""
+        # The schedule spans the steps actually taken: a quality curriculum trains on fewer faces
+        # in its early stages, and the learning rate must still reach the end of its decay.
+        epoch_steps = [min(steps_per_epoch, math.ceil(int((train_quality >= curriculum_threshold(e, epochs, stages)).sum())
+                                                      / args.batch_size)) for e in range(epochs)]
+        total = sum(epoch_steps)
+        return total, int(args.warmup_epochs * total / max(epochs, 1))
+
+    # Without a budget the plan is --epochs; with one, it is planned again after every epoch.
+    planned = min(state.get("planned_epochs", args.epochs), args.epochs) if budget else args.epochs
+    total_steps, warmup = schedule(planned)
     mixing = args.mixup > 0 or args.cutmix > 0
     print(f"{args.model}: {count_params(model) / 1e6:.2f}M parameters; {len(train_labels)} training faces, "
           f"{len(val_labels)} val faces; {num_classes} classes; device {device}, autocast {amp}", flush=True)
 
-    for epoch in range(state["epoch"], args.epochs):
+    while state["epoch"] < planned:
+        epoch = state["epoch"]
         start = time.perf_counter()
         model.train()
         # Seeds derived from (seed, epoch): a resumed run draws exactly what the first run would have.
         torch.manual_seed(args.seed * 1000 + epoch)
         generator = torch.Generator(device=device).manual_seed(args.seed * 1000 + epoch)
-        allowed = torch.from_numpy(train_quality >= curriculum_threshold(epoch, args.epochs, stages)).to(device)
+        allowed = torch.from_numpy(train_quality >= curriculum_threshold(epoch, planned, stages)).to(device)
         pool = torch.nonzero(allowed).squeeze(1)
         order = pool[torch.randperm(len(pool), generator=generator, device=device)]
         n_steps = min(steps_per_epoch, math.ceil(len(order) / args.batch_size))
         mix_rng = np.random.default_rng(args.seed * 1000 + epoch)
         total_loss, seen = 0.0, 0
-        bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=args.no_progress)
+        bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{planned}", leave=False, disable=args.no_progress)
         for i in bar:
             index = order[i * args.batch_size:(i + 1) * args.batch_size]
             x = to_input(train_images[index])
@@ -782,7 +808,7 @@ def fit(args: argparse.Namespace, out: Path, data: TrainingData, val: FaceTable,
                 # its share rising over the run as in progressive self-knowledge distillation
                 # (Kim et al., 2021): early on the average knows little, later it is the
                 # steadier model, and its soft targets temper FER2013's noisy labels.
-                share = args.self_kd * state["step"] / max(total_steps - 1, 1)
+                share = args.self_kd * min(1.0, state["step"] / max(total_steps - 1, 1))
                 t = args.kd_temperature
                 soft = teacher_probabilities([ema.module.eval()], x, t, amp)
                 loss = (1 - share) * loss + share * distillation_loss(logits, soft, t)
@@ -794,24 +820,53 @@ def fit(args: argparse.Namespace, out: Path, data: TrainingData, val: FaceTable,
             total_loss += loss.item() * len(index)
             seen += len(index)
             bar.set_postfix(loss=f"{total_loss / seen:.3f}")
+        val_start = time.perf_counter()
         evaluated = ema.module if args.ema_decay > 0 else model
         logits = predict_logits(evaluated, val.images, device=device, amp=amp)
         metrics = val_metrics(logits, val_labels, num_classes)
         seconds = time.perf_counter() - start
         state["seconds"] += seconds
         row = {"epoch": epoch + 1, "train_loss": total_loss / max(seen, 1), **metrics, "lr": lr,
-               "seconds": round(seconds, 2), "train_faces": int(len(order))}
+               "seconds": round(seconds, 2), "train_faces": int(len(order)), "steps": n_steps,
+               "val_seconds": round(time.perf_counter() - val_start, 3), "planned_epochs": planned}
         state["log"].append(row)
         state["epoch"] = epoch + 1
         if metrics["val_accuracy"] > state["best_accuracy"]:
             state["best_accuracy"], state["best_epoch"] = metrics["val_accuracy"], epoch + 1
             save_model(evaluated, out / "best.safetensors", {**_card_base(args, label_map), "epoch": epoch + 1})
+        if budget:
+            planned = _plan(state, budget, wall_seconds_used(), args.epochs, steps_per_epoch)
+            total_steps, warmup = schedule(planned)
+        state["planned_epochs"] = planned
+        state["wall_seconds_used"] = wall_seconds_used()
         save_checkpoint(out, model=model, ema=ema, optimizer=optimizer, state=state)
         _write_logs(out, state["log"])
         print(f"epoch {epoch + 1:3d}  loss {row['train_loss']:.4f}  val acc {metrics['val_accuracy']:.4f}  "
-              f"macro-F1 {metrics['val_macro_f1']:.4f}  lr {lr:.4g}  {seconds:.1f}s", flush=True)
+              f"macro-F1 {metrics['val_macro_f1']:.4f}  lr {lr:.4g}  {seconds:.1f}s"
+              + (f"  (plan: {planned} epochs; {_clock(wall_seconds_used())} of {_clock(budget)} used)"
+                 if budget else ""), flush=True)
+    if budget and state["epoch"] < args.epochs:
+        print(f"time budget: {state['epoch']} of at most {args.epochs} epochs fit in {_clock(budget)}", flush=True)
 
-    return _finish(out, args, state, label_map, data, val, device, count_params(model), card_extra or {})
+    card = _finish(out, args, state, label_map, data, val, device, count_params(model), card_extra or {})
+    if budget:
+        print(f"time budget: the run took {_clock(wall_seconds_used())} of {_clock(budget)}", flush=True)
+    return card
+
+
+def _clock(seconds: float) -> str:
+    """``1:05:09`` for 3909 seconds."""
+    whole = int(round(seconds))
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+
+
+def _plan(state: dict[str, Any], budget: float, used: float, max_epochs: int, steps_per_epoch: int) -> int:
+    """The run's epochs in all, planned from the epochs logged in ``state`` and the time left of ``budget``."""
+    costs = [EpochCost(r["steps"], r["seconds"] - r["val_seconds"], r["val_seconds"])
+             for r in state["log"] if "steps" in r]
+    epoch_seconds = estimate_epoch_seconds(costs, steps_per_epoch)
+    return plan_epochs(done=state["epoch"], max_epochs=max_epochs, seconds_left=budget - used - finish_reserve(costs),
+                       epoch_seconds=epoch_seconds)
 
 
 def _write_logs(out: Path, log: list[dict[str, Any]]) -> None:
@@ -868,8 +923,11 @@ def _finish(out: Path, args: argparse.Namespace, state: dict[str, Any], label_ma
             "data": args.data, "val": args.val or f"{args.data} (val split)",
             "train_faces": int(len(data)), "faces_trained_on": int(data.keep.sum()), "val_faces": int(len(val)),
             "command": "python -m fer_core.train " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-            "epochs": args.epochs, "best_epoch": state["best_epoch"], "seed": args.seed,
-            "wall_seconds": round(state["seconds"], 1), "device": str(device), "device_name": device_name(device),
+            "epochs": state["epoch"], "best_epoch": state["best_epoch"], "seed": args.seed,
+            "wall_seconds": round(state["seconds"], 1),
+            "time_budget": ({"seconds": args.time_budget, "max_epochs": args.epochs,
+                             "wall_seconds_used": round(state.get("wall_seconds_used", 0.0), 1)}
+                            if getattr(args, "time_budget", None) else None), "device": str(device), "device_name": device_name(device),
             "augment": asdict(AugmentConfig()) if not args.no_augment else None,
             "mix": {"mixup": args.mixup, "cutmix": args.cutmix, "prob": args.mix_prob} if args.mixup or args.cutmix else None,
             "distill": data.distill,
