@@ -15,19 +15,9 @@ import pytest
 from conftest import REPO
 from fer_core.config import SAMPLE_PATH
 from fer_core.time_budget import EpochCost, estimate_epoch_seconds, finish_reserve, parse_duration, plan_epochs
-from fer_core.train import get_args_parser, main
+from fer_core.train import get_args_parser
 from fer_core.weights import load_model
-
-TINY = ["--model", "fer_tiny", "--batch-size", "32", "--no-progress", "--warmup-epochs", "0.5", "--lr", "0.005"]
-
-
-def _run(tmp_path: Path, *extra: str, out: str = "run") -> tuple[int, Path]:
-    args = get_args_parser().parse_args([str(SAMPLE_PATH), "--val", str(SAMPLE_PATH), "--out", str(tmp_path / out), *TINY, *extra])
-    return main(args), tmp_path / out
-
-
-def _log(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+from test_train import TINY, _log, _run
 
 
 class TestDurations:
