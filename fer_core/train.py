@@ -927,7 +927,8 @@ def _finish(out: Path, args: argparse.Namespace, state: dict[str, Any], label_ma
             "wall_seconds": round(state["seconds"], 1),
             "time_budget": ({"seconds": args.time_budget, "max_epochs": args.epochs,
                              "wall_seconds_used": round(state.get("wall_seconds_used", 0.0), 1)}
-                            if getattr(args, "time_budget", None) else None), "device": str(device), "device_name": device_name(device),
+                            if getattr(args, "time_budget", None) else None),
+            "device": str(device), "device_name": device_name(device),
             "augment": asdict(AugmentConfig()) if not args.no_augment else None,
             "mix": {"mixup": args.mixup, "cutmix": args.cutmix, "prob": args.mix_prob} if args.mixup or args.cutmix else None,
             "distill": data.distill,
