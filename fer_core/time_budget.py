@@ -65,6 +65,10 @@ class EpochCost:
     val_seconds: float
 
 
+def _mean_val_seconds(recent: Sequence[EpochCost]) -> float:
+    return sum(c.val_seconds for c in recent) / max(1, len(recent))
+
+
 def estimate_epoch_seconds(costs: Sequence[EpochCost], steps_per_epoch: int) -> float:
     """Seconds a full epoch of ``steps_per_epoch`` steps should take, from the last few epochs' costs.
 
@@ -75,15 +79,13 @@ def estimate_epoch_seconds(costs: Sequence[EpochCost], steps_per_epoch: int) -> 
         raise ValueError("no epoch measured yet")
     recent = costs[-RECENT_EPOCHS:]
     step_seconds = sum(c.train_seconds for c in recent) / max(1, sum(c.steps for c in recent))
-    val_seconds = sum(c.val_seconds for c in recent) / len(recent)
-    return step_seconds * steps_per_epoch + val_seconds
+    return step_seconds * steps_per_epoch + _mean_val_seconds(recent)
 
 
 def finish_reserve(costs: Sequence[EpochCost]) -> float:
-    """Seconds kept back for the end of the run: two val passes of the best epoch (plain and mirrored),
-    the temperature fit, the model file and the curve."""
-    val_seconds = sum(c.val_seconds for c in costs[-RECENT_EPOCHS:]) / max(1, len(costs[-RECENT_EPOCHS:]))
-    return 3 * val_seconds + 10.0
+    """Seconds kept back for the end of the run: the best epoch's plain val pass and its mirrored one
+    (faces and mirrors: two passes' worth), the temperature fit, the model file and the curve."""
+    return 3 * _mean_val_seconds(costs[-RECENT_EPOCHS:]) + 10.0
 
 
 def plan_epochs(*, done: int, max_epochs: int, seconds_left: float, epoch_seconds: float) -> int:
