@@ -17,6 +17,12 @@ parallel processes:
 ``--plan kd --teacher A --teacher B`` trains instead the students of a teacher ensemble
 (``--teacher``: knowledge distillation on every augmented batch), with the same probe.
 
+``--plan chain`` trains the whole distillation chain of the bundled model inside the budget:
+two teachers (the plain recipe, seeds 0 and 1) side by side, then two students of both
+(``--teacher ... --kd-weight 0.7 --kd-temperature 2``, seeds 0 and 1). Each run plans its
+own epochs with ``--time-budget`` (no probe): the teachers get the share of the budget that
+their epochs took in the bundled model's chain, the students what is left.
+
 A run still going at the deadline is stopped; its best epoch so far stays in
 ``best.safetensors``. ``OUT`` receives ``sweep.json`` (every run: command, epochs, val
 figures), the logs and cards, the out-of-fold file, and the best models' weights.
@@ -54,6 +60,20 @@ KD_STUDENTS: dict[str, list[str]] = {
     "kd70_t2": ["--kd-weight", "0.7", "--kd-temperature", "2"],
     "kd90_t4": ["--kd-weight", "0.9", "--kd-temperature", "4"],
 }
+#: ``--plan chain``: the teachers, then their students (each student learns from both teachers).
+CHAIN_TEACHERS: dict[str, list[str]] = {"teacher_s0": ["--seed", "0"], "teacher_s1": ["--seed", "1"]}
+CHAIN_STUDENTS: dict[str, list[str]] = {
+    "student_s0": ["--seed", "0", "--kd-weight", "0.7", "--kd-temperature", "2"],
+    "student_s1": ["--seed", "1", "--kd-weight", "0.7", "--kd-temperature", "2"],
+}
+#: the epochs of the bundled model's chain: teachers 79, student 101 (README, "Full runs").
+CHAIN_EPOCHS = {"teacher": 79, "student": 101}
+#: a student's epoch costs this many teacher epochs: two teachers, each on the batch and its
+#: mirror (measured on the CPU: ~100-115 s against ~49 s).
+KD_EPOCH_COST = 2.2
+#: seconds kept back after each phase: a run's start (data from the cache) and end (model files).
+PHASE_MARGIN = 25
+#: phase two of the sweep: students of the out-of-fold probabilities (``--distill``).
 STUDENTS: dict[str, list[str]] = {
     "distill": ["--distill-weight", "0.5"],
     "distill_mix": ["--distill-weight", "0.5", "--mixup", "0.2", "--cutmix", "1.0", "--mix-prob", "0.8"],
@@ -129,7 +149,7 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=None, help="cap every epoch (smoke test of this script)")
     parser.add_argument("--max-epochs", type=int, default=300)
     parser.add_argument("--keep-models", type=int, default=2, help="weights of this many best runs come back")
-    parser.add_argument("--plan", choices=["sweep", "kd"], default="sweep")
+    parser.add_argument("--plan", choices=["sweep", "kd", "chain"], default="sweep")
     parser.add_argument("--teacher", action="append", default=[], help="teacher weights for --plan kd")
     args = parser.parse_args()
 
@@ -149,6 +169,10 @@ def main() -> int:
     n_train = len(load_faces(args.data)) if not args.max_steps else 0
     load_faces(args.val)
     print(f"data ready after {time.monotonic() - t0:.0f} s", flush=True)
+
+    if args.plan == "chain":
+        runs = chain(args, common, work, deadline)
+        return report(args, runs, [], work, results, back, t0, {"plan": "chain"})
 
     kd = args.plan == "kd"
     teachers = [a for t in args.teacher for a in ("--teacher", t)]
@@ -203,10 +227,54 @@ def main() -> int:
         for r in students:
             r.start()
     wait_all([*variants, *students], deadline)
+    return report(args, variants, students, work, results, back, t0,
+                  {"probe_seconds_per_epoch": per_epoch, "parallel_runs": n_parallel}, oof=oof)
 
-    # What comes back.
-    summary: dict[str, Any] = {"budget_s": args.budget, "wall_s": round(time.monotonic() - t0, 1),
-                               "probe_seconds_per_epoch": per_epoch, "parallel_runs": n_parallel, "runs": {}}
+
+def chain(args: argparse.Namespace, common: list[str], work: Path, deadline: float) -> list[Run]:
+    """Teachers, then their students, each phase's runs side by side, each planning its epochs by the clock."""
+    left = deadline - time.monotonic() - 2 * PHASE_MARGIN
+    cost = {"teacher": CHAIN_EPOCHS["teacher"], "student": CHAIN_EPOCHS["student"] * KD_EPOCH_COST}
+    teacher_budget = max(1, int(left * cost["teacher"] / (cost["teacher"] + cost["student"])))
+    epochs = {role: min(n, args.max_epochs) for role, n in CHAIN_EPOCHS.items()}
+    teachers = [Run(name, [*common, *extra, "--epochs", str(epochs["teacher"]), "--time-budget",
+                           str(teacher_budget), "--out", str(work / name)], work)
+                for name, extra in CHAIN_TEACHERS.items()]
+    print(f"phase one: {len(teachers)} teachers, {teacher_budget} s each", flush=True)
+    for r in teachers:
+        r.start()
+    wait_all(teachers, time.monotonic() + teacher_budget + PHASE_MARGIN)
+    weights = [trained_weights(work / r.name) for r in teachers]
+    if None in weights:
+        print("a teacher left no weights; no students:\n" + teachers[0].log.read_text()[-3000:], flush=True)
+        return teachers
+    student_budget = int(deadline - time.monotonic() - PHASE_MARGIN)
+    if student_budget < 1:
+        print("no time left for the students", flush=True)
+        return teachers
+    from_teachers = [a for w in weights for a in ("--teacher", str(w))]
+    students = [Run(name, [*common, *from_teachers, *extra, "--epochs", str(epochs["student"]),
+                           "--time-budget", str(student_budget), "--out", str(work / name)], work)
+                for name, extra in CHAIN_STUDENTS.items()]
+    print(f"phase two: {len(students)} students, {student_budget} s each", flush=True)
+    for r in students:
+        r.start()
+    wait_all(students, deadline)
+    return [*teachers, *students]
+
+
+def trained_weights(out: Path) -> Path | None:
+    """A run's final model, else its best epoch so far (a run stopped at a deadline has only that)."""
+    for stem in ("model", "best"):
+        if (out / f"{stem}.safetensors").is_file() and (out / f"{stem}.json").is_file():
+            return out / f"{stem}.safetensors"
+    return None
+
+
+def report(args: argparse.Namespace, variants: list[Run], students: list[Run], work: Path, results: Path,
+           back: Path, t0: float, extra: dict[str, Any], oof: Path | None = None) -> int:
+    """Write ``sweep.json`` and pack the logs, cards and the best runs' weights into ``back``."""
+    summary: dict[str, Any] = {"budget_s": args.budget, "wall_s": round(time.monotonic() - t0, 1), **extra, "runs": {}}
     ranked = []
     for r in [*variants, *students]:
         out = work / r.name
@@ -228,9 +296,9 @@ def main() -> int:
                 (results / "runs" / r.name).mkdir(parents=True, exist_ok=True)
                 shutil.copy(out / name, results / "runs" / r.name / name)
         shutil.copy(r.log, results / "runs" / f"{r.name}.log")
-    if (oof / "folds.json").is_file():
+    if oof is not None and (oof / "folds.json").is_file():
         summary["folds"] = json.loads((oof / "folds.json").read_text())
-        shutil.copy(oof_file, results / "oof_probabilities.parquet")
+        shutil.copy(oof / "oof_probabilities.parquet", results / "oof_probabilities.parquet")
     ranked.sort(reverse=True)
     summary["ranking"] = ranked
     (results / "sweep.json").write_text(json.dumps(summary, indent=2))
@@ -245,9 +313,9 @@ def main() -> int:
         tar.add(results, arcname="sweep")
         for _, name in ranked[:args.keep_models]:
             # A run stopped at the deadline has no model.safetensors, but its best epoch so far is kept.
-            stem = "model" if (work / name / "model.json").is_file() else "best"
-            tar.add(work / name / f"{stem}.safetensors", arcname=f"sweep/models/{name}.safetensors")
-            tar.add(work / name / f"{stem}.json", arcname=f"sweep/models/{name}.json")
+            weights = trained_weights(work / name)
+            tar.add(weights, arcname=f"sweep/models/{name}.safetensors")
+            tar.add(weights.with_suffix(".json"), arcname=f"sweep/models/{name}.json")
     data = archive.read_bytes()
     piece = 15 * 1000 * 1000
     for i in range(0, len(data), piece):
