@@ -1,7 +1,8 @@
 """Exports of the store: the corrections table (CSV or Parquet) and FER+-style vote counts.
 
 Corrections: one row per face with at least one vote, ``sample_id``, the original and
-resolved labels, the vote counts per label and the annotators (see
+resolved labels, whether the votes judged it ``unsure`` (it then keeps its original label
+and is not ``changed``), the vote counts per label and the annotators (see
 :meth:`annotate.store.Store.resolved_labels`). In CSV, ``annotators`` is a JSON list (names
 may hold commas or semicolons); in Parquet it is a list of strings.
 
@@ -37,7 +38,7 @@ __all__ = [
 
 #: Columns of :func:`corrections`, in order.
 CORRECTION_COLUMNS: tuple[str, ...] = (
-    "dataset", "sample_id", "content_sha256", "original_label", "resolved_label", "changed",
+    "dataset", "sample_id", "content_sha256", "original_label", "resolved_label", "changed", "judged_unsure",
     *VOTE_COLUMNS, "n_annotators", "annotators",
 )
 #: Columns of :func:`ferplus_votes`, in order.

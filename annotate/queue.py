@@ -11,7 +11,10 @@ Strategies
 ``likely_label_error``
     Confident learning (Northcutt et al., 2021): the faces cleanlab's
     :func:`cleanlab.filter.find_label_issues` flags as probably mislabelled, ranked by
-    self-confidence (the model's probability of the given label), lowest first.
+    self-confidence (the model's probability of the given label), lowest first. When the
+    faces hold fewer than two given labels (one emotion sent from the Browse tab), or cleanlab
+    cannot rank them, all of them are ranked by self-confidence instead, lowest first
+    (:meth:`Queue.ranking_note` says so).
 ``model_disagrees``
     Faces whose most probable class is not the given label, the most confident
     disagreement (highest top probability) first.
@@ -27,7 +30,7 @@ noise included, and finds few errors. Ties keep the candidates' row order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -55,6 +58,7 @@ __all__ = [
     "Progress",
     "Queue",
     "rank_likely_label_error",
+    "rank_self_confidence",
     "rank_model_disagrees",
     "rank_low_quality",
     "rank_random",
@@ -105,6 +109,17 @@ def rank_likely_label_error(labels: np.ndarray, probs: np.ndarray) -> np.ndarray
     except (ValueError, AssertionError, ZeroDivisionError) as exc:
         raise AnnotateError(f"cleanlab cannot rank these {len(labels)} faces for label errors: {exc}") from exc
     return np.asarray(ranked, dtype=np.int64)
+
+
+def rank_self_confidence(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """All row positions by the model's probability of the given label, lowest first (ties keep row order)."""
+    confidence = probs[np.arange(len(labels)), labels]
+    return np.argsort(confidence, kind="stable").astype(np.int64)
+
+
+#: Why the ``likely_label_error`` queue fell back to :func:`rank_self_confidence` (see :meth:`Queue.ranking_note`).
+SELF_CONFIDENCE_NOTE = ("{why}, so these {n} faces are ranked by the model's probability of their given label, "
+                        "lowest first")
 
 
 def rank_model_disagrees(labels: np.ndarray, probs: np.ndarray) -> np.ndarray:
@@ -159,11 +174,13 @@ class Progress:
     """Where a queue stands for one annotator (see :meth:`Queue.progress`)."""
 
     total: int  #: faces in this queue (with second opinion: the faces that have at least one vote)
-    done: int  #: faces with a vote (with second opinion: with ``opinions_needed`` votes)
+    done: int  #: faces with a vote by anyone (with second opinion: with ``opinions_needed`` votes)
     remaining: int  #: faces this annotator may still be given (leases ignored)
     leased: int  #: faces of this queue held right now by other annotators
     annotator_today: int  #: this annotator's answers today (UTC), ``skip`` and undone ones not counted
     agreement: Agreement  #: over the whole data set
+    answered: int = 0  #: faces of this queue this annotator answered (not ``skip``, not undone)
+    skipped: int = 0  #: faces of this queue this annotator only skipped (not undone)
 
 
 # -- the queue ------------------------------------------------------------------------------------------
@@ -229,6 +246,7 @@ class Queue:
         self.face_ids = store.register_faces(self.dataset, self.sample_ids, self.labels, hashes)
         self._row_of = {sid: i for i, sid in enumerate(self.sample_ids)}
         self._orders: dict[str, np.ndarray] = {}
+        self._notes: dict[str, str] = {}
         self._label_quality: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -264,14 +282,31 @@ class Queue:
                 order = rank_random(len(self), self.seed)
             elif name == "low_quality":
                 order = rank_low_quality(self.quality)
+            elif name == "likely_label_error":
+                order = self._rank_label_errors()
             else:
                 rows = np.flatnonzero(~np.isnan(self.probabilities).any(axis=1))
-                ranker: Callable[[np.ndarray, np.ndarray], np.ndarray] = (
-                    rank_likely_label_error if name == "likely_label_error" else rank_model_disagrees
-                )
-                order = rows[ranker(self.labels[rows], self.probabilities[rows])]
+                order = rows[rank_model_disagrees(self.labels[rows], self.probabilities[rows])]
             self._orders[name] = order
         return self._orders[name]
+
+    def _rank_label_errors(self) -> np.ndarray:
+        """cleanlab's ranking; by self-confidence when the faces hold fewer than two labels or cleanlab fails."""
+        rows = np.flatnonzero(~np.isnan(self.probabilities).any(axis=1))
+        labels, probs = self.labels[rows], self.probabilities[rows]
+        why = "cleanlab needs faces of at least two given labels to find label errors"
+        if len(np.unique(labels)) >= 2:
+            try:
+                return rows[rank_likely_label_error(labels, probs)]
+            except AnnotateError:
+                why = "cleanlab cannot rank these faces for label errors"
+        self._notes["likely_label_error"] = SELF_CONFIDENCE_NOTE.format(why=why, n=f"{len(rows):,}")
+        return rows[rank_self_confidence(labels, probs)]
+
+    def ranking_note(self, strategy: str) -> str | None:
+        """How ``strategy`` ranks these faces when it differs from its description (e.g. a fallback), else ``None``."""
+        self._ranked(self._strategy(strategy).name)
+        return self._notes.get(strategy)
 
     def order(self, strategy: str, *, emotions: Any = None,
               quality_range: tuple[float, float] | None = None) -> np.ndarray:
@@ -362,22 +397,28 @@ class Queue:
         strategy: str | None = None,
         *,
         note: str | None = None,
+        require_lease: bool = False,
     ) -> DecisionRecord:
         """Record ``annotator``'s answer on ``sample_id`` and release their lease; returns after the commit.
 
         ``label``: an emotion, ``not_a_face``, ``unsure`` or ``skip`` (see :mod:`annotate.labels`).
         ``model_version`` and ``strategy``: what the annotator was shown. ``note``: free text.
+        ``require_lease``: refuse (:class:`AnnotateError`, nothing recorded) unless ``annotator``
+        holds the face's lease (:meth:`next_face` or :meth:`undo` gave it to them, and no one
+        else has taken it since).
         """
-        return self.store.record_decision(annotator, self.dataset, sample_id, label,
-                                          model_version=model_version, strategy=strategy, note=note)
+        return self.store.record_decision(annotator, self.dataset, sample_id, label, model_version=model_version,
+                                          strategy=strategy, note=note, require_lease=require_lease)
 
-    def undo(self, annotator: str, *, lease_minutes: float = 10.0) -> QueuedFace | None:
+    def undo(self, annotator: str, *, decision_id: int | None = None, lease_minutes: float = 10.0) -> QueuedFace | None:
         """Undo ``annotator``'s latest answer in this data set and put that face back in front of them.
 
         Returns the face (``undone_label`` = the answer undone, leased to them again unless
-        someone else holds it), or ``None`` when there is nothing left to undo.
+        someone else holds it), or ``None`` when there is nothing left to undo. With
+        ``decision_id`` (from :meth:`submit`'s record) it undoes that answer only, and raises
+        :class:`AnnotateError` unless it is a live answer of ``annotator`` in this data set.
         """
-        undone = self.store.undo_last(annotator, dataset=self.dataset)
+        undone = self.store.undo_last(annotator, dataset=self.dataset, decision_id=decision_id)
         if undone is None:
             return None
         expires = self.store.lease_face(annotator, self.dataset, undone.sample_id, lease_minutes=lease_minutes)
@@ -403,6 +444,7 @@ class Queue:
     ) -> Progress:
         """Counters for ``annotator`` working this queue with these filters (see :class:`Progress`).
 
+        ``done`` counts everyone's votes; ``answered`` and ``skipped`` are this annotator's own.
         ``total - done - remaining`` are faces this annotator skipped or answered and that
         still wait for others.
         """
@@ -416,12 +458,18 @@ class Queue:
         else:
             total, done = len(face_ids), int((votes >= 1).sum())
         remaining = int(_eligible_mask(face_ids, state, bool(second_opinion), int(opinions_needed), ignore_leases=True).sum())
-        leased = int(np.isin(face_ids, np.fromiter(state.leased, dtype=np.int64, count=len(state.leased))).sum())
+        leased = int(np.isin(face_ids, _ids(state.leased)).sum())
+        answered = int(np.isin(face_ids, _ids(state.my_votes)).sum())
+        skipped = int(np.isin(face_ids, _ids(state.mine - state.my_votes)).sum())
         return Progress(total, done, remaining, leased, self.store.count_today(annotator, dataset=self.dataset),
-                        self.store.agreement(self.dataset))
+                        self.store.agreement(self.dataset), answered, skipped)
 
 
 # -- input checks ------------------------------------------------------------------------------------------
+
+
+def _ids(face_ids: frozenset[int]) -> np.ndarray:
+    return np.fromiter(face_ids, dtype=np.int64, count=len(face_ids))
 
 
 def _labels(column: pd.Series) -> np.ndarray:

@@ -10,8 +10,10 @@ Votes and the resolved label
 An annotator's *vote* on a face is their latest (highest id) answer on it that has not been
 undone and is not ``skip``. The *resolved label* of a face is the label with the most votes
 (a plurality, counting ``not_a_face`` and ``unsure`` like the emotions); a tie between the
-top labels leaves the face unresolved (``None``). Undoing an answer appends a reversal row;
-nothing is deleted, so the full history stays in :meth:`Store.decisions`.
+top labels leaves the face unresolved (``None``). ``unsure`` is a vote like the others, but a
+face whose plurality is ``unsure`` keeps its original label (``judged_unsure`` says so).
+Undoing an answer appends a reversal row; nothing is deleted, so the full history stays in
+:meth:`Store.decisions`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from .engine import create_store_engine, default_db_url, integrity_check, retry,
 from .errors import AnnotateError, UnknownFaceError
 from .labels import (
     SKIP,
+    UNSURE,
     VOTE_LABELS,
     check_annotator,
     check_dataset,
@@ -127,6 +130,7 @@ class QueueState:
     votes: dict[int, int]  #: face id -> number of annotators with a vote on it (faces without votes absent)
     mine: frozenset[int]  #: face ids this annotator answered (``skip`` included) and did not undo
     leased: frozenset[int]  #: face ids under a live lease held by someone else
+    my_votes: frozenset[int] = frozenset()  #: the faces of ``mine`` with an answer other than ``skip``
 
 
 @dataclass(frozen=True)
@@ -357,12 +361,16 @@ class Store:
         model_version: str | None = None,
         strategy: str | None = None,
         note: str | None = None,
+        require_lease: bool = False,
     ) -> DecisionRecord:
         """Append ``annotator``'s answer on a face, release their lease on it, commit, then return the row.
 
         ``label`` is checked by :func:`annotate.labels.check_label`. ``model_version`` and
         ``strategy`` record what the annotator was shown. An annotator may answer a face
         again (their latest answer is their vote); the queue itself never shows them a face twice.
+        With ``require_lease`` the answer is refused (:class:`AnnotateError`, nothing recorded)
+        unless ``annotator`` holds the face's lease row: their own lease, live or run out but
+        not yet taken by anyone else (see :func:`_check_holds_lease`).
         """
         label = check_label(label)
         dataset = check_dataset(dataset)
@@ -375,6 +383,8 @@ class Store:
         def add(conn: Connection) -> DecisionRecord:
             face_id = self._face(conn, dataset, sample_id)
             now = self.now()
+            if require_lease:
+                _check_holds_lease(conn, face_id, aid, sample_id, now)
             result = conn.execute(insert(Decision).values(
                 annotator_id=aid, face_id=face_id, created_at=now, label=label,
                 model_version=model_version, strategy=strategy, note=note,
@@ -385,12 +395,18 @@ class Store:
 
         return self._write(add)
 
-    def undo_last(self, annotator: str, *, dataset: str | None = None) -> DecisionRecord | None:
+    def undo_last(self, annotator: str, *, dataset: str | None = None,
+                  decision_id: int | None = None) -> DecisionRecord | None:
         """Undo ``annotator``'s latest answer that is not undone yet; return that answer, or ``None``.
 
         Appends a reversal row (``reverses_id`` = the answer's id); nothing is deleted.
         Called again, it undoes the answer before, and so on. ``dataset`` limits it to one data set.
+        With ``decision_id`` it undoes exactly that answer, and raises :class:`AnnotateError`
+        (nothing written) unless it is a live answer of ``annotator`` (in ``dataset`` when given):
+        a session undoes its own answers, never another person's.
         """
+        if decision_id is not None:
+            return self._undo_one(annotator, dataset, decision_id)
         aid = self._annotator_id(annotator, create=False)
         if aid is None:
             return None
@@ -398,9 +414,7 @@ class Store:
             dataset = check_dataset(dataset)
         undo = aliased(Decision)
         query = (
-            select(Decision.id, Decision.face_id, Decision.label, Decision.created_at, Decision.model_version,
-                   Decision.strategy, Decision.note, Face.dataset, Face.sample_id)
-            .join(Face, Face.id == Decision.face_id)
+            _answer_columns()
             .where(Decision.annotator_id == aid, Decision.label.is_not(None),
                    ~exists().where(undo.reverses_id == Decision.id))
             .order_by(Decision.id.desc())
@@ -411,14 +425,40 @@ class Store:
 
         def add(conn: Connection) -> DecisionRecord | None:
             row = conn.execute(query).first()
-            if row is None:
-                return None
-            conn.execute(insert(Decision).values(annotator_id=aid, face_id=row.face_id, created_at=self.now(),
-                                                 label=None, reverses_id=row.id))
-            return DecisionRecord(row.id, annotator, row.dataset, row.sample_id, row.label, row.created_at,
-                                  row.model_version, row.strategy, row.note)
+            return None if row is None else self._reverse(conn, aid, annotator, row)
 
         return self._write(add)
+
+    def _undo_one(self, annotator: str, dataset: str | None, decision_id: Any) -> DecisionRecord:
+        """Undo the answer ``decision_id`` if it is ``annotator``'s and live; else :class:`AnnotateError`."""
+        if isinstance(decision_id, bool) or not isinstance(decision_id, (int, np.integer)):
+            raise AnnotateError(f"decision_id must be an integer, got {decision_id!r}")
+        decision_id = int(decision_id)
+        dataset = None if dataset is None else check_dataset(dataset)
+        aid = self._annotator_id(annotator, create=False)
+        undo = aliased(Decision)
+        query = _answer_columns(Decision.annotator_id, exists().where(undo.reverses_id == Decision.id).label("undone"))
+        query = query.where(Decision.id == decision_id)
+
+        def add(conn: Connection) -> DecisionRecord:
+            row = conn.execute(query).first()
+            if row is None or row.label is None or aid is None or row.annotator_id != aid:
+                raise AnnotateError(f"cannot undo decision {decision_id}: it is not an answer of {annotator!r}")
+            if dataset is not None and row.dataset != dataset:
+                raise AnnotateError(f"cannot undo decision {decision_id}: it is about data set {row.dataset!r}, "
+                                    f"not {dataset!r}")
+            if row.undone:
+                raise AnnotateError(f"decision {decision_id} ({row.label!r} on {row.sample_id!r}) is undone already")
+            return self._reverse(conn, aid, annotator, row)
+
+        return self._write(add)
+
+    def _reverse(self, conn: Connection, aid: int, annotator: str, row: Any) -> DecisionRecord:
+        """Append the reversal of answer ``row`` (from :func:`_answer_columns`); return the answer undone."""
+        conn.execute(insert(Decision).values(annotator_id=aid, face_id=row.face_id, created_at=self.now(),
+                                             label=None, reverses_id=row.id))
+        return DecisionRecord(row.id, annotator, row.dataset, row.sample_id, row.label, row.created_at,
+                              row.model_version, row.strategy, row.note)
 
     def decisions(self, dataset: str | None = None) -> pd.DataFrame:
         """Every row of the decisions table (answers and undos), oldest first: the audit log.
@@ -470,8 +510,9 @@ class Store:
         """The label each face has now, from the votes; one row per face.
 
         Columns: ``dataset, sample_id, content_sha256, original_label`` (emotion name),
-        ``resolved_label`` (a label of :data:`annotate.labels.VOTE_LABELS`, or ``None`` on a
-        tie), ``changed`` (resolved and different from the original), one ``votes_<label>``
+        ``resolved_label`` (an emotion or ``not_a_face``, or ``None`` on a tie; a face whose
+        plurality is ``unsure`` keeps its original label), ``changed`` (resolved and different
+        from the original), ``judged_unsure`` (the plurality is ``unsure``), one ``votes_<label>``
         count per vote label (:data:`VOTE_COLUMNS`), ``n_annotators`` and ``annotators``
         (list of names, in the order they voted). Faces without any vote are left out
         unless ``include_undecided``. Rows are in registration order.
@@ -510,17 +551,19 @@ class Store:
         )
         votes = {int(fid): int(n) for fid, n in vote_rows}
         mine: frozenset[int] = frozenset()
+        my_votes: frozenset[int] = frozenset()
         lease_query = select(Lease.face_id).where(Lease.expires_at > now)
         if aid is not None:
-            mine = frozenset(conn.scalars(
-                select(Decision.face_id).where(in_dataset, Decision.annotator_id == aid, Decision.label.is_not(None), live)
-            ))
+            rows = conn.execute(select(Decision.face_id, Decision.label).where(
+                in_dataset, Decision.annotator_id == aid, Decision.label.is_not(None), live)).all()
+            mine = frozenset(int(fid) for fid, _ in rows)
+            my_votes = frozenset(int(fid) for fid, label in rows if label != SKIP)
             lease_query = lease_query.where(Lease.annotator_id != aid)
         leased = frozenset(conn.scalars(lease_query))
-        return QueueState(votes, mine, leased)
+        return QueueState(votes, mine, leased, my_votes)
 
     def queue_state(self, annotator: str | None, dataset: str) -> QueueState:
-        """Vote counts, ``annotator``'s answered faces and others' live leases in ``dataset``."""
+        """Vote counts, ``annotator``'s answered (and voted) faces and others' live leases in ``dataset``."""
         dataset = check_dataset(dataset)
         aid = None if annotator is None else self._annotator_id(annotator, create=False)
         return self._read(lambda conn: self._queue_state(conn, aid, dataset, self.now()))
@@ -638,6 +681,31 @@ def _check_lease_args(second_opinion: bool, opinions_needed: int, lease_minutes:
         raise AnnotateError(f"lease_minutes must be a positive number, got {lease_minutes!r}")
 
 
+def _answer_columns(*extra: Any) -> Any:
+    """SELECT of an answer's fields with its face's data set and ``sample_id`` (for undo)."""
+    return (
+        select(Decision.id, Decision.face_id, Decision.label, Decision.created_at, Decision.model_version,
+               Decision.strategy, Decision.note, Face.dataset, Face.sample_id, *extra)
+        .join(Face, Face.id == Decision.face_id)
+    )
+
+
+def _check_holds_lease(conn: Connection, face_id: int, aid: int, sample_id: str, now: datetime) -> None:
+    """Raise :class:`AnnotateError` unless annotator ``aid`` holds the lease row of ``face_id``.
+
+    Their own row counts even when it has run out, as long as no one else has taken the face
+    since (taking it replaces the row); a missing row or another person's row refuses.
+    """
+    holder = conn.execute(select(Lease.annotator_id, Lease.expires_at).where(Lease.face_id == face_id)).first()
+    if holder is not None and holder.annotator_id == aid:
+        return
+    if holder is not None and holder.expires_at > now:
+        raise AnnotateError(f"face {sample_id!r} is now leased to another annotator (your lease on it ran out "
+                            "or it was never yours); nothing was recorded: press Start for your next face")
+    raise AnnotateError(f"you do not hold face {sample_id!r} (it was not given to you, or your lease on it ran "
+                        "out); nothing was recorded: press Start for your next face")
+
+
 def _eligible_mask(order: np.ndarray, state: QueueState, second_opinion: bool, opinions_needed: int,
                    *, ignore_leases: bool = False) -> np.ndarray:
     """Which faces of ``order`` the annotator may be given."""
@@ -670,8 +738,11 @@ def _resolve(faces: pd.DataFrame, votes: pd.DataFrame, *, include_undecided: boo
     matrix = counts.to_numpy()
     top = matrix.max(axis=1, initial=0)
     n_top = (matrix == top[:, None]).sum(axis=1)
-    resolved = [VOTE_LABELS[int(np.argmax(row))] if t > 0 and k == 1 else None for row, t, k in zip(matrix, top, n_top)]
+    plurality = [VOTE_LABELS[int(np.argmax(row))] if t > 0 and k == 1 else None for row, t, k in zip(matrix, top, n_top)]
     original = [EMOTIONS[int(i)] for i in table["original_label"]]
+    # "unsure" is an opinion, not a label: a face judged unsure keeps the label it came with.
+    judged_unsure = [r == UNSURE for r in plurality]
+    resolved = [o if u else r for r, o, u in zip(plurality, original, judged_unsure)]
     # Object columns (pandas 3 would infer its "str" dtype and turn None into NaN): an
     # unresolved face reads None, as documented.
     obj = lambda values: pd.Series(list(values), dtype=object)
@@ -682,6 +753,7 @@ def _resolve(faces: pd.DataFrame, votes: pd.DataFrame, *, include_undecided: boo
         "original_label": obj(original),
         "resolved_label": obj(resolved),
         "changed": pd.Series([r is not None and r != o for r, o in zip(resolved, original)], dtype=bool),
+        "judged_unsure": pd.Series(judged_unsure, dtype=bool),
     })
     for column in VOTE_COLUMNS:
         out[column] = counts[column].to_numpy()

@@ -14,7 +14,16 @@ from fer_core.browse import enrich
 from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import load_faces
 from fer_core.images import pixels_sha256
-from ui.relabel_tab import ANSWERS, KEYBOARD_JS, RelabelDesk, Settings, check_name, oof_probabilities
+from ui.relabel_tab import (
+    ANSWERS,
+    KEYBOARD_JS,
+    RelabelDesk,
+    Session,
+    Settings,
+    annotator_for,
+    check_name,
+    oof_probabilities,
+)
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +39,11 @@ def desk(table, tmp_path: Path) -> RelabelDesk:
 class TestDesk:
     def test_answers_are_stored_and_the_next_face_comes(self, desk: RelabelDesk) -> None:
         settings = Settings(strategy="low_quality")
-        first = desk.next_face("ana", settings)
+        session = Session()
+        first = desk.start(session, "ana", settings)
         expected = desk.table.frame.sort_values("quality_score", kind="stable")["sample_id"].iloc[0]
         assert first.sample_id == expected
-        second = desk.answer("ana", first, "not_a_face", settings)
+        second = desk.answer(session, "not_a_face", settings)
         assert second.sample_id != first.sample_id
         decisions = desk.store.decisions(desk.table.name)
         assert list(decisions["label"]) == ["not_a_face"]
@@ -43,20 +53,22 @@ class TestDesk:
 
     def test_undo_gives_the_face_back_and_keeps_the_row(self, desk: RelabelDesk) -> None:
         settings = Settings(strategy="random")
-        face = desk.next_face("ben", settings)
-        desk.answer("ben", face, "happy", settings)
-        back = desk.undo("ben")
+        session = Session()
+        face = desk.start(session, "ben", settings)
+        desk.answer(session, "happy", settings)
+        back = desk.undo(session)
         assert back.sample_id == face.sample_id and back.undone_label == "happy"
         assert "Undid your answer" in desk.describe(back)
         decisions = desk.store.decisions(desk.table.name)
         assert len(decisions) == 2 and bool(decisions["undone"].iloc[0])  # a reversal appended, nothing deleted
-        assert desk.undo("nobody") is None
+        assert desk.undo(session) is None and desk.undo(Session()) is None
 
     def test_progress_counts_and_names_are_escaped(self, desk: RelabelDesk) -> None:
         settings = Settings(strategy="random")
         name = "<b>Zoë</b> '; DROP TABLE decisions; --"
-        face = desk.next_face(name, settings)
-        desk.answer(name, face, "sad", settings)
+        session = Session()
+        desk.start(session, name, settings)
+        desk.answer(session, "sad", settings)
         text = desk.progress_text(name, settings)
         assert "**1** done" in text and "**1** answers today" in text
         assert "&lt;b&gt;Zoë&lt;/b&gt;" in text and "<b>" not in text
@@ -67,10 +79,11 @@ class TestDesk:
         selected = set(desk.table.frame["sample_id"].iloc[rows])
         settings = Settings(strategy="random")
         seen = set()
-        face = desk.next_face("cy", settings, rows)
+        session = Session()
+        face = desk.start(session, "cy", settings, rows)
         while face is not None:
             seen.add(face.sample_id)
-            face = desk.answer("cy", face, "unsure", settings, rows)
+            face = desk.answer(session, "unsure", settings, rows)
         assert seen == selected
 
     def test_bad_names_are_refused(self) -> None:

@@ -3,19 +3,26 @@
 The work is in :class:`RelabelDesk` (plain Python over :mod:`annotate`), tested without a
 browser; :func:`build_relabel_tab` lays out the tab. Keyboard shortcuts (1-7, n, u, s,
 Backspace) come from :data:`KEYBOARD_JS`, which the app passes to ``launch(js=...)``.
+
+Who is who: each browser session keeps a :class:`Session`. Its first Start binds it to one
+annotator (:data:`IDENTITIES`: the typed name, the ``--auth`` user, or the Hugging Face
+account); answers and undo go under that annotator only, undo reverses only the answers this
+session gave, and an answer counts only on the face this session holds the lease of. Another
+name needs an explicit *Switch annotator*.
 """
 
+import functools
 import html
 import tempfile
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from annotate import STRATEGIES, AnnotateError, Queue, QueuedFace, Store
+from annotate import STRATEGIES, AnnotateError, Queue, QueuedFace, StoreBusyError, Store
 from annotate.export import export_corrections, export_ferplus
 from fer_core.browse import PROBABILITY_COLUMNS
 from fer_core.config import ASSETS_DIR
@@ -23,7 +30,8 @@ from fer_core.datasets import FaceTable
 from fer_core.images import pixels_sha256
 from fer_core.labels import DISPLAY_NAMES, EMOTIONS
 
-__all__ = ["RelabelDesk", "Settings", "ANSWERS", "KEYBOARD_JS", "build_relabel_tab", "oof_probabilities"]
+__all__ = ["RelabelDesk", "Settings", "Session", "ANSWERS", "IDENTITIES", "KEYBOARD_JS", "annotator_for",
+           "build_relabel_tab", "oof_probabilities"]
 
 #: The answers, in button order, with their keyboard shortcut.
 ANSWERS: tuple[tuple[str, str, str], ...] = (
@@ -36,6 +44,11 @@ ANSWERS: tuple[tuple[str, str, str], ...] = (
 OOF_PATH: Path = ASSETS_DIR / "fer2013_train_oof.parquet"
 FACE_SCALE = 8
 MAX_NAME = 80
+#: How the tab knows who is answering (see :func:`annotator_for`): the typed name (open), the
+#: user of ``launch(auth=...)``, or the Hugging Face account (a Space with ``hf_oauth: true``).
+IDENTITIES: tuple[str, ...] = ("name", "password", "huggingface")
+#: Prefix of annotator names that come from a Hugging Face account.
+HF_PREFIX = "hf:"
 
 KEYBOARD_JS = """
 () => {
@@ -108,6 +121,37 @@ def check_name(name: Any) -> str:
     return text
 
 
+def annotator_for(identity: str, typed: Any = None, *, username: str | None = None,
+                  hf_username: str | None = None) -> str:
+    """The annotator answering, by ``identity`` (one of :data:`IDENTITIES`).
+
+    ``"name"``: the typed name (:func:`check_name`). ``"password"``: ``username``, the user
+    signed in with the app's ``--auth`` (``gr.Request.username``). ``"huggingface"``:
+    ``hf:<hf_username>``, the Hugging Face account (``gr.OAuthProfile.username``). Raises
+    :class:`AnnotateError` when no one is signed in; ``typed`` is ignored then.
+    """
+    if identity == "name":
+        return check_name(typed)
+    if identity == "password":
+        if not username:
+            raise AnnotateError("sign in first: this app asks for a user name and password")
+        return check_name(username)
+    if identity == "huggingface":
+        if not hf_username:
+            raise AnnotateError("sign in with Hugging Face first (the button above the queue)")
+        return check_name(HF_PREFIX + hf_username)
+    raise ValueError(f"unknown identity {identity!r}; use one of {', '.join(IDENTITIES)}")
+
+
+@dataclass
+class Session:
+    """One browser session of the tab (kept in a ``gr.State``): who it answers as, its face, its answers."""
+
+    annotator: str | None = None  #: bound by the first Start; changed only by :meth:`RelabelDesk.switch`
+    face: QueuedFace | None = None  #: the face in front of this session (leased to :attr:`annotator`)
+    decisions: list[int] = field(default_factory=list)  #: ids of the answers this session gave, oldest first
+
+
 class RelabelDesk:
     """The queue(s) of one data set and what the tab shows of a face."""
 
@@ -140,34 +184,94 @@ class RelabelDesk:
     # ------------------------------------------------------------ actions
 
     def next_face(self, name: str, settings: Settings, selection: np.ndarray | None = None) -> QueuedFace | None:
+        """Lease the next face of the queue to annotator ``name`` (no session: the session methods call this)."""
         queue = self.queue_for(selection)
         return queue.next_face(check_name(name), settings.strategy, second_opinion=settings.second_opinion,
                                opinions_needed=settings.opinions_needed, **settings.filters())
 
-    def answer(self, name: str, face: QueuedFace, label: str, settings: Settings,
-               selection: np.ndarray | None = None) -> QueuedFace | None:
-        """Record the answer (returns after the commit), then lease the next face."""
-        queue = self.queue_for(selection)
-        queue.submit(check_name(name), face.sample_id, label, model_version=self.model_version,
-                     strategy=settings.strategy)
-        return self.next_face(name, settings, selection)
+    def start(self, session: Session, who: str, settings: Settings,
+              selection: np.ndarray | None = None) -> QueuedFace | None:
+        """Bind ``session`` to annotator ``who`` on its first start, then lease it the next face.
 
-    def undo(self, name: str, selection: np.ndarray | None = None) -> QueuedFace | None:
-        return self.queue_for(selection).undo(check_name(name))
+        A session bound to someone else is refused (:class:`AnnotateError`): changing who
+        answers is :meth:`switch`, never a silent edit of the name.
+        """
+        who = check_name(who)
+        if session.annotator is None:
+            session.annotator = who
+        elif session.annotator != who:
+            raise AnnotateError(_switch_message(session.annotator, who))
+        session.face = self.next_face(who, settings, selection)
+        return session.face
+
+    def answer(self, session: Session, label: str, settings: Settings, selection: np.ndarray | None = None,
+               *, who: str | None = None) -> QueuedFace | None:
+        """Record the session's answer on its face (returns after the commit), then lease the next face.
+
+        Refused (:class:`AnnotateError`, nothing recorded) before a start, when ``who`` (the
+        name typed or signed in now) is not the session's annotator, or when the session no
+        longer holds the face's lease (it ran out and someone else took the face).
+        """
+        annotator = self._bound(session, who)
+        if session.face is None:
+            raise AnnotateError("there is no face in front of you: press Start")
+        record = self.queue_for(selection).submit(annotator, session.face.sample_id, label,
+                                                  model_version=self.model_version, strategy=settings.strategy,
+                                                  require_lease=True)
+        session.decisions.append(record.id)
+        session.face = self.next_face(annotator, settings, selection)
+        return session.face
+
+    def undo(self, session: Session, selection: np.ndarray | None = None, *,
+             who: str | None = None) -> QueuedFace | None:
+        """Undo this session's latest answer (never another session's) and give its face back; ``None``: nothing to undo."""
+        if session.annotator is None or not session.decisions:
+            return None
+        annotator = self._bound(session, who)
+        try:
+            face = self.queue_for(selection).undo(annotator, decision_id=session.decisions[-1])
+        except StoreBusyError:
+            raise
+        except AnnotateError:
+            session.decisions.pop()  # undone some other way already: the next undo goes one further back
+            raise
+        session.decisions.pop()
+        session.face = face
+        return face
+
+    def switch(self, session: Session) -> Session:
+        """A fresh, unbound session; the faces the old annotator held go back to the queue."""
+        if session.annotator is not None:
+            self.store.release(session.annotator)
+        return Session()
+
+    def _bound(self, session: Session, who: str | None) -> str:
+        if session.annotator is None:
+            raise AnnotateError("start the queue first")
+        if who is not None and check_name(who) != session.annotator:
+            raise AnnotateError(_switch_message(session.annotator, check_name(who)))
+        return session.annotator
 
     def progress_text(self, name: str, settings: Settings, selection: np.ndarray | None = None) -> str:
-        progress = self.queue_for(selection).progress(check_name(name), settings.strategy,
-                                                      second_opinion=settings.second_opinion,
-                                                      opinions_needed=settings.opinions_needed, **settings.filters())
+        """Markdown: this annotator's answers and skips in this queue, what is left, everyone's progress, agreement."""
+        queue = self.queue_for(selection)
+        progress = queue.progress(check_name(name), settings.strategy, second_opinion=settings.second_opinion,
+                                  opinions_needed=settings.opinions_needed, **settings.filters())
         agreement = progress.agreement
-        parts = [f"**{progress.done:,}** done, **{progress.remaining:,}** left for you in this queue "
-                 f"(of {progress.total:,})",
+        mine = progress.answered + progress.skipped
+        others = (f"{progress.done:,} of {progress.total:,} faces have {settings.opinions_needed} answers"
+                  if settings.second_opinion else f"{progress.done:,} of {progress.total:,} faces answered by anyone")
+        parts = [f"**{mine:,}** done, **{progress.remaining:,}** left for you in this queue (of {progress.total:,}): "
+                 f"you answered **{progress.answered:,}** and skipped **{progress.skipped:,}**",
+                 others,
                  f"{html.escape(check_name(name))}: **{progress.annotator_today}** answers today"]
         if agreement.faces:
             kappa = "n/a" if agreement.kappa is None or np.isnan(agreement.kappa) else f"{agreement.kappa:.2f}"
             parts.append(f"agreement on {agreement.faces:,} faces with 2+ answers: {agreement.agreement:.0%}, "
                          f"Fleiss' kappa {kappa}")
-        return " · ".join(parts)
+        text = " · ".join(parts)
+        note = queue.ranking_note(settings.strategy)
+        return text + (f"\n\n*Queue order: {html.escape(note)}.*" if note else "")
 
     # ------------------------------------------------------------ display
 
@@ -206,6 +310,11 @@ class RelabelDesk:
         return paths
 
 
+def _switch_message(bound: str, other: str) -> str:
+    return (f"this tab answers as {bound!r}, not {other!r}: press 'Switch annotator' to answer under another name "
+            "(your answers so far stay under yours)")
+
+
 def settings_from_inputs(strategy: str, emotions: list[str], q_min: float, q_max: float, second: bool,
                          needed: float) -> Settings:
     if float(q_min) > float(q_max):
@@ -217,55 +326,47 @@ def settings_from_inputs(strategy: str, emotions: list[str], q_min: float, q_max
 # ------------------------------------------------------------------------------ Gradio
 
 
-def build_relabel_tab(desk: RelabelDesk, selection_state=None) -> None:
+def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: str = "name") -> None:
     """The Relabel tab's components and events; call inside ``gr.Blocks`` (and a ``gr.Tab``).
 
     ``selection_state``: the Browse tab's ``gr.State`` of selected rows, when that tab can send
-    its selection here.
+    its selection here. ``identity`` (:data:`IDENTITIES`): ``"name"`` (the typed name; open to
+    anyone), ``"password"`` (the app is launched with ``auth=``: the annotator is the signed-in
+    user) or ``"huggingface"`` (a Space with ``hf_oauth: true``: a sign-in button, the annotator
+    is ``hf:<username>``). With sign-in, exporting everyone's answers needs a signed-in user.
+    Endpoints: ``relabel_start``, ``relabel_<answer>`` and ``relabel_undo`` (parameters: name,
+    faces, then the queue settings), ``relabel_switch`` and ``relabel_export``.
     """
     import gradio as gr
 
-    from fer_core._validation import FERError
-
+    if identity not in IDENTITIES:
+        raise ValueError(f"unknown identity {identity!r}; use one of {', '.join(IDENTITIES)}")
     source_note = (f"Model probabilities: out-of-fold for {desk.oof_rows:,} training faces, the bundled model's "
                    "for the others." if desk.oof_rows else
                    "Model probabilities: the bundled model's (on its own training faces they are overconfident).")
+
+    def who(typed: Any, request: Any, profile: Any) -> str:
+        return annotator_for(identity, typed, username=getattr(request, "username", None),
+                             hf_username=getattr(profile, "username", None))
+
+    def signed_in(request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+        try:
+            return who(None, request, profile)
+        except AnnotateError:
+            return ""
+
     with gr.Row():
-        name = gr.Textbox(label="Your name", placeholder="kept with every answer", max_length=MAX_NAME, scale=2)
+        if identity == "huggingface":
+            gr.LoginButton(scale=1)
+        if identity == "name":
+            name = gr.Textbox(label="Your name", placeholder="kept with every answer", max_length=MAX_NAME, scale=2)
+        else:
+            name = gr.Textbox(signed_in, label="Signed in as", placeholder="not signed in", interactive=False, scale=2)
         strategy = gr.Dropdown(desk.strategies(), value=desk.queue.strategies()[0], label="Queue", scale=2)
-    # The filters fold away: on a phone they would fill two screens before the first face.
-    with gr.Accordion("Filters: given label, quality, second opinion, faces", open=False):
-        emotions = gr.CheckboxGroup(list(EMOTIONS), label="Given label (none ticked: all)")
-        with gr.Row():
-            q_min = gr.Slider(0, 1, value=0, step=0.01, label="Quality at least")
-            q_max = gr.Slider(0, 1, value=1, step=0.01, label="Quality at most")
-            second = gr.Checkbox(False, label="Second opinion",
-                                 info="Show faces others answered, until they have N answers")
-            needed = gr.Number(3, label="N answers per face", precision=0, minimum=2, maximum=20)
-            scope = gr.Radio(["whole data set", "Browse tab's selection"], value="whole data set", label="Faces")
-    start = gr.Button("Start / refresh the queue", variant="primary")
-    gr.Markdown(source_note + " Keys: 1-7 emotions, n not a face, u unsure, s skip, Backspace undo.")
-    progress = gr.Markdown()
-    with gr.Row(equal_height=False):
-        face_image = gr.Image(label="Face", interactive=False, height=400, format="png", scale=3)
-        with gr.Column(scale=3):
-            face_text = gr.Markdown("Enter your name and start the queue.")
-            with gr.Row():
-                # min_width small enough for the seven emotions to share one row beside the face.
-                answer_buttons = [gr.Button(f"{title} ({key})", elem_id=f"relabel-{answer}", size="sm",
-                                            variant="secondary", min_width=60)
-                                  for answer, title, key in ANSWERS[:7]]
-            with gr.Row():
-                answer_buttons += [gr.Button(f"{title} ({key})", elem_id=f"relabel-{answer}", size="sm",
-                                             variant="secondary")
-                                   for answer, title, key in ANSWERS[7:]]
-                undo = gr.Button("Undo (Backspace)", elem_id="relabel-undo", size="sm")
-    with gr.Accordion("Export the corrections", open=False):
-        export_button = gr.Button("Prepare the exports", size="sm")
-        export_files = gr.File(label="corrections (CSV, Parquet) and FER+-style vote counts", file_count="multiple",
-                               interactive=False)
-    current = gr.State(None)
-    settings_inputs = [strategy, emotions, q_min, q_max, second, needed]
+    ui = _tab_layout(desk, source_note)
+    session = gr.State(Session())
+    settings_inputs = [strategy, *ui["settings"]]
+    scope, face_image, face_text, progress, switch = ui["scope"], ui["image"], ui["text"], ui["progress"], ui["switch"]
 
     def selection_of(scope_value, selection):
         if scope_value != "whole data set":
@@ -275,58 +376,124 @@ def build_relabel_tab(desk: RelabelDesk, selection_state=None) -> None:
             return np.asarray(selection)
         return None
 
-    def show(face: QueuedFace | None, user: str, settings: Settings, selection):
-        text = desk.progress_text(user, settings, selection)
+    def show(face: QueuedFace | None, state: Session, settings: Settings, selection):
+        text = desk.progress_text(state.annotator, settings, selection)
         if face is None:
-            return None, "**Nothing left in this queue for you.** Change the queue or its filters.", text, None
-        return desk.picture(face), desk.describe(face), text, face
+            return None, "**Nothing left in this queue for you.** Change the queue or its filters.", text, state
+        return desk.picture(face), desk.describe(face), text, state
 
-    def guarded(fn):
-        def run(*args):
-            try:
-                return fn(*args)
-            except FERError as err:  # AnnotateError and bad settings: a message, never a traceback
-                raise gr.Error(str(err), print_exception=False) from None
-        return run
-
-    @guarded
-    def on_start(user, scope_value, selection, *values):
+    @_guarded
+    def on_start(request: gr.Request, profile: gr.OAuthProfile | None, state, typed, scope_value, selection, *values):
         settings = settings_from_inputs(*values)
         chosen = selection_of(scope_value, selection)
-        return show(desk.next_face(user, settings, chosen), user, settings, chosen)
+        return show(desk.start(state, who(typed, request, profile), settings, chosen), state, settings, chosen)
 
     def on_answer(label):
-        @guarded
-        def run(user, face, scope_value, selection, *values):
-            if face is None:
-                raise AnnotateError("start the queue first")
+        @_guarded
+        def run(request: gr.Request, profile: gr.OAuthProfile | None, state, typed, scope_value, selection, *values):
             settings = settings_from_inputs(*values)
             chosen = selection_of(scope_value, selection)
-            return show(desk.answer(user, face, label, settings, chosen), user, settings, chosen)
+            face = desk.answer(state, label, settings, chosen, who=who(typed, request, profile))
+            return show(face, state, settings, chosen)
         return run
 
-    @guarded
-    def on_undo(user, scope_value, selection, *values):
+    @_guarded
+    def on_undo(request: gr.Request, profile: gr.OAuthProfile | None, state, typed, scope_value, selection, *values):
         settings = settings_from_inputs(*values)
         chosen = selection_of(scope_value, selection)
-        face = desk.undo(user, chosen)
+        face = desk.undo(state, chosen, who=who(typed, request, profile) if state.annotator else None)
         if face is None:
-            gr.Info("Nothing to undo.")
+            gr.Info("Nothing to undo: this tab has no answer of yours left to undo.")
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        return show(face, user, settings, chosen)
+        return show(face, state, settings, chosen)
 
-    @guarded
-    def on_export():
+    @_guarded
+    def on_switch(state):
+        return desk.switch(state), None, "Enter your name and start the queue.", ""
+
+    def identity_view(state: Session):
+        bound = state.annotator is not None
+        box = gr.update(interactive=not bound, value=state.annotator) if identity == "name" and bound else (
+            gr.update(interactive=True) if identity == "name" else gr.skip())
+        return box, gr.update(visible=bound)
+
+    @_guarded
+    def on_export(request: gr.Request, profile: gr.OAuthProfile | None):
+        if identity != "name":
+            who(None, request, profile)  # everyone's answers go to signed-in users only
         folder = Path(tempfile.gettempdir()) / "fer_relabel" / uuid.uuid4().hex
         folder.mkdir(parents=True)
         return [str(p) for p in desk.exports(folder)]
 
     selection_input = selection_state if selection_state is not None else gr.State(None)
-    outputs = [face_image, face_text, progress, current]
-    start.click(on_start, [name, scope, selection_input, *settings_inputs], outputs, api_name="relabel_start")
-    for (answer, _, _), button in zip(ANSWERS, answer_buttons):
-        button.click(on_answer(answer), [name, current, scope, selection_input, *settings_inputs], outputs,
-                     api_name=f"relabel_{answer}", show_progress="hidden", trigger_mode="once")
-    undo.click(on_undo, [name, scope, selection_input, *settings_inputs], outputs, api_name="relabel_undo",
-               show_progress="hidden", trigger_mode="once")
-    export_button.click(on_export, None, [export_files], api_name="relabel_export")
+    inputs = [session, name, scope, selection_input, *settings_inputs]
+    outputs = [face_image, face_text, progress, session]
+    view = dict(fn=identity_view, inputs=[session], outputs=[name, switch], api_visibility="private")
+    ui["start"].click(on_start, inputs, outputs, api_name="relabel_start").then(**view)
+    for (answer, _, _), button in zip(ANSWERS, ui["answers"]):
+        button.click(on_answer(answer), inputs, outputs, api_name=f"relabel_{answer}", show_progress="hidden",
+                     trigger_mode="once")
+    ui["undo"].click(on_undo, inputs, outputs, api_name="relabel_undo", show_progress="hidden", trigger_mode="once")
+    switch.click(on_switch, [session], [session, face_image, face_text, progress], api_name="relabel_switch").then(**view)
+    ui["export"].click(on_export, None, [ui["files"]], api_name="relabel_export")
+
+
+def _guarded(fn):
+    """``fn`` with :class:`FERError` (AnnotateError, bad settings) shown as a message, never a traceback.
+
+    ``functools.wraps`` keeps ``fn``'s signature, so Gradio still passes ``gr.Request`` and
+    ``gr.OAuthProfile`` to it. The message is escaped: Gradio renders it as HTML.
+    """
+    import gradio as gr
+
+    from fer_core._validation import FERError
+
+    @functools.wraps(fn)
+    def run(*args):
+        try:
+            return fn(*args)
+        except FERError as err:
+            raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
+    return run
+
+
+def _tab_layout(desk: RelabelDesk, source_note: str) -> dict[str, Any]:
+    """The tab's components below the name and queue row, by role."""
+    import gradio as gr
+
+    ui: dict[str, Any] = {}
+    # The filters fold away: on a phone they would fill two screens before the first face.
+    with gr.Accordion("Filters: given label, quality, second opinion, faces", open=False):
+        emotions = gr.CheckboxGroup(list(EMOTIONS), label="Given label (none ticked: all)")
+        with gr.Row():
+            q_min = gr.Slider(0, 1, value=0, step=0.01, label="Quality at least")
+            q_max = gr.Slider(0, 1, value=1, step=0.01, label="Quality at most")
+            second = gr.Checkbox(False, label="Second opinion",
+                                 info="Show faces others answered, until they have N answers")
+            needed = gr.Number(3, label="N answers per face", precision=0, minimum=2, maximum=20)
+            ui["scope"] = gr.Radio(["whole data set", "Browse tab's selection"], value="whole data set", label="Faces")
+    ui["settings"] = [emotions, q_min, q_max, second, needed]
+    with gr.Row():
+        ui["start"] = gr.Button("Start / refresh the queue", variant="primary", scale=3)
+        ui["switch"] = gr.Button("Switch annotator", size="sm", visible=False, scale=1)
+    gr.Markdown(source_note + " Keys: 1-7 emotions, n not a face, u unsure, s skip, Backspace undo.")
+    ui["progress"] = gr.Markdown()
+    with gr.Row(equal_height=False):
+        ui["image"] = gr.Image(label="Face", interactive=False, height=400, format="png", scale=3)
+        with gr.Column(scale=3):
+            ui["text"] = gr.Markdown("Enter your name and start the queue.")
+            with gr.Row():
+                # min_width small enough for the seven emotions to share one row beside the face.
+                ui["answers"] = [gr.Button(f"{title} ({key})", elem_id=f"relabel-{answer}", size="sm",
+                                           variant="secondary", min_width=60)
+                                 for answer, title, key in ANSWERS[:7]]
+            with gr.Row():
+                ui["answers"] += [gr.Button(f"{title} ({key})", elem_id=f"relabel-{answer}", size="sm",
+                                            variant="secondary")
+                                  for answer, title, key in ANSWERS[7:]]
+                ui["undo"] = gr.Button("Undo (Backspace)", elem_id="relabel-undo", size="sm")
+    with gr.Accordion("Export the corrections", open=False):
+        ui["export"] = gr.Button("Prepare the exports", size="sm")
+        ui["files"] = gr.File(label="corrections (CSV, Parquet) and FER+-style vote counts", file_count="multiple",
+                              interactive=False)
+    return ui
