@@ -6,8 +6,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +33,24 @@ APP_DIR = Path(__file__).resolve().parent
 TITLE = "FER tool: facial expression recognition you can see, test and correct"
 #: Largest upload the server accepts; fer_core.images refuses larger files with the same limit.
 MAX_UPLOAD = "25mb"
+#: Gradio's copies of uploads and downloads: swept every 10 minutes, deleted an hour after they were
+#: made, and all of them when the app stops.
+DELETE_CACHE = (600, 3600)
+#: Sessions Gradio keeps at most (each holds a copy of the components' settings); idle ones go
+#: sooner (ui.limits.SessionJanitor).
+SESSION_CAPACITY = 2000
+#: Events that may wait in the queue in all; heavy ones (images) have a smaller share of their own.
+QUEUE_MAX_SIZE = 256
+log = logging.getLogger("app")
+
+
+@contextmanager
+def step(what: str):
+    """Say on the console what start-up does now, and how long it took."""
+    print(f"{what} ...", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    yield
+    print(f"{what}: done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
 
 def load_data(path: str | None):
@@ -66,7 +87,7 @@ def build_demo(table, store=None) -> "gr.Blocks":
         decisions = store.decisions(table.name)
         return decisions[decisions["sample_id"] == sample_id]
 
-    with gr.Blocks(title="FER tool") as demo:
+    with gr.Blocks(title="FER tool", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(f"# {TITLE}")
         selection = gr.State(None)  # rows the Browse tab sends to the Relabel tab
         with gr.Tab("Predict"):
@@ -79,36 +100,54 @@ def build_demo(table, store=None) -> "gr.Blocks":
 
 
 def launch(demo: "gr.Blocks", *, host: str, port: int, **kwargs) -> None:
-    """Start serving ``demo`` with the app's limits (upload size, queue), layout fixes and keyboard shortcuts.
+    """Start serving ``demo`` with the app's limits (upload and request size, queues, sessions, temp files).
 
-    Queue (chosen with ``python -m ui.load``, figures in the README's "Load"): every event
-    without its own limit, ``predict`` included, runs at most ``concurrency`` calls at a time
-    (Gradio's ``GRADIO_DEFAULT_CONCURRENCY_LIMIT`` overrides it, as ``ui.load --concurrency``
-    does); at most ``max_size`` events wait, beyond that a caller is told at once that the
-    queue is full instead of waiting minutes.
+    Queue (chosen with ``python -m ui.load``, figures in the README's "Load"): events that decode
+    images and run the model share one group (``ui.limits.HEAVY``) of ``HEAVY_CONCURRENCY`` calls at
+    a time and at most ``HEAVY_WAITING`` waiting; every other event runs at most ``concurrency``
+    calls at a time (Gradio's ``GRADIO_DEFAULT_CONCURRENCY_LIMIT`` overrides it, as
+    ``ui.load --concurrency`` does). Beyond the places, a caller is told at once that the queue
+    is full instead of waiting minutes, and a burst of one kind leaves the others their places.
     """
+    from starlette.middleware import Middleware
+
+    from ui.limits import HEAVY, HEAVY_WAITING, BodySizeLimit, SessionJanitor, limit_waiting
     from ui.relabel_tab import KEYBOARD_JS
 
     concurrency = "not_set" if os.environ.get("GRADIO_DEFAULT_CONCURRENCY_LIMIT") else 2
-    demo.queue(default_concurrency_limit=concurrency, max_size=64)
-    # Layout: the Browse gallery shows each whole face, crisp, in as many columns as fit, and
-    # grows with the page instead of scrolling inside itself both ways; on a phone, small
-    # buttons (the Relabel answers, the Browse pager) sit several to a row, not one per row,
-    # and the photo boxes shrink to a 4:3 photo's height at that width (no blank bands).
-    css = """
-    #browse-gallery .grid-wrap .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important; }
-    #browse-gallery .grid-wrap.fixed-height { max-height: none !important; min-height: 0 !important; }
-    #browse-gallery .grid-wrap .thumbnail-item > img { object-fit: contain !important; image-rendering: pixelated; }
-    #browse-gallery .grid-wrap .caption-label { max-width: 100%; font-size: 11px; padding: 1px 4px; }
-    @media (max-width: 640px) {
-      .row > button.sm { min-width: min(72px, 100%) !important; }
-      #browse-pager > * { min-width: 40% !important; flex: 1 1 40% !important; }
-      #predict-photo, #predict-annotated { height: 330px !important; }
-      .prose h1 { font-size: 1.3rem; }
-    }
-    """
-    kwargs.setdefault("css", css)
-    demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, js=KEYBOARD_JS, **kwargs)
+    demo.queue(default_concurrency_limit=concurrency, max_size=QUEUE_MAX_SIZE)
+    limit_waiting(demo._queue, {HEAVY: HEAVY_WAITING})
+    janitor = SessionJanitor()
+    app_kwargs = kwargs.pop("app_kwargs", {})
+    app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(BodySizeLimit),
+                                Middleware(janitor.wrap)]
+    kwargs.setdefault("css", CSS)
+    kwargs.setdefault("state_session_capacity", SESSION_CAPACITY)
+    block = not kwargs.pop("prevent_thread_lock", False)
+    demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, js=KEYBOARD_JS,
+                app_kwargs=app_kwargs, prevent_thread_lock=True, **kwargs)
+    demo.session_janitor = janitor
+    janitor.start(demo)
+    if block:
+        demo.block_thread()
+
+
+# Layout: the Browse gallery shows each whole face, crisp, in as many columns as fit, and grows
+# with the page instead of scrolling inside itself both ways; on a phone, small buttons (the
+# Relabel answers, the Browse pager) sit several to a row, not one per row, and the photo boxes
+# shrink to a 4:3 photo's height at that width (no blank bands).
+CSS = """
+#browse-gallery .grid-wrap .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important; }
+#browse-gallery .grid-wrap.fixed-height { max-height: none !important; min-height: 0 !important; }
+#browse-gallery .grid-wrap .thumbnail-item > img { object-fit: contain !important; image-rendering: pixelated; }
+#browse-gallery .grid-wrap .caption-label { max-width: 100%; font-size: 11px; padding: 1px 4px; }
+@media (max-width: 640px) {
+  .row > button.sm { min-width: min(72px, 100%) !important; }
+  #browse-pager > * { min-width: 40% !important; flex: 1 1 40% !important; }
+  #predict-photo, #predict-annotated { height: 330px !important; }
+  .prose h1 { font-size: 1.3rem; }
+}
+"""
 
 
 def get_args_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -130,14 +169,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     args = get_args_parser(settings).parse_args(argv)
+    from ui.limits import port_in_use
+
+    if port_in_use(args.host, args.port):
+        print(f"error: port {args.port} on {args.host} is already in use: stop the program using it, or "
+              "choose another port with --port (or GRADIO_SERVER_PORT)", file=sys.stderr)
+        return 2
     try:
-        table = load_data(args.data)
-        store = open_annotations(args.db)
+        with step(f"loading the data set ({args.data or 'the bundled sample'})"):
+            table = load_data(args.data)
+        with step("opening the relabel store"):
+            store = open_annotations(args.db)
     except FERError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    demo = build_demo(table, store)
-    launch(demo, host=args.host, port=args.port)
+    with step("building the tabs (model, detector, relabel queue)"):
+        demo = build_demo(table, store)
+    with step(f"starting the server on http://{args.host}:{args.port}"):
+        launch(demo, host=args.host, port=args.port, prevent_thread_lock=True)
+    demo.block_thread()
     return 0
 
 

@@ -85,9 +85,18 @@ def _content_key(table: FaceTable, weights: Path) -> str:
     return digest.hexdigest()
 
 
-def _model_columns(table: FaceTable, predictor) -> pd.DataFrame:
+#: Faces classified per step of the model-column progress bar.
+MODEL_CHUNK = 2048
+
+
+def _model_columns(table: FaceTable, predictor, *, progress: bool = False) -> pd.DataFrame:
+    from tqdm.auto import tqdm
+
     index = [predictor.labels.index(e) for e in EMOTIONS]  # the model's class order -> FER2013 ids
-    probs = predictor.predict_faces(table.images)[:, index].astype(np.float32)
+    starts = range(0, len(table), MODEL_CHUNK)
+    chunks = [predictor.predict_faces(table.images[i:i + MODEL_CHUNK])
+              for i in tqdm(starts, desc="model", unit="chunk", disable=not progress or len(starts) < 2)]
+    probs = (np.concatenate(chunks) if chunks else np.empty((0, len(EMOTIONS))))[:, index].astype(np.float32)
     top = probs.argmax(1)
     columns = {name: probs[:, i] for i, name in enumerate(PROBABILITY_COLUMNS)}
     columns.update(
@@ -98,9 +107,11 @@ def _model_columns(table: FaceTable, predictor) -> pd.DataFrame:
     return pd.DataFrame(columns)
 
 
-def _duplicate_columns(table: FaceTable) -> pd.DataFrame:
+def _duplicate_columns(table: FaceTable, *, progress: bool = False) -> pd.DataFrame:
     from fer_core.duplicates import find_duplicates
 
+    if progress:
+        log.info("searching %d faces for duplicates", len(table))
     faces = find_duplicates(table).faces
     return pd.DataFrame({
         "dup_group": faces["dup_group"].to_numpy(),
@@ -133,8 +144,8 @@ def enrich(table: FaceTable, *, weights: str | Path | None = None, use_cache: bo
     has_quality = all(c in table.frame for c in ("quality_score", *COMPONENT_COLUMNS))
     base = table if has_quality else add_quality(table, progress=progress)
     parts = [] if has_quality else [base.frame[list(QUALITY_COLUMNS)]]
-    parts.append(_model_columns(table, get_predictor(str(weights_path) if weights else None)))
-    parts.append(_duplicate_columns(table))
+    parts.append(_model_columns(table, get_predictor(str(weights_path) if weights else None), progress=progress))
+    parts.append(_duplicate_columns(table, progress=progress))
     derived = pd.concat([p.reset_index(drop=True) for p in parts], axis=1)
     if use_cache:
         _write_atomic(derived, entry)

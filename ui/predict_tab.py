@@ -6,9 +6,9 @@ are tested without a browser. Gradio is imported only inside :func:`build_predic
 """
 
 import base64
+import html
+import dataclasses
 import json
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from fer_core.faces import DEFAULT_SCORE_THRESHOLDS
 from fer_core.images import DEFAULT_MAX_BYTES, load_image
 from fer_core.labels import DISPLAY_NAMES
 from fer_core.predict import FacePrediction, Predictor, get_predictor
+from ui.limits import HEAVY, TempFiles, UploadRefused, trusted_upload
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -58,17 +59,32 @@ WHOLE_IMAGE_AUTO_MESSAGE = (
 
 @dataclass
 class PhotoAnalysis:
-    """Everything the tab shows about one photo; also kept in the session between events."""
+    """Everything the tab shows about one photo.
 
-    display: np.ndarray  # the photo resized for showing (RGB uint8)
+    The session keeps it between events without the photo (:meth:`kept`): a few kB a face, not
+    megabytes a visitor; the photo is read again from its upload when a face is picked.
+    """
+
+    display: np.ndarray | None  # the photo resized for showing (RGB uint8); None in the kept copy
     scale: float  # display pixels per photo pixel
     predictions: list[FacePrediction]
     message: str
     model: str
     saliency: list[np.ndarray] | None = field(default=None, repr=False)
 
+    def kept(self) -> "PhotoAnalysis":
+        """A copy without the photo, for the session."""
+        return dataclasses.replace(self, display=None)
+
+    def with_photo(self, source: Any) -> "PhotoAnalysis":
+        """A copy whose photo is read again from ``source`` (as :func:`analyse_photo` showed it)."""
+        display, _ = fit_for_display(load_image(source))
+        return dataclasses.replace(self, display=display)
+
     def picture(self, selected: int | None = 0) -> np.ndarray:
         """The photo with every face boxed (the ``selected`` one thicker), saliency blended if computed."""
+        if self.display is None:
+            raise ValueError("this copy has no photo: use with_photo() first")
         base = self.display
         if self.saliency is not None:
             base = overlay_saliency(base, self.predictions, self.saliency, scale=self.scale)
@@ -162,6 +178,10 @@ def predict_json(source: Any, *, predictor: Predictor | None = None, **settings:
 #: every face of the example photos, and 32 of the 37 small, blurry faces of the seeded test scenes
 #: (upscaled 48 px FER2013 crops; 35 at full size, 28 at 320 px): the Photo tab is for those.
 WEBCAM_DETECT_SIDE = 400
+#: Largest frame the live view and ``annotate_frame`` take: a 4K camera's (3840 x 2160).
+FRAME_MAX_PIXELS = 3840 * 2160
+#: Live views served at once (each holds its place while the camera is on).
+WEBCAM_STREAMS = 4
 
 
 def annotate_frame(
@@ -177,7 +197,7 @@ def annotate_frame(
     640x480 frame 5 ms instead of 11), and classified from the full frame.
     """
     predictor = predictor or get_predictor()
-    rgb = load_image(frame)
+    rgb = load_image(frame, max_pixels=FRAME_MAX_PIXELS)
     predictions = predictor.predict_image(
         rgb, score_threshold=_threshold(sensitivity), min_face_size=_check_min_face(min_face_size), whole_image=False,
         detect_max_side=WEBCAM_DETECT_SIDE,
@@ -210,15 +230,22 @@ def _probabilities(prediction: FacePrediction) -> dict[str, float]:
     return {DISPLAY_NAMES.get(k, k): v for k, v in prediction.probabilities.items()}
 
 
+#: The downloads of the Photo tab (table as CSV, results as JSON): one folder per distinct result,
+#: deleted 15 minutes after it was last written (Gradio serves its own copy of each).
+DOWNLOADS = TempFiles("predictions", ttl_s=900)
+
+
 def _write_exports(analysis: PhotoAnalysis, table: pd.DataFrame) -> tuple[str, str]:
-    """The face table as CSV and the API's JSON, in a fresh folder under the system temp dir."""
-    folder = Path(tempfile.gettempdir()) / "fer_predictions" / uuid.uuid4().hex
-    folder.mkdir(parents=True)
-    csv_path, json_path = folder / "faces.csv", folder / "faces.json"
-    table.to_csv(csv_path, index=False)
+    """The face table as CSV and the API's JSON, in :data:`DOWNLOADS` (the same result reuses its files)."""
     payload = {"faces": [{"box": list(p.box), "label": p.label, "confidence": p.confidence,
                           "probabilities": p.probabilities} for p in analysis.predictions], "model": analysis.model}
-    json_path.write_text(json.dumps(payload, indent=2))
+    text = json.dumps(payload, indent=2)
+    csv_text = table.to_csv(index=False)
+    folder, existed = DOWNLOADS.folder(DOWNLOADS.key(text, csv_text))
+    csv_path, json_path = folder / "faces.csv", folder / "faces.json"
+    if not existed:
+        csv_path.write_text(csv_text)
+        json_path.write_text(text)
     return str(csv_path), str(json_path)
 
 
@@ -231,9 +258,12 @@ def _undecoded_upload(payload: Any) -> str | bytes | None:
 
     if payload is None:
         return None
-    if payload.path is not None:
-        return payload.path
     url = payload.url or ""
+    if payload.path is not None and not url.startswith("data:"):
+        try:
+            return trusted_upload(payload.path)
+        except UploadRefused as err:
+            raise gr.Error(str(err), title="Cannot read this image", print_exception=False) from None
     if url.startswith("data:") and "," in url:
         encoded = url.split(",", 1)[1]
         if len(encoded) * 3 // 4 > DEFAULT_MAX_BYTES:
@@ -261,15 +291,23 @@ def image_input(**kwargs: Any) -> "gr.Image":
     return component
 
 
+def _public_message(err: Exception, source: Any = None) -> str:
+    """The error's message with the server's upload folder left out (only the file's name stays)."""
+    message = str(err)
+    if isinstance(source, str):
+        message = message.replace(repr(source), repr(Path(source).name))
+    return message
+
+
+def _error_title(err: Exception) -> str:
+    return "Cannot read this image" if isinstance(err, ImageError) else "Cannot do this"
+
+
 def _as_gradio_error(err: Exception, source: Any = None) -> Exception:
     """A ``gr.Error`` for the person: the server's upload folder is left out of the message."""
     import gradio as gr
 
-    message = str(err)
-    if isinstance(source, str):
-        message = message.replace(repr(source), repr(Path(source).name))
-    title = "Cannot read this image" if isinstance(err, ImageError) else "Cannot do this"
-    return gr.Error(message, title=title, print_exception=False)
+    return gr.Error(_public_message(err, source), title=_error_title(err), print_exception=False)
 
 
 def example_paths() -> list[str]:
@@ -324,18 +362,21 @@ def build_predict_tab() -> None:
                                      elem_id="webcam-in")
                 webcam_out = gr.Image(label="Faces, live", interactive=False, format="jpeg", streaming=True,
                                       elem_id="webcam-out")
-    analysis_state = gr.State(None)
+    # Predictions only (a few kB a face, not the photo), forgotten an hour after the last photo.
+    analysis_state = gr.State(None, time_to_live=3600)
+
+    def cleared(text: str):
+        return (None, text, gr.update(choices=[], value=None), None, None, empty_table,
+                gr.update(value=None, interactive=False), gr.update(value=None, interactive=False), None)
 
     def on_photo(image, min_size, sens, whole, show_saliency):
         if image is None:
-            return (None, "Upload a photo, paste one, or click an example.", gr.update(choices=[], value=None),
-                    None, None, empty_table, gr.update(value=None, interactive=False),
-                    gr.update(value=None, interactive=False), None)
+            return cleared("Upload a photo, paste one, or click an example.")
         try:
             analysis = analyse_photo(image, min_face_size=min_size, sensitivity=sens, whole_image=whole,
                                      explain=show_saliency)
-        except FERError as err:
-            raise _as_gradio_error(err, image) from None
+        except FERError as err:  # said once, in the message box, not as a red badge on every panel
+            return cleared(f"**{_error_title(err)}.** {html.escape(_public_message(err, image))}")
         preds = analysis.predictions
         choices = [(f"{i + 1}: {DISPLAY_NAMES.get(p.label, p.label)} {p.confidence:.0%}", i)
                    for i, p in enumerate(preds)]
@@ -350,14 +391,18 @@ def build_predict_tab() -> None:
             frame,
             gr.update(value=csv_path, interactive=bool(preds)),
             gr.update(value=json_path, interactive=bool(preds)),
-            analysis,
+            analysis.kept(),
         )
 
-    def on_pick(index, analysis: PhotoAnalysis | None):
+    def on_pick(index, image, analysis: PhotoAnalysis | None):
         if analysis is None or index is None or not 0 <= int(index) < len(analysis.predictions):
             return gr.skip(), gr.skip(), gr.skip()
         index = int(index)
-        return analysis.picture(index), _probabilities(analysis.predictions[index]), analysis.face_view(index)
+        try:
+            picture = analysis.with_photo(image).picture(index) if image is not None else gr.skip()
+        except FERError:  # the upload was cleaned away meanwhile: the rest still shows
+            picture = gr.skip()
+        return picture, _probabilities(analysis.predictions[index]), analysis.face_view(index)
 
     def on_click(analysis: PhotoAnalysis | None, evt: gr.SelectData):
         if analysis is None or not evt.index:
@@ -379,15 +424,19 @@ def build_predict_tab() -> None:
     gr.on(
         triggers=[photo.change, min_face.release, sensitivity.release, whole_image.input, explain.input],
         fn=on_photo, inputs=[photo, min_face, sensitivity, whole_image, explain], outputs=photo_outputs,
-        api_visibility="private", show_progress="minimal",
+        api_visibility="private", show_progress="minimal", concurrency_id=HEAVY,
     )
-    face_pick.input(on_pick, [face_pick, analysis_state], [annotated, probabilities, face_view],
-                    api_visibility="private", show_progress="hidden")
+    pick_outputs = [annotated, probabilities, face_view]
+    face_pick.input(on_pick, [face_pick, photo, analysis_state], pick_outputs, api_visibility="private",
+                    show_progress="hidden", concurrency_id=HEAVY)
     annotated.select(on_click, [analysis_state], [face_pick], api_visibility="private", show_progress="hidden") \
-        .then(on_pick, [face_pick, analysis_state], [annotated, probabilities, face_view], api_visibility="private",
-              show_progress="hidden")
+        .then(on_pick, [face_pick, photo, analysis_state], pick_outputs, api_visibility="private",
+              show_progress="hidden", concurrency_id=HEAVY)
+    # A stream holds its place for as long as the camera is on: its own limit, so that live views
+    # never keep photos and API calls waiting; its frames are small (FRAME_MAX_PIXELS).
     webcam.stream(on_frame, [webcam, min_face, sensitivity], [webcam_out], stream_every=0.02, time_limit=300,
-                  concurrency_limit=4, api_visibility="private", show_progress="hidden")
+                  concurrency_limit=WEBCAM_STREAMS, concurrency_id="webcam", api_visibility="private",
+                  show_progress="hidden")
 
     _build_api()
 
@@ -425,5 +474,5 @@ def _build_api() -> None:
         except FERError as err:
             raise _as_gradio_error(err, image) from None
 
-    predict_button.click(predict, [api_image, api_whole], [api_result], api_name="predict")
-    frame_button.click(frame, [api_image], [api_frame_out], api_name="annotate_frame")
+    predict_button.click(predict, [api_image, api_whole], [api_result], api_name="predict", concurrency_id=HEAVY)
+    frame_button.click(frame, [api_image], [api_frame_out], api_name="annotate_frame", concurrency_id=HEAVY)

@@ -1,0 +1,291 @@
+"""What one request, one visitor and the whole app may cost the server: files, bytes, queue places, temp files.
+
+- :func:`trusted_upload` accepts a file path sent with a request only inside Gradio's upload
+  folder (or the app's own example photos), and refuses every other path with one message that
+  says nothing about it.
+- :class:`BodySizeLimit` refuses any request body over a byte limit before it is read (data URLs
+  in JSON bodies would otherwise bypass the upload size limit).
+- :func:`limit_waiting` bounds how many events of one concurrency group may wait in Gradio's
+  queue, so a burst of one kind (``predict``) never fills the places of another (Relabel).
+- :class:`TempFiles` keeps the files the app writes for downloads in one folder, reuses a file
+  for the same content, and deletes what is older than a time to live.
+- :class:`SessionJanitor` forgets the per-session data Gradio keeps for visitors that went idle.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import hashlib
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from fer_core._validation import FERError
+from fer_core.config import EXAMPLES_DIR
+
+__all__ = [
+    "HEAVY",
+    "HEAVY_CONCURRENCY",
+    "HEAVY_WAITING",
+    "MAX_BODY_BYTES",
+    "NOT_UPLOADED",
+    "UploadRefused",
+    "trusted_upload",
+    "BodySizeLimit",
+    "limit_waiting",
+    "TempFiles",
+    "SessionJanitor",
+    "port_in_use",
+]
+
+#: Concurrency group of the events that decode images and run the model (photo, predict, frames).
+HEAVY = "heavy"
+#: How many heavy events run at once, across all of them: memory is budgeted for this many.
+HEAVY_CONCURRENCY = 2
+#: How many heavy events may wait; beyond that a caller is told at once that the server is busy.
+HEAVY_WAITING = 48
+#: Largest request body: a 25 MB file as a base64 data URL in JSON, with room for the rest.
+MAX_BODY_BYTES = 36_000_000
+#: The one answer to a file path that was not uploaded to this app.
+NOT_UPLOADED = ("this image was not uploaded to this app: send the file itself "
+                "(in Python, gradio_client.handle_file(path))")
+
+
+class UploadRefused(FERError):
+    """A request named a file that is not one of its uploads."""
+
+
+def _upload_roots(extra: Iterable[Path] = ()) -> list[Path]:
+    from gradio.utils import get_upload_folder
+
+    return [Path(get_upload_folder()).resolve(), EXAMPLES_DIR.resolve(), *(Path(p).resolve() for p in extra)]
+
+
+def trusted_upload(path: str | os.PathLike, *, roots: Iterable[Path] | None = None) -> str:
+    """``path`` resolved, when it is a file inside Gradio's upload folder or the example photos.
+
+    Symbolic links are followed before the check, so a link in the upload folder that points
+    elsewhere is refused too. ``roots`` replaces the allowed folders (for tests).
+
+    Raises
+    ------
+    UploadRefused
+        Anywhere else, with :data:`NOT_UPLOADED` whether the path exists or not.
+    """
+    allowed = [Path(r).resolve() for r in roots] if roots is not None else _upload_roots()
+    try:
+        resolved = Path(os.fspath(path)).resolve(strict=False)
+    except (OSError, RuntimeError, ValueError, TypeError):
+        raise UploadRefused(NOT_UPLOADED) from None
+    if not any(resolved.is_relative_to(root) for root in allowed):
+        raise UploadRefused(NOT_UPLOADED)
+    return str(resolved)
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request whose body is larger than ``max_bytes`` gets HTTP 413, unread.
+
+    A declared ``Content-Length`` over the limit is refused before any byte is read; a body
+    without one (chunked) is counted as it arrives and cut off at the limit.
+    """
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(send)
+            return
+        seen = 0
+        refused = False
+
+        async def counted_receive() -> dict:
+            nonlocal seen, refused
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    refused = True
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted_receive, send)
+        except _BodyTooLarge:
+            if refused:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Callable) -> None:
+        body = (f'{{"error": "the request is larger than {self.max_bytes // 1_000_000} MB"}}').encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def limit_waiting(queue: Any, limits: dict[str, int]) -> None:
+    """Bound the events waiting in Gradio's ``queue`` per concurrency group (``{group: places}``).
+
+    Gradio's own ``max_size`` counts every event together, so a burst of ``predict`` calls
+    would leave no place for a Relabel answer. A group at its bound is answered "queue full"
+    at once, as Gradio answers a full queue; other groups are not affected.
+    """
+    push = queue.push
+
+    async def bounded_push(body: Any, request: Any, username: Any):
+        from gradio import route_utils
+
+        fn = route_utils.get_fn(queue.blocks, None, body) if body.fn_index is not None else None
+        group = getattr(fn, "concurrency_id", None)
+        if group in limits:
+            waiting = queue.event_queue_per_concurrency_id.get(group)
+            if waiting is not None and len(waiting.queue) >= limits[group]:
+                return False, "The server is busy: too many images are waiting. Try again in a moment.", "queue_full"
+        return await push(body, request, username)
+
+    queue.push = bounded_push
+
+
+class TempFiles:
+    """Files written for downloads, in one folder, each kept ``ttl_s`` seconds after it was last written.
+
+    :meth:`folder` gives a folder per key (a content hash: the same content reuses its folder);
+    every call sweeps folders older than the time to live, and the whole root goes at exit.
+    """
+
+    def __init__(self, name: str, *, ttl_s: float = 900.0, root: Path | None = None) -> None:
+        base = root if root is not None else Path(tempfile.gettempdir())
+        self.root = base / f"fer_{name}_{os.getpid()}"
+        self.ttl_s = ttl_s
+        self._lock = threading.Lock()
+        atexit.register(shutil.rmtree, self.root, True)
+
+    @staticmethod
+    def key(*parts: bytes | str) -> str:
+        digest = hashlib.sha256()
+        for part in parts:
+            digest.update(part.encode() if isinstance(part, str) else part)
+            digest.update(b"\0")
+        return digest.hexdigest()[:32]
+
+    def folder(self, key: str) -> tuple[Path, bool]:
+        """The folder for ``key`` and whether it already held the files (then reuse them)."""
+        with self._lock:
+            self.sweep()
+            folder = self.root / key
+            existed = folder.is_dir() and any(folder.iterdir())
+            folder.mkdir(parents=True, exist_ok=True)
+            os.utime(folder)
+            return folder, existed
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete folders not written for longer than the time to live; returns how many went."""
+        now = time.time() if now is None else now
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for folder in self.root.iterdir():
+            try:
+                if now - folder.stat().st_mtime > self.ttl_s:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    def size_bytes(self) -> int:
+        return sum(f.stat().st_size for f in self.root.rglob("*") if f.is_file()) if self.root.is_dir() else 0
+
+
+class SessionJanitor:
+    """Forgets the per-session data Gradio keeps, once a session is no longer used.
+
+    Gradio keeps a copy of every component's settings per session (tens of kB) until its
+    capacity of sessions is reached, and every API call made without a browser (``/call/...``)
+    opens a new session. As ASGI middleware this object notes which sessions hold a heartbeat
+    (an open page, or a ``gradio_client``); :meth:`sweep` forgets sessions without one once idle
+    for ``api_idle_s``, sessions whose page was closed once idle for ``closed_idle_s``, and any
+    session idle for ``idle_s``.
+    """
+
+    def __init__(self, app: Any = None, *, api_idle_s: float = 120.0, closed_idle_s: float = 600.0,
+                 idle_s: float = 7200.0, max_tracked: int = 100_000) -> None:
+        self.app = app
+        self.api_idle_s, self.closed_idle_s, self.idle_s = api_idle_s, closed_idle_s, idle_s
+        self.max_tracked = max_tracked
+        self.with_heartbeat: dict[str, None] = {}  # insertion-ordered set, oldest first
+
+    def wrap(self, app: Any) -> "SessionJanitor":
+        self.app = app
+        return self
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if "/heartbeat/" in path:
+            session = path.rsplit("/heartbeat/", 1)[1].strip("/")
+            if session:
+                self.with_heartbeat[session] = None
+                while len(self.with_heartbeat) > self.max_tracked:
+                    self.with_heartbeat.pop(next(iter(self.with_heartbeat)))
+        await self.app(scope, receive, send)
+
+    def sweep(self, holder: Any, now: datetime.datetime | None = None) -> int:
+        """Forget the sessions of Gradio's ``holder`` (``blocks.state_holder``) that are done; returns how many."""
+        now = now or datetime.datetime.now()
+        with holder.lock:
+            done = [sid for sid, used in list(holder.time_last_used.items())
+                    if self._done(sid, holder.session_data.get(sid), (now - used).total_seconds())]
+            for sid in done:
+                session = holder.session_data.pop(sid, None)
+                holder.time_last_used.pop(sid, None)
+                self.with_heartbeat.pop(sid, None)
+                if session is not None:
+                    for component, value, _ in list(session.state_components):
+                        component.delete_callback(value)
+        return len(done)
+
+    def _done(self, session_id: str, session: Any, idle: float) -> bool:
+        if idle > self.idle_s:
+            return True
+        if session_id not in self.with_heartbeat:
+            return idle > self.api_idle_s
+        return bool(getattr(session, "is_closed", False)) and idle > self.closed_idle_s
+
+    def start(self, blocks: Any, *, every_s: float = 30.0) -> threading.Thread:
+        """Sweep ``blocks``' sessions every ``every_s`` seconds in a daemon thread."""
+
+        def sweep_forever() -> None:
+            while True:
+                time.sleep(every_s)
+                self.sweep(blocks.state_holder)
+
+        thread = threading.Thread(target=sweep_forever, name="fer-session-janitor", daemon=True)
+        thread.start()
+        return thread
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """Whether ``host:port`` cannot be bound now (another server listens there)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
