@@ -37,6 +37,29 @@ PAGE_SIZES: tuple[int, ...] = (48, 24, 96, 192)
 #: 48x48 faces are shown 4x larger with nearest-neighbour scaling, so the pixels stay crisp.
 FACE_SCALE = 4
 ALL = "all"
+#: CSS class of the tab's filter sliders; :data:`FILTER_KEYS_JS` looks for it.
+FILTER_SLIDER_CLASS = "browse-filter-slider"
+#: Run once in the page (``js_on_load`` of a hidden ``gr.HTML``). Gradio's slider fires ``release``
+#: when a drag ends or its number box loses focus, not on Enter nor on arrow keys; the filter
+#: listens to ``release`` only, so that a drag filters once. This script makes Enter in a filter
+#: slider's number box leave the box (a typed value applies), and a key that steps the slider
+#: itself end like a drag (fires ``release`` when the key goes up).
+FILTER_KEYS_JS = f"""
+if (!window.ferBrowseFilterKeys) {{
+  window.ferBrowseFilterKeys = true;
+  const inFilter = (target, type) => target instanceof HTMLInputElement && target.type === type
+    && target.closest(".{FILTER_SLIDER_CLASS}") !== null;
+  const stepKeys = ["ArrowLeft", "ArrowRight", "ArrowUp", "ArrowDown", "PageUp", "PageDown", "Home", "End"];
+  document.addEventListener("keydown", (event) => {{
+    if (event.key === "Enter" && inFilter(event.target, "number")) event.target.blur();
+  }});
+  document.addEventListener("keyup", (event) => {{
+    if (stepKeys.includes(event.key) && inFilter(event.target, "range")) {{
+      event.target.dispatchEvent(new PointerEvent("pointerup", {{bubbles: true}}));
+    }}
+  }});
+}}
+"""
 
 
 @dataclass
@@ -218,8 +241,8 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
         sort = gr.Dropdown(list(SORTS), value=SORTS[0], label="Order", scale=2, min_width=160)
         seed = gr.Number(0, label="Random seed", precision=0, minimum=0, scale=1, min_width=100)
     with gr.Row():
-        q_min = gr.Slider(0, 1, value=0, step=0.01, label="Quality at least")
-        q_max = gr.Slider(0, 1, value=1, step=0.01, label="Quality at most")
+        q_min = gr.Slider(0, 1, value=0, step=0.01, label="Quality at least", elem_classes=[FILTER_SLIDER_CLASS])
+        q_max = gr.Slider(0, 1, value=1, step=0.01, label="Quality at most", elem_classes=[FILTER_SLIDER_CLASS])
         label_status = gr.Radio(["any", "original", "corrected"], value="any", label="Label status")
         agreement = gr.Radio(["any", "agrees", "disagrees"], value="any", label="Model vs label")
         duplicates = gr.Radio(["any", "unique", "duplicated", "cross-split"], value="any", label="Duplicates")
@@ -228,8 +251,10 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
         with gr.Row():
             for name in COMPONENT_COLUMNS:
                 with gr.Column(min_width=160):
-                    component_sliders.append(gr.Slider(0, 1, value=0, step=0.01, label=f"{name} at least"))
-                    component_sliders.append(gr.Slider(0, 1, value=1, step=0.01, label=f"{name} at most"))
+                    for bound, value in (("least", 0), ("most", 1)):
+                        component_sliders.append(gr.Slider(0, 1, value=value, step=0.01, label=f"{name} at {bound}",
+                                                           elem_classes=[FILTER_SLIDER_CLASS]))
+    gr.HTML("", js_on_load=FILTER_KEYS_JS, visible="hidden", elem_id="browse-filter-keys")
     count = gr.Markdown(browser.count_text(initial_view))
     # The pager: buttons as tall as the labelled fields beside them (equal_height), so they line up.
     with gr.Row(equal_height=True, elem_id="browse-pager"):
@@ -322,6 +347,8 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
 
     filter_outputs = [gallery, count, page_number, rows_state, page_rows_state, class_plot, quality_plot,
                       quality_emotion_plot, component_plot, csv_file, parquet_file]
+    # Sliders filter on release only (end of a drag, number box left or Enter, keys: FILTER_KEYS_JS),
+    # never on change or input, which fire at every step of a drag.
     filter_triggers = [split.change, emotions.change, sort.change, seed.submit, label_status.change,
                        agreement.change, duplicates.change, page_size.change, q_min.release, q_max.release,
                        *[s.release for s in component_sliders]]
