@@ -255,6 +255,53 @@ def test_progress(store: Store, clock: Clock) -> None:
     assert q.progress("alice", "low_quality").annotator_today == 0
 
 
+def test_progress_counts_this_annotators_answers_and_skips(store: Store) -> None:
+    q = simple_queue(store, 6)
+    for name, sid, label in [("alice", "f0", "happy"), ("alice", "f1", "sad"), ("bob", "f2", "fear")]:
+        q.submit(name, sid, label)
+    p = q.progress("newcomer", "low_quality")
+    assert (p.answered, p.skipped, p.done, p.remaining) == (0, 0, 3, 3)  # others' answers are not the newcomer's
+    q.submit("newcomer", "f3", "skip")
+    q.submit("newcomer", "f4", "unsure")
+    p = q.progress("newcomer", "low_quality")
+    assert (p.answered, p.skipped, p.done, p.remaining) == (1, 1, 4, 1)
+    p = q.progress("newcomer", "low_quality", emotions=["angry", "disgust", "fear"])  # f0..f2: none of hers
+    assert (p.answered, p.skipped) == (0, 0)
+    q.undo("newcomer")  # the unsure answer on f4
+    assert (q.progress("newcomer", "low_quality").answered, q.progress("newcomer", "low_quality").skipped) == (0, 1)
+
+
+def test_submit_with_require_lease_and_undo_of_a_given_decision(store: Store, clock: Clock) -> None:
+    q = simple_queue(store, 4)
+    face = q.next_face("alice", "low_quality")
+    with pytest.raises(AnnotateError, match="leased to another annotator"):
+        q.submit("mallory", face.sample_id, "happy", require_lease=True)
+    first = q.submit("alice", face.sample_id, "happy", require_lease=True)
+    second = q.submit("alice", q.next_face("alice", "low_quality").sample_id, "sad", require_lease=True)
+    assert store.decisions()["annotator"].tolist() == ["alice", "alice"]
+    back = q.undo("alice", decision_id=first.id)  # not the latest: exactly the one asked for
+    assert back.sample_id == first.sample_id and back.undone_label == "happy" and back.lease_expires_at is not None
+    with pytest.raises(AnnotateError, match="not an answer of 'mallory'"):
+        q.undo("mallory", decision_id=second.id)
+    assert q.submit("alice", back.sample_id, "fear", require_lease=True).label == "fear"  # given back, leased again
+    assert store.resolved_labels("fer")["resolved_label"].tolist() == ["fear", "sad"]
+
+
+def test_one_given_label_ranks_by_self_confidence(store: Store) -> None:
+    """cleanlab cannot rank faces of one label: the queue ranks them by the model's probability of it instead."""
+    frame = known_table()
+    sad = frame[frame["emotion"] == 4].reset_index(drop=True)  # rows 12-14 (0.9 sure) and 22 (0.01 sure)
+    q = Queue(store, sad, dataset="fer")
+    order = q.order("likely_label_error")
+    probs = sad[list(EMOTIONS)].to_numpy()[:, 4]
+    assert order.tolist() == np.argsort(probs, kind="stable").tolist() and order[0] == 3
+    assert "at least two given labels" in q.ranking_note("likely_label_error")
+    assert q.next_face("alice", "likely_label_error").sample_id == "s22"
+    assert Queue(store, frame, dataset="fer").ranking_note("likely_label_error") is None
+    lone = Queue(store, sad.iloc[[0]], dataset="fer")
+    assert lone.order("likely_label_error").tolist() == [0]  # one face: still served
+
+
 def test_pixels_are_hashed_and_checked(store: Store) -> None:
     images = np.random.default_rng(0).integers(0, 256, (6, 48, 48), dtype=np.uint8)
     frame = pd.DataFrame({"sample_id": [f"f{i}" for i in range(6)], "emotion": np.arange(6) % 7,
@@ -300,6 +347,17 @@ def test_corrections_table(store: Store) -> None:
         [2, 1, 0, 0], [0, 0, 0, 0], [0, 0, 1, 1]]
     assert table["annotators"].tolist() == [["a", "b", "c"], ["a"], ["b", "a"]]
     assert corrections(store, "fer", only_changed=True)["sample_id"].tolist() == ["f0"]
+
+
+def test_unsure_is_exported_as_kept_not_as_a_correction(store: Store, tmp_path: Path) -> None:
+    q = simple_queue(store, 3)
+    for name, sid, label in [("a", "f0", "unsure"), ("b", "f0", "unsure"), ("a", "f1", "happy")]:
+        q.submit(name, sid, label)
+    csv = pd.read_csv(export_corrections(store, tmp_path / "corr.csv", "fer"))
+    assert csv[["sample_id", "original_label", "resolved_label", "changed", "judged_unsure", "votes_unsure"]].values.tolist() == [
+        ["f0", "angry", "angry", False, True, 2], ["f1", "disgust", "happy", True, False, 0]]
+    assert corrections(store, "fer", only_changed=True)["sample_id"].tolist() == ["f1"]
+    assert ferplus_votes(store, "fer")["unsure"].tolist() == [2, 0]  # the votes themselves are kept
 
 
 def test_export_corrections_csv_and_parquet(store: Store, tmp_path: Path) -> None:

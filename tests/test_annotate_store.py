@@ -212,6 +212,76 @@ def test_undo_is_limited_to_the_given_dataset(store: Store) -> None:
     assert store.undo_last("a", dataset="fer").sample_id == "f0"
 
 
+def test_undo_of_a_given_decision_reverses_only_that_answer_of_that_annotator(store: Store) -> None:
+    """A session undoes the answers it recorded: by id, never another person's, never twice."""
+    mine = vote(store, "a", "f0", "happy")
+    later = vote(store, "a", "f1", "sad")  # the same name, from another tab: not this session's to undo
+    theirs = vote(store, "b", "f2", "fear")
+    undone = store.undo_last("a", dataset="fer", decision_id=mine)
+    assert undone.id == mine and undone.sample_id == "f0" and undone.label == "happy"
+    log = store.decisions("fer").set_index("id")
+    assert log.loc[mine, "undone"] and not log.loc[later, "undone"] and not log.loc[theirs, "undone"]
+    before = len(store.decisions())
+    with pytest.raises(AnnotateError, match="not an answer of 'a'"):
+        store.undo_last("a", decision_id=theirs)  # someone else's answer
+    with pytest.raises(AnnotateError, match="undone already"):
+        store.undo_last("a", decision_id=mine)
+    reversal = int(store.decisions()["id"].max())
+    with pytest.raises(AnnotateError, match="not an answer"):
+        store.undo_last("a", decision_id=reversal)  # a reversal row is not an answer
+    with pytest.raises(AnnotateError, match="not an answer"):
+        store.undo_last("nobody", decision_id=later)
+    with pytest.raises(AnnotateError, match="not an answer"):
+        store.undo_last("a", decision_id=10_000)
+    with pytest.raises(AnnotateError, match="must be an integer"):
+        store.undo_last("a", decision_id="1")
+    store.register_faces("other", ["x"], [0])
+    elsewhere = store.record_decision("a", "other", "x", "sad").id
+    with pytest.raises(AnnotateError, match="data set 'other'"):
+        store.undo_last("a", dataset="fer", decision_id=elsewhere)
+    assert len(store.decisions()) == before + 1  # nothing written by the refusals
+    assert resolved(store) == {"f1": "sad", "f2": "fear"}
+
+
+def test_an_answer_that_requires_a_lease_needs_the_annotators_own(store: Store, clock: Clock) -> None:
+    order = store.register_faces("fer", [f"f{i}" for i in range(6)], [0, 1, 2, 3, 4, 5])
+    assert store.lease_next("a", "fer", order).sample_id == "f0"
+    with pytest.raises(AnnotateError, match="leased to another annotator"):
+        store.record_decision("b", "fer", "f0", "happy", require_lease=True)  # a's face
+    with pytest.raises(AnnotateError, match="you do not hold face 'f1'"):
+        store.record_decision("a", "fer", "f1", "happy", require_lease=True)  # never leased
+    assert store.decisions().empty
+    assert store.record_decision("a", "fer", "f0", "happy", require_lease=True).label == "happy"
+    with pytest.raises(AnnotateError, match="you do not hold"):
+        store.record_decision("a", "fer", "f0", "sad", require_lease=True)  # the answer released the lease
+
+    assert store.lease_next("a", "fer", order).sample_id == "f1"
+    clock.advance(minutes=11)  # a's lease ran out, but no one took f1: still a's to answer
+    assert store.record_decision("a", "fer", "f1", "sad", require_lease=True).label == "sad"
+
+    assert store.lease_next("a", "fer", order).sample_id == "f2"
+    clock.advance(minutes=11)
+    assert store.lease_next("b", "fer", order).sample_id == "f2"  # expired, and taken by b
+    with pytest.raises(AnnotateError, match="leased to another annotator"):
+        store.record_decision("a", "fer", "f2", "sad", require_lease=True)
+    assert store.decisions()["label"].tolist() == ["happy", "sad"]
+    assert store.record_decision("a", "fer", "f5", "fear").label == "fear"  # without require_lease: as before
+
+
+def test_unsure_keeps_the_original_label_and_is_not_a_change(store: Store) -> None:
+    for name, label in [("a", "unsure"), ("b", "unsure"), ("c", "happy")]:
+        vote(store, name, "f0", label)  # f0 is angry
+    vote(store, "a", "f1", "unsure")  # f1 is disgust
+    vote(store, "a", "f2", "happy")  # f2 is fear: a real change
+    for name, label in [("a", "unsure"), ("b", "sad")]:
+        vote(store, name, "f3", label)  # a tie: unresolved
+    table = store.resolved_labels("fer").set_index("sample_id")
+    assert table["resolved_label"].to_dict() == {"f0": "angry", "f1": "disgust", "f2": "happy", "f3": None}
+    assert table["changed"].to_dict() == {"f0": False, "f1": False, "f2": True, "f3": False}
+    assert table["judged_unsure"].to_dict() == {"f0": True, "f1": True, "f2": False, "f3": False}
+    assert table.loc["f0", ["votes_unsure", "votes_happy"]].tolist() == [2, 1]  # the votes are kept as given
+
+
 def test_count_today_uses_the_store_clock(store: Store, clock: Clock) -> None:
     clock.t = datetime(2025, 3, 1, 23, 59, tzinfo=UTC)
     vote(store, "a", "f0", "happy")

@@ -14,6 +14,7 @@ from fer_core.browse import enrich
 from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import load_faces
 from fer_core.images import pixels_sha256
+from fer_core.labels import EMOTIONS
 from ui.relabel_tab import (
     ANSWERS,
     KEYBOARD_JS,
@@ -85,6 +86,102 @@ class TestDesk:
             seen.add(face.sample_id)
             face = desk.answer(session, "unsure", settings, rows)
         assert seen == selected
+
+    def test_a_session_binds_to_one_annotator_until_it_switches(self, desk: RelabelDesk) -> None:
+        settings = Settings(strategy="random")
+        session = Session()
+        face = desk.start(session, " ana ", settings)
+        assert session.annotator == "ana" and session.face == face
+        with pytest.raises(AnnotateError, match="answers as 'ana'.*Switch annotator"):
+            desk.start(session, "bob", settings)  # editing the name box does not change who answers
+        with pytest.raises(AnnotateError, match="answers as 'ana'"):
+            desk.answer(session, "happy", settings, who="bob")
+        assert desk.store.decisions(desk.table.name).empty and session.annotator == "ana"
+        desk.answer(session, "happy", settings, who="ana")
+        fresh = desk.switch(session)
+        assert fresh.annotator is None and fresh.decisions == [] and desk.store.leases().empty  # ana's face went back
+        desk.start(fresh, "bob", settings)
+        desk.answer(fresh, "sad", settings)
+        assert desk.store.decisions(desk.table.name)["annotator"].tolist() == ["ana", "bob"]
+        with pytest.raises(AnnotateError, match="start the queue first"):
+            desk.answer(Session(), "happy", settings)
+
+    def test_undo_reverses_only_this_sessions_answers(self, desk: RelabelDesk) -> None:
+        settings = Settings(strategy="random")
+        first_tab, second_tab = Session(), Session()  # two tabs under the same name
+        mine = desk.start(first_tab, "ana", settings)
+        desk.answer(first_tab, "happy", settings)
+        desk.start(second_tab, "ana", settings)
+        other = desk.answer(second_tab, "sad", settings)  # ana's latest answer, from the other tab
+        assert other is not None
+        back = desk.undo(first_tab)
+        assert back.sample_id == mine.sample_id and back.undone_label == "happy"
+        log = desk.store.decisions(desk.table.name)
+        answers = log[log["reverses_id"].isna()].set_index("label")
+        assert answers.loc["happy", "undone"] and not answers.loc["sad", "undone"]
+        assert desk.undo(first_tab) is None  # nothing more of this tab's own
+        bob = Session()
+        desk.start(bob, "bob", settings)
+        assert desk.undo(bob) is None  # bob cannot reach ana's answers
+        assert len(desk.store.decisions(desk.table.name)) == 3
+
+    def test_an_answer_on_a_face_whose_lease_another_took_is_refused(self, table, tmp_path: Path) -> None:
+        from conftest import Clock
+
+        clock = Clock()
+        desk = RelabelDesk(open_store(tmp_path / "lease.db", now=clock), table, model_version="m")
+        settings = Settings(strategy="random")
+        ana, bob = Session(), Session()
+        face = desk.start(ana, "ana", settings)
+        clock.advance(minutes=11)  # ana walked away; her lease ran out
+        assert desk.start(bob, "bob", settings).sample_id == face.sample_id  # and bob was given the face
+        with pytest.raises(AnnotateError, match="leased to another annotator.*nothing was recorded"):
+            desk.answer(ana, "happy", settings)
+        assert desk.store.decisions(desk.table.name).empty and ana.decisions == []
+        desk.answer(bob, "sad", settings)
+        assert desk.store.decisions(desk.table.name)["annotator"].tolist() == ["bob"]
+
+    def test_progress_counts_only_this_annotators_answers_and_skips(self, desk: RelabelDesk) -> None:
+        settings = Settings(strategy="random")
+        ana = Session()
+        desk.start(ana, "ana", settings)
+        for label in ("happy", "skip", "sad"):
+            desk.answer(ana, label, settings)
+        total = len(desk.table.frame)
+        text = desk.progress_text("newcomer", settings)
+        assert text.startswith(f"**0** done, **{total - 2:,}** left for you in this queue (of {total:,}): "
+                               "you answered **0** and skipped **0**")
+        assert f"2 of {total:,} faces answered by anyone" in text and "newcomer: **0** answers today" in text
+        text = desk.progress_text("ana", settings)
+        assert text.startswith(f"**3** done, **{total - 3:,}** left for you") and "you answered **2** and skipped **1**" in text
+
+    def test_a_one_emotion_selection_is_ranked_by_self_confidence(self, desk: RelabelDesk) -> None:
+        """Real faces of one given label, sent from Browse: cleanlab cannot rank them, the model's confidence does."""
+        happy = EMOTIONS.index("happy")
+        rows = np.flatnonzero(desk.table.frame["emotion"].to_numpy() == happy)
+        settings = Settings()  # the default strategy, likely_label_error
+        session = Session()
+        face = desk.start(session, "ana", settings, rows)
+        confidence = desk.probabilities[rows, happy]
+        assert face.sample_id == desk.table.frame["sample_id"].iloc[rows[np.argmin(confidence)]]
+        assert "ranked by the model's probability of their given label, lowest first" in desk.progress_text(
+            "ana", settings, rows)
+        second = desk.answer(session, "sad", settings, rows)
+        assert second.label_quality >= face.label_quality
+        assert "probability of their given label" not in desk.progress_text("ana", settings)  # the whole data set: cleanlab
+
+    def test_who_is_answering_by_identity(self) -> None:
+        assert annotator_for("name", "  Ana ") == "Ana"
+        with pytest.raises(AnnotateError, match="enter your name"):
+            annotator_for("name", "")
+        assert annotator_for("password", "typed name is ignored", username="ana") == "ana"
+        with pytest.raises(AnnotateError, match="sign in first"):
+            annotator_for("password", "ana")
+        assert annotator_for("huggingface", "x", hf_username="ana-hf") == "hf:ana-hf"
+        with pytest.raises(AnnotateError, match="sign in with Hugging Face first"):
+            annotator_for("huggingface", "ana")
+        with pytest.raises(ValueError, match="unknown identity"):
+            annotator_for("oauth", "ana")
 
     def test_bad_names_are_refused(self) -> None:
         with pytest.raises(AnnotateError, match="enter your name"):

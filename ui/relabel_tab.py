@@ -271,7 +271,7 @@ class RelabelDesk:
                          f"Fleiss' kappa {kappa}")
         text = " · ".join(parts)
         note = queue.ranking_note(settings.strategy)
-        return text + (f"\n\n*Queue order: {html.escape(note)}.*" if note else "")
+        return text + (f"\n\n*Queue order: {note}.*" if note else "")  # our own words: nothing to escape
 
     # ------------------------------------------------------------ display
 
@@ -349,7 +349,8 @@ def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: 
         return annotator_for(identity, typed, username=getattr(request, "username", None),
                              hf_username=getattr(profile, "username", None))
 
-    def signed_in(request: gr.Request, profile: gr.OAuthProfile | None) -> str:
+    def signed_in(request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> str:
+        """The signed-in annotator for the name box, on every page load ("" when no one is)."""
         try:
             return who(None, request, profile)
         except AnnotateError:
