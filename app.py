@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import html
 import logging
 import os
 import sys
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fer_core._validation import FERError
-from fer_core.config import SAMPLE_PATH, Settings
+from fer_core.config import SAMPLE_PATH, Settings, parse_auth
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -68,8 +69,13 @@ def open_annotations(db: str | None = None):
     return open_store(db or default_db_url(cwd=APP_DIR))
 
 
-def build_demo(table, store=None) -> "gr.Blocks":
-    """The app over an enriched table (:func:`load_data`) and a relabel store (default: :func:`open_annotations`)."""
+def build_demo(table, store=None, *, identity: str = "name", notice: str | None = None) -> "gr.Blocks":
+    """The app over an enriched table (:func:`load_data`) and a relabel store (default: :func:`open_annotations`).
+
+    ``identity``: who an annotator is (``ui.relabel_tab.IDENTITIES``: the typed name, the
+    signed-in user of ``--auth``, or the Hugging Face account on a Space). ``notice``: a warning
+    shown above the tabs (for example: answers will not be kept).
+    """
     import gradio as gr
 
     from fer_core.predict import get_predictor
@@ -89,13 +95,16 @@ def build_demo(table, store=None) -> "gr.Blocks":
 
     with gr.Blocks(title="FER tool", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(f"# {TITLE}")
+        if notice:
+            gr.Markdown(f"**Warning:** {html.escape(notice)}", elem_id="app-notice")
         selection = gr.State(None)  # rows the Browse tab sends to the Relabel tab
         with gr.Tab("Predict"):
             build_predict_tab()
         with gr.Tab("Browse"):
             build_browse_tab(Browser(table, corrected=corrected, history=history), selection)
         with gr.Tab("Relabel"):
-            build_relabel_tab(RelabelDesk(store, table, model_version=get_predictor().model_name), selection)
+            build_relabel_tab(RelabelDesk(store, table, model_version=get_predictor().model_name), selection,
+                              identity=identity)
     return demo
 
 
@@ -159,6 +168,10 @@ def get_args_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--db", default=settings.db_url,
                         help="relabel store: SQLite file or database URL ($FER_DB_URL); default: "
                              "/data/fer_annotations.db when /data exists, else fer_annotations.db beside app.py")
+    parser.add_argument("--auth", default=settings.auth, metavar="USER:PASS",
+                        help="sign-in: only these users (comma-separated USER:PASS pairs) may use the app, and "
+                             "each annotator is the signed-in user ($FER_AUTH); default: open to all, annotators "
+                             "type their name (on a Space with hf_oauth, they sign in with Hugging Face)")
     return parser
 
 
@@ -170,6 +183,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = get_args_parser(settings).parse_args(argv)
     from ui.limits import port_in_use
+
+    try:
+        users = parse_auth(args.auth)
+    except ValueError as err:
+        print(f"error: --auth: {err}", file=sys.stderr)
+        return 2
+    identity = "password" if users else "huggingface" if settings.hf_oauth else "name"
 
     if port_in_use(args.host, args.port):
         print(f"error: port {args.port} on {args.host} is already in use: stop the program using it, or "
@@ -184,9 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with step("building the tabs (model, detector, relabel queue)"):
-        demo = build_demo(table, store)
+        demo = build_demo(table, store, identity=identity)
     with step(f"starting the server on http://{args.host}:{args.port}"):
-        launch(demo, host=args.host, port=args.port, prevent_thread_lock=True)
+        launch(demo, host=args.host, port=args.port, prevent_thread_lock=True, auth=users or None)
     demo.block_thread()
     return 0
 

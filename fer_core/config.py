@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Settings", "PACKAGE_DIR", "ASSETS_DIR", "SAMPLE_PATH", "EXAMPLES_DIR", "default_cache_dir"]
+__all__ = ["Settings", "parse_auth", "PACKAGE_DIR", "ASSETS_DIR", "SAMPLE_PATH", "EXAMPLES_DIR", "default_cache_dir"]
 
 PACKAGE_DIR: Path = Path(__file__).resolve().parent
 #: Files shipped in the repository: bundled weights, the sample of real faces.
@@ -36,6 +36,10 @@ class Settings:
     cache_dir: Path = Path(".cache")
     server_name: str = "127.0.0.1"
     server_port: int = 7860
+    #: ``USER:PASS`` pairs, comma-separated, that may sign in (``$FER_AUTH``); None: open to all.
+    auth: str | None = None
+    #: Running on a Hugging Face Space with ``hf_oauth: true`` (Spaces set ``OAUTH_CLIENT_ID``).
+    hf_oauth: bool = False
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
@@ -53,4 +57,26 @@ class Settings:
             cache_dir=default_cache_dir(),
             server_name=env.get("GRADIO_SERVER_NAME", "127.0.0.1") or "127.0.0.1",
             server_port=port,
+            auth=env.get("FER_AUTH") or None,
+            hf_oauth=bool(env.get("SPACE_ID") and env.get("OAUTH_CLIENT_ID")),
         )
+
+
+def parse_auth(text: str | None) -> list[tuple[str, str]]:
+    """``"ann:secret,bob:pw"`` as ``[("ann", "secret"), ("bob", "pw")]``; empty or None: no sign-in.
+
+    Raises
+    ------
+    ValueError
+        A pair without ``:``, or with an empty user or password.
+    """
+    pairs = []
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise ValueError("sign-in must be given as USER:PASS (several separated by commas), "
+                             "with a non-empty user and password")
+        pairs.append((user, password))
+    return pairs

@@ -424,7 +424,7 @@ def build_predict_tab() -> None:
     gr.on(
         triggers=[photo.change, min_face.release, sensitivity.release, whole_image.input, explain.input],
         fn=on_photo, inputs=[photo, min_face, sensitivity, whole_image, explain], outputs=photo_outputs,
-        api_visibility="private", show_progress="minimal", concurrency_id=HEAVY,
+        api_name="photo", api_visibility="private", show_progress="minimal", concurrency_id=HEAVY,
     )
     pick_outputs = [annotated, probabilities, face_view]
     face_pick.input(on_pick, [face_pick, photo, analysis_state], pick_outputs, api_visibility="private",
