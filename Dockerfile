@@ -2,8 +2,11 @@
 # or on any Docker host:
 #   docker build -t fer-tool .
 #   docker run -p 7860:7860 -v fer-data:/data fer-tool
-# The relabel database goes to /data/fer_annotations.db when /data exists and is writable (a Space
-# with persistent storage, or the volume above), else beside app.py (lost with the container).
+# The relabel database goes to /data/fer_annotations.db when the app can write /data (a Space with
+# persistent storage, or the volume above), else beside app.py, lost with the container: the app
+# then says so in its log and on the page. The image creates /data owned by uid 1000, so a named
+# volume mounted there starts with that owner; a host folder mounted there (-v /host/dir:/data)
+# needs `chown 1000 /host/dir`.
 FROM python:3.11-slim
 
 # torch and torchvision from PyTorch's CPU index: a few hundred MB instead of several GB of CUDA
@@ -27,7 +30,9 @@ RUN python -m venv /opt/venv \
  && rm /tmp/requirements.txt /tmp/torch.txt
 
 # Spaces run the container as uid 1000; the app and its caches live in that user's home.
-RUN useradd --create-home --uid 1000 user
+RUN useradd --create-home --uid 1000 user \
+ && mkdir -p /data \
+ && chown 1000:1000 /data
 USER user
 ENV HOME=/home/user \
     GRADIO_SERVER_NAME=0.0.0.0 \

@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import os
 import random
+import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,6 +51,8 @@ __all__ = [
     "ENV_VAR",
     "BUSY_TIMEOUT_S",
     "RETRY_DEADLINE_S",
+    "DbChoice",
+    "choose_default_db",
     "default_db_url",
     "to_url",
     "create_store_engine",
@@ -81,23 +85,84 @@ _PG_TRANSIENT = {"40001", "40P01", "55P03"}
 T = TypeVar("T")
 
 
-def default_db_url(environ: Mapping[str, str] | None = None, *, data_dir: str | Path = DATA_DIR,
-                   cwd: str | Path | None = None) -> str:
-    """The database URL to use when none is given.
+@dataclass(frozen=True)
+class DbChoice:
+    """The default annotation database and why it was chosen (see :func:`choose_default_db`)."""
+
+    #: The URL to connect to (a password in it is kept).
+    url: str
+    #: One sentence for the start-up log, such as ``"using /data/fer_annotations.db (persistent storage)"``.
+    reason: str
+    #: ``None``, or a sentence to show loudly (log and page) when the answers will not be kept.
+    warning: str | None = None
+
+
+def choose_default_db(environ: Mapping[str, str] | None = None, *, data_dir: str | Path = DATA_DIR,
+                      cwd: str | Path | None = None) -> DbChoice:
+    """The database to use when none is given, with the reason and, when answers would be lost, a warning.
 
     ``$FER_DB_URL`` if set (a URL, or a plain file path taken as SQLite); otherwise the SQLite
-    file :data:`DB_FILENAME` under ``/data`` when that folder exists and is writable (a
-    Hugging Face Space with persistent storage), else in the current working directory (the app root).
+    file :data:`DB_FILENAME` in ``data_dir`` (``/data``: a Hugging Face Space's persistent storage
+    or a Docker volume) when a file can be created there, else in ``cwd`` (default: the current
+    working directory). When ``data_dir`` exists but refuses a new file (a volume owned by
+    another user), the warning says that the answers go into the container and how to fix it.
     """
     env = os.environ if environ is None else environ
     if env.get(ENV_VAR):
         url = to_url(env[ENV_VAR])
-    else:
-        data = Path(data_dir)
-        folder = data if data.is_dir() and os.access(data, os.W_OK) else Path(cwd) if cwd is not None else Path.cwd()
-        url = to_url(folder.resolve() / DB_FILENAME)
+        return DbChoice(_connect_string(url), f"using {_shown(url)} from {ENV_VAR}")
+    data = Path(data_dir)
+    if _can_create_files(data):
+        url = to_url(data.resolve() / DB_FILENAME)
+        return DbChoice(_connect_string(url), f"using {url.database} (persistent storage)")
+    url = to_url((Path(cwd) if cwd is not None else Path.cwd()).resolve() / DB_FILENAME)
+    warning = None
+    if data.exists():
+        uid = _uid()
+        warning = (f"{data} exists but this process (uid {uid}) cannot create files in it, so the relabel answers "
+                   f"go to {url.database}; in a container they are lost when it is removed. To keep them, make "
+                   f"{data} writable for uid {uid} (for a folder of the host mounted there: `chown {uid}` it), "
+                   f"mount a named volume there (`docker run -v fer-data:{data} ...`), or set {ENV_VAR}.")
+    return DbChoice(_connect_string(url), f"using {url.database}", warning)
+
+
+def default_db_url(environ: Mapping[str, str] | None = None, *, data_dir: str | Path = DATA_DIR,
+                   cwd: str | Path | None = None) -> str:
+    """The URL of :func:`choose_default_db` (``$FER_DB_URL``, else ``/data``, else ``cwd``)."""
+    return choose_default_db(environ, data_dir=data_dir, cwd=cwd).url
+
+
+def _connect_string(url: URL) -> str:
     # str(URL) masks the password as "***"; this URL is used to connect.
     return url.render_as_string(hide_password=False)
+
+
+def _shown(url: URL) -> str:
+    """A URL for people: the file of a SQLite URL, the password masked otherwise."""
+    if url.get_backend_name() == "sqlite" and url.database:
+        return url.database
+    return url.render_as_string(hide_password=True)
+
+
+def _uid() -> str:
+    return str(os.geteuid()) if hasattr(os, "geteuid") else "?"
+
+
+def _can_create_files(folder: Path) -> bool:
+    """True when a file can be created in ``folder`` (tried for real: permission bits do not bind
+    root, and a read-only mount refuses whatever they say)."""
+    if not folder.is_dir():
+        return False
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".fer_write_check_", dir=folder)
+    except OSError:
+        return False
+    os.close(handle)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
+    return True
 
 
 def to_url(url_or_path: str | os.PathLike[str] | URL) -> URL:

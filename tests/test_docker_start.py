@@ -7,6 +7,8 @@ temporary home standing in for ``/home/user``, the virtual environment stands in
 ``/opt/venv``, the ``RUN`` steps after ``USER`` (the build-time warm-up) run there, then ``CMD``
 starts with ``ENV`` and a temporary folder standing in for ``/data`` (``FER_DB_URL`` points into
 it). The app must answer ``GET /``, the health check and a ``predict`` call on a bundled example.
+The ``RUN`` lines before ``USER`` must give ``/data`` to uid 1000, so that a volume mounted there
+is writable by the app; :func:`annotate.engine.choose_default_db` must say when it is not.
 
 The virtual environment (``python -m venv`` then ``pip install -r requirements.txt``; several GB
 with torch) is kept under ``$FER_DOCKER_VENV_DIR`` (default ``<tmp>/fer_docker_venvs``), keyed by
@@ -227,6 +229,102 @@ def test_dockerfile_is_a_space_image() -> None:
     assert readme.startswith("---\n")
     front = readme.split("---\n")[1]
     assert "sdk: docker" in front and "app_port: 7860" in front
+
+
+def _shell_commands(run: str) -> list[list[str]]:
+    """The simple commands of a RUN line (split at ``&&``, ``;`` and ``||``), each as its words."""
+    words = shlex.split(run, posix=True)
+    commands, current = [], []
+    for word in words:
+        if word in ("&&", ";", "||"):
+            commands.append(current)
+            current = []
+        else:
+            current.append(word.rstrip(";"))
+    return [c for c in [*commands, current] if c]
+
+
+def _owner_of(path: str, runs: list[str]) -> str | None:
+    """The owner that the RUN lines give ``path`` (``chown`` after ``mkdir``), None if they never create it."""
+    created, owner = False, None
+    for run in runs:
+        for command in _shell_commands(run):
+            args = [a for a in command[1:] if not a.startswith("-")]
+            if command[0] == "mkdir" and path in args:
+                created = True
+            elif command[0] == "chown" and len(args) >= 2 and path in args[1:] and created:
+                owner = args[0]
+    return owner if created else None
+
+
+def test_the_image_makes_data_writable_for_the_app() -> None:
+    """``/data`` is created as root and given to uid 1000 before ``USER``: a named volume mounted
+    there (``docker run -v fer-data:/data``) starts with that owner, so the app can write it."""
+    from annotate.engine import DATA_DIR
+
+    docker = parse_dockerfile()
+    assert str(DATA_DIR) == "/data"
+    owner = _owner_of("/data", docker.runs_as_root)
+    assert owner is not None, "no RUN line before USER creates /data (mkdir -p /data)"
+    user, _, group = owner.partition(":")
+    assert user in ("1000", "user") and group in ("", "1000", "user"), f"/data is owned by {owner}, not uid 1000"
+    assert any(re.search(r"useradd\b.*--uid 1000\s+user\b", run) for run in docker.runs_as_root)
+    assert _owner_of("/data", ["mkdir -p /data"]) is None  # the parser sees a missing chown
+    assert _owner_of("/data", ["mkdir -p /data && chown -R 1000:1000 /data"]) == "1000:1000"
+
+
+@pytest.fixture
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A folder that exists and refuses new files, for this process too (root ignores permission
+    bits: then /proc, where nobody can create a file although os.access says root may)."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        (folder / "probe").touch()
+    except OSError:
+        return folder
+    (folder / "probe").unlink()
+    folder.chmod(0o755)
+    return Path("/proc")
+
+
+def test_default_db_prefers_writable_data(tmp_path: Path) -> None:
+    from annotate.engine import DB_FILENAME, choose_default_db, default_db_url
+
+    data, cwd = tmp_path / "data", tmp_path / "app"
+    data.mkdir()
+    cwd.mkdir()
+    choice = choose_default_db({}, data_dir=data, cwd=cwd)
+    assert choice.url == f"sqlite:///{data / DB_FILENAME}" == default_db_url({}, data_dir=data, cwd=cwd)
+    assert choice.reason == f"using {data / DB_FILENAME} (persistent storage)"
+    assert choice.warning is None
+    assert list(data.iterdir()) == []  # the write check leaves nothing behind
+
+    absent = choose_default_db({}, data_dir=tmp_path / "absent", cwd=cwd)
+    assert absent.url == f"sqlite:///{cwd / DB_FILENAME}"
+    assert absent.reason == f"using {cwd / DB_FILENAME}" and absent.warning is None
+
+    from_env = choose_default_db({"FER_DB_URL": "postgresql://u:s3cret@host/db"}, data_dir=data, cwd=cwd)
+    assert from_env.url == "postgresql://u:s3cret@host/db"
+    assert from_env.reason == "using postgresql://u:***@host/db from FER_DB_URL" and from_env.warning is None
+
+
+def test_unwritable_data_is_reported_not_silently_replaced(tmp_path: Path, unwritable_dir: Path) -> None:
+    from annotate.engine import DB_FILENAME, choose_default_db, default_db_url
+
+    cwd = tmp_path / "app"
+    cwd.mkdir()
+    choice = choose_default_db({}, data_dir=unwritable_dir, cwd=cwd)
+    assert choice.url == f"sqlite:///{cwd / DB_FILENAME}" == default_db_url({}, data_dir=unwritable_dir, cwd=cwd)
+    assert choice.reason == f"using {cwd / DB_FILENAME}"
+    warning = choice.warning
+    assert warning is not None
+    assert str(unwritable_dir) in warning and str(cwd / DB_FILENAME) in warning and "lost" in warning
+    assert f"uid {os.geteuid()}" in warning and f"chown {os.geteuid()}" in warning
+    assert f"-v fer-data:{unwritable_dir}" in warning and "FER_DB_URL" in warning
+    # FER_DB_URL chooses on purpose: no warning about the folder then.
+    assert choose_default_db({"FER_DB_URL": str(cwd / "x.db")}, data_dir=unwritable_dir).warning is None
 
 
 def _port_free(port: int) -> bool:
