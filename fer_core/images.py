@@ -25,15 +25,36 @@ Choices made here (the same for files, PIL images and arrays):
 - **Animations** (GIF, WebP, APNG): the first frame.
 - **Refusals** raise :class:`~fer_core._validation.ImageError` with a message for a person:
   an empty or oversized file (``max_bytes``), data in no known image format, a truncated
-  file (a partly decoded JPEG is refused, never returned half grey), a header announcing
-  more than ``max_pixels`` pixels in a format that cannot be decoded reduced.
-- **Large images**: dimensions are read from the header before any pixel is decoded. A JPEG
-  larger than ``max_pixels`` or ``max_side`` is decoded reduced by libjpeg's DCT scaling
-  (``Image.draft``, 1/2, 1/4 or 1/8), so a 20,000 x 20,000 JPEG is decoded at
-  2,500 x 2,500. Any result with a side above ``max_side`` is then shrunk with area
-  interpolation, keeping the aspect ratio. With the default limits the largest buffers
-  held at once stay well under 1 GB (at most ``max_pixels`` pixels of 4 bytes, plus the
-  RGB result).
+  file (a partly decoded JPEG is refused, never returned half grey), or an image too large
+  to decode (see below). Messages name the file and the reason; they never quote the
+  file's bytes.
+- **Large images** are judged from the header, before any pixel is decoded:
+
+  - a side longer than :data:`MAX_DECODED_SIDE` (32,768) or a ratio of long to short side
+    above :data:`MAX_ASPECT_RATIO` (100) is refused;
+  - a JPEG with more than ``max_pixels`` pixels, a side above ``max_side`` or a decoding
+    cost above ``max_decode_bytes`` is decoded reduced by libjpeg's DCT scaling
+    (``Image.draft``, 1/2, 1/4 or 1/8 per side): the smallest reduction that keeps the
+    long side at least ``max_side``, or more if the memory bound asks for it. An 8,000 x
+    8,000 JPEG is decoded at 4,000 x 4,000, a 20,000 x 20,000 one at 2,500 x 2,500;
+  - any other image above ``max_pixels`` pixels or ``max_decode_bytes`` is refused.
+
+  Any result with a side above ``max_side`` is then shrunk with area interpolation,
+  keeping the aspect ratio.
+- **Memory bound**: ``max_decode_bytes`` (:data:`DEFAULT_MAX_DECODE_BYTES`, 256 MB) bounds
+  the peak extra memory that decoding one file or PIL image takes. It is estimated from the
+  header as ``width x height`` times the bytes per pixel of Pillow's decoded mode (1 for
+  ``1``/``L``/``P``, 2 for ``I;16``, 4 for ``I``/``F`` and for every colour or alpha mode,
+  which Pillow holds in 4 bytes), plus the uint8 result (1 or 3 bytes per pixel), the
+  shrunk RGB copy, the decoder's own buffers (a progressive or multi-scan JPEG keeps its
+  DCT coefficients for the whole image, 2 bytes per sample, whatever the reduction; a TIFF
+  strip or tile; WebP, AVIF and JPEG 2000 frame buffers) and two copies of the encoded
+  data. For ICO files the image counted is the embedded PNG or BMP that Pillow decodes,
+  read from its own header (the ICO directory claims at most 256 x 256). Conversions to
+  uint8 run over bands of rows (:data:`_BAND_PIXELS` pixels), so they add no full-size
+  work array. With the default limits no accepted file costs more than 256 MB on top of
+  the process (measured with ``VmHWM`` in ``tests/test_images_budget.py``). numpy arrays
+  are already decoded and are not subject to this bound.
 """
 
 from __future__ import annotations
@@ -41,13 +62,16 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
+import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Union
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import BmpImagePlugin, IcoImagePlugin, Image, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 from ._validation import ImageError
 
@@ -57,13 +81,37 @@ __all__ = [
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_SIDE",
+    "DEFAULT_MAX_DECODE_BYTES",
+    "MAX_DECODED_SIDE",
+    "MAX_ASPECT_RATIO",
     "SUPPORTED_FORMATS",
+    "ImageProbe",
+    "decode_cost",
     "load_image",
+    "probe_image",
     "to_grey",
 ]
 
 #: Anything :func:`load_image` accepts.
 ImageSource = Union[str, Path, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    """What :func:`probe_image` read from a header: the image as it would be decoded.
+
+    ``width`` x ``height`` after any JPEG reduction by ``reduction`` (1, 2, 4 or 8);
+    ``decode_bytes`` is :func:`decode_cost`'s estimate for :func:`load_image`;
+    ``buffer_bytes`` the part held by the format's decoder (JPEG coefficients, TIFF strips...).
+    """
+
+    width: int
+    height: int
+    reduction: int
+    format: str
+    mode: str
+    decode_bytes: int
+    buffer_bytes: int
 
 #: Largest encoded file accepted (bytes).
 DEFAULT_MAX_BYTES: int = 25_000_000
@@ -71,16 +119,39 @@ DEFAULT_MAX_BYTES: int = 25_000_000
 DEFAULT_MAX_PIXELS: int = 50_000_000
 #: Longest side of a returned image; larger results are shrunk to it.
 DEFAULT_MAX_SIDE: int = 4096
+#: Peak extra memory (bytes) that decoding and converting one image may take, judged from its header.
+DEFAULT_MAX_DECODE_BYTES: int = 256_000_000
+#: Longest side accepted from a header (after any JPEG reduction), whatever the other limits.
+MAX_DECODED_SIDE: int = 32_768
+#: Largest ratio of the long side to the short side of an image file accepted.
+MAX_ASPECT_RATIO: int = 100
 
 #: Raster formats Pillow may open here; others (EPS through Ghostscript, PDF, ...) are refused.
 SUPPORTED_FORMATS: tuple[str, ...] = (
     "JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "PPM", "ICO", "TGA", "AVIF", "JPEG2000",
 )
+_FORMAT_NAMES = "JPEG, PNG, GIF, WebP, BMP, TIFF, PPM, ICO, TGA, AVIF or JPEG 2000"
 
 _JPEG_SOI = b"\xff\xd8\xff"
 _JPEG_SOS = b"\xff\xda"
 _JPEG_EOI = b"\xff\xd9"
+_ICO_MAGIC = b"\x00\x00\x01\x00"
 _WHITE = (255, 255, 255)
+#: Pixels per band of rows in the conversions to uint8: bounds their temporary arrays (a few MB).
+_BAND_PIXELS = 1 << 18
+#: Memory counted for those temporaries, the decoders' small buffers and numpy's overheads.
+_FIXED_COST = 16_000_000
+#: Bytes per pixel of Pillow's own storage of a mode; colour and alpha modes use 4 (Storage.c).
+_STORAGE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2, "I": 4, "F": 4}
+#: Modes returned as grey (one byte per pixel before the final RGB copy).
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+#: Decoder buffers in bytes per pixel beyond Pillow's image: libwebp's two RGBA canvases and the
+#: frame handed over as bytes; libavif's YUV planes and RGB(A) buffer at up to 16 bits;
+#: OpenJPEG's 32-bit samples plus Pillow's tile buffer; Python-side RLE/plain-text decoders
+#: that collect the whole image before handing it over.
+_DECODER_BYTES = {"WEBP": 12, "AVIF": 14, "JPEG2000": 24, "BMP": 2, "DIB": 2, "PPM": 8, "TGA": 0, "GIF": 0, "PNG": 0}
+_QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*\"""")
+_JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 
 
 def pixels_sha256(image: np.ndarray) -> str:
@@ -96,6 +167,7 @@ def load_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_side: int = DEFAULT_MAX_SIDE,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
 ) -> np.ndarray:
     """Decode ``source`` into an upright RGB image.
 
@@ -111,6 +183,10 @@ def load_image(
     max_side : int, default=4096
         Longest side of the result; a larger image is shrunk (area interpolation) keeping
         its aspect ratio.
+    max_decode_bytes : int, default=256_000_000
+        Bound on the peak extra memory of decoding and converting a file or PIL image,
+        estimated from its header (see the module docstring). Above it a JPEG is decoded
+        reduced and any other image is refused before any pixel is decoded.
 
     Returns
     -------
@@ -125,16 +201,59 @@ def load_image(
     TypeError
         ``source`` is of a type that cannot hold an image.
     """
-    _check_limits(max_bytes=max_bytes, max_pixels=max_pixels, max_side=max_side)
+    limits = _Limits(max_bytes, max_pixels, max_side, max_decode_bytes)
+    orientation = 1
     if isinstance(source, np.ndarray):
         pixels = _array_to_uint8_image(source)
     elif isinstance(source, Image.Image):
-        pixels = _pil_to_uint8(_exif_upright(source, owned=False))
+        _check_pil_source(source, limits)
+        orientation = _orientation(source)
+        pixels = _pil_to_uint8(source)
     else:
         data, name = _read_bytes(source, max_bytes=max_bytes)
-        pixels = _decode_bytes(data, name=name, max_pixels=max_pixels, max_side=max_side)
-    # Shrink before grey becomes RGB, so a large grey image never exists three times over.
-    return _as_rgb(_fit_side(pixels, max_side), source)
+        pixels, orientation = _decode_bytes(data, name=name, limits=limits)
+    # Shrink before turning and before grey becomes RGB, so that large buffers are never copied.
+    pixels = _orient(_fit_side(pixels, max_side), orientation)
+    return _as_rgb(pixels, source)
+
+
+def decode_cost(im: Image.Image, *, max_side: int = DEFAULT_MAX_SIDE, encoded_bytes: int = 0,
+                decoded: bool = False) -> int:
+    """Peak extra memory (bytes) :func:`load_image` needs to decode and convert ``im``, from its header.
+
+    Parameters
+    ----------
+    im : PIL.Image.Image
+        An image opened lazily (``Image.open``), its size and mode as they will be decoded
+        (after any ``draft``).
+    max_side : int, default=4096
+        The ``max_side`` of :func:`load_image`: the RGB copy of a larger image is shrunk.
+    encoded_bytes : int, default=0
+        Size of the encoded data; two copies of it are counted.
+    decoded : bool, default=False
+        ``im`` is already decoded: only the conversion to uint8 RGB is counted.
+
+    Returns
+    -------
+    int
+        The estimate in bytes; see the module docstring for what it counts.
+    """
+    width, height = im.size
+    pixels = width * height
+    channels = 1 if im.mode in _GREY_MODES else 3
+    longest = max(width, height, 1)
+    scale = min(1.0, max_side / longest)
+    fitted = max(1, round(width * scale)) * max(1, round(height * scale))
+    held = 0 if decoded else pixels * _STORAGE_BYTES.get(im.mode, 4)
+    # The stages do not overlap: Pillow's image lives with the decoder's buffers, then with the
+    # uint8 result; it is freed before the result is shrunk, turned and made RGB.
+    stages = (
+        held + (0 if decoded else _decoder_cost(im)),
+        held + pixels * channels,
+        pixels * channels + fitted * channels,
+        fitted * (channels + 3),
+    )
+    return _FIXED_COST + 2 * encoded_bytes + max(stages)
 
 
 def to_grey(rgb: np.ndarray) -> np.ndarray:
@@ -169,10 +288,18 @@ def to_grey(rgb: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- reading bytes
 
 
-def _check_limits(*, max_bytes: int, max_pixels: int, max_side: int) -> None:
-    for name, value in (("max_bytes", max_bytes), ("max_pixels", max_pixels), ("max_side", max_side)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+class _Limits:
+    """The checked limits of one :func:`load_image` call."""
+
+    def __init__(self, max_bytes: int, max_pixels: int, max_side: int, max_decode_bytes: int) -> None:
+        for name, value in (("max_bytes", max_bytes), ("max_pixels", max_pixels), ("max_side", max_side),
+                            ("max_decode_bytes", max_decode_bytes)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.max_bytes = max_bytes
+        self.max_pixels = max_pixels
+        self.max_side = max_side
+        self.max_decode_bytes = max_decode_bytes
 
 
 def _mb(n: int) -> str:
@@ -231,12 +358,21 @@ def _read_bytes(source: Any, *, max_bytes: int) -> tuple[bytes, str]:
 # --------------------------------------------------------------------------- decoding
 
 
+def _reason(err: BaseException) -> str:
+    """Pillow's text for ``err`` without anything quoted from the file (byte or string reprs)."""
+    if isinstance(err, UnicodeError):
+        return "a text field in it is not valid text"
+    text = _QUOTED.sub("(...)", str(err))
+    text = "".join(ch for ch in text if ch.isprintable())[:200].strip()
+    return text or type(err).__name__
+
+
 def _open_header(data: bytes, *, name: str) -> Image.Image:
-    """Open ``data`` lazily: only the header is parsed, no pixel is decoded."""
+    """Open ``data`` lazily: only the header is parsed, no pixel is decoded (except ICO, checked before)."""
     buf = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # decompression-bomb and ICO size warnings: judged here
             if data.startswith(_JPEG_SOI):
                 # Constructed directly, the JPEG plugin skips Pillow's decompression-bomb
                 # check, which would refuse a 20,000 x 20,000 JPEG before draft() can reduce it.
@@ -249,36 +385,255 @@ def _open_header(data: bytes, *, name: str) -> Image.Image:
             "refused as too large to decode (a possible decompression bomb)"
         ) from err
     except UnidentifiedImageError as err:
-        head = data[:16]
-        raise ImageError(
-            f"{name} is not an image in a supported format (JPEG, PNG, GIF, WebP, BMP, TIFF, ...); "
-            f"it starts with {head!r}"
-        ) from err
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError) as err:
+        raise ImageError(f"{name} is not an image in a supported format ({_FORMAT_NAMES})") from err
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as err:
         if "truncated" in str(err).lower() or isinstance(err, EOFError):
             raise ImageError(f"{name} is truncated: the file ends inside the image header") from err
-        raise ImageError(f"{name} has a damaged image header: {err}") from err
+        raise ImageError(f"{name} has a damaged image header: {_reason(err)}") from err
 
 
-def _decode_bytes(data: bytes, *, name: str, max_pixels: int, max_side: int) -> np.ndarray:
-    """Decode encoded bytes into uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB, upright."""
-    im = _open_header(data, name=name)
+def _ico_frame(data: bytes, *, name: str) -> Image.Image:
+    """The embedded image Pillow decodes when it opens an ICO file, opened lazily from its own header.
+
+    Pillow decodes the first entry of the directory sorted by area (largest first), and it does
+    so inside ``Image.open``; the directory's size fields (at most 256) say nothing of the
+    embedded PNG or BMP, which may be of any size.
+    """
+    buf = io.BytesIO(data)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            entry = IcoImagePlugin.IcoFile(buf).entry[0]
+            buf.seek(entry.offset)
+            if data[entry.offset : entry.offset + 8] == PngImagePlugin._MAGIC:
+                return PngImagePlugin.PngImageFile(buf)
+            frame = BmpImagePlugin.DibImageFile(buf)
+            frame._size = (frame.size[0], frame.size[1] // 2)  # the DIB height counts the AND mask too
+            return frame
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as err:
+        raise ImageError(f"{name} has a damaged icon directory: {_reason(err)}") from err
+
+
+def _decoder_cost(im: Image.Image) -> int:
+    """Bytes the decoder of ``im``'s format holds beyond Pillow's image (see :data:`_DECODER_BYTES`)."""
+    width, height = im.size
+    fmt = im.format or ""
+    if fmt in ("JPEG", "MPO"):
+        return _jpeg_coefficient_bytes(im)
+    if fmt == "TIFF":
+        return _tiff_strip_bytes(im)
+    if isinstance(im, BmpImagePlugin.DibImageFile) and not isinstance(im, BmpImagePlugin.BmpImageFile):
+        return width * height * 6  # an ICO's BMP entry: converted to RGBA and given its mask
+    return width * height * _DECODER_BYTES.get(fmt, 8)
+
+
+def _jpeg_coefficient_bytes(im: Image.Image) -> int:
+    """DCT coefficients libjpeg keeps for the whole image of a progressive or multi-scan JPEG, else 0.
+
+    They are 2 bytes per sample of each component at its own sampling, at full size whatever
+    ``draft`` asked for.
+    """
+    width, height = getattr(im, "_full_size", im.size)
+    if not (im.info.get("progressive") or getattr(im, "_scans", 1) > 1):
+        return 0
+    layers = getattr(im, "layer", None) or [(0, 1, 1, 0)]
+    h_max = max(layer[1] for layer in layers) or 1
+    v_max = max(layer[2] for layer in layers) or 1
+    total = 0
+    for _, h, v, _ in layers:
+        blocks_x = math.ceil(math.ceil(width * h / h_max) / 8) + h
+        blocks_y = math.ceil(math.ceil(height * v / v_max) / 8) + v
+        total += blocks_x * blocks_y * 128
+    return total
+
+
+def _jpeg_scan_count(data: bytes) -> int:
+    """Number of scans (SOS segments) of the first image of a JPEG stream, walking its markers."""
+    i, scans, size = 2, 0, len(data)
+    while i + 4 <= size:
+        if data[i] != 0xFF or data[i + 1] in (0x00, 0xFF) or 0xD0 <= data[i + 1] <= 0xD7:
+            found = _JPEG_MARKER.search(data, i + 1)  # entropy-coded data: skip to the next marker
+            if found is None:
+                break
+            i = found.start()
+            continue
+        marker = data[i + 1]
+        if marker == 0xD9:
+            break
+        if marker == 0xDA:
+            scans += 1
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+    return scans
+
+
+def _tiff_strip_bytes(im: Image.Image) -> int:
+    """libtiff's buffer for one strip or tile, raw and as RGBA (the path taken for YCbCr and JPEG data)."""
+    tags = getattr(im, "tag_v2", {})
+    width, height = im.size
+
+    def first(tag: int, default: int) -> int:
+        value = tags.get(tag, default)
+        value = max(value) if isinstance(value, tuple) and value else value
+        return int(value) if isinstance(value, (int, float)) and value > 0 else default
+
+    bits = first(258, 8) * first(277, 1)
+    if 322 in tags and 323 in tags:
+        chunk_pixels = first(322, width) * first(323, height)
+    else:
+        chunk_pixels = width * min(height, first(278, height))
+    chunk_pixels = min(chunk_pixels, 1 << 40)
+    return chunk_pixels * (math.ceil(bits / 8) + 4)
+
+
+_MODE_WORDS = {
+    "1": "black-and-white", "L": "grey", "LA": "grey with transparency", "P": "palette",
+    "PA": "palette with transparency", "RGB": "colour", "RGBA": "colour with transparency",
+    "CMYK": "CMYK", "YCbCr": "colour", "I": "32-bit grey", "F": "32-bit float grey",
+    "I;16": "16-bit grey", "I;16B": "16-bit grey", "I;16L": "16-bit grey", "I;16N": "16-bit grey",
+}
+
+
+def _dims(width: int, height: int) -> str:
+    return f"{width:,} x {height:,} pixels"
+
+
+def _check_shape(im: Image.Image, *, name: str) -> None:
+    """Refuse an empty image, or one too thin to be a photo, from its header."""
     width, height = im.size
     if width < 1 or height < 1:
         raise ImageError(f"{name} declares an empty image ({width} x {height} pixels)")
-    is_jpeg = im.format in ("JPEG", "MPO")
-    too_many = width * height > max_pixels
-    if is_jpeg and (too_many or max(width, height) > max_side):
-        scale = min(1.0, max_side / max(width, height), math.sqrt(max_pixels / (width * height)))
-        im.draft(im.mode, (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))))
-        too_many = im.size[0] * im.size[1] > max_pixels
-    if too_many:
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
         raise ImageError(
-            f"{name} is {width:,} x {height:,} pixels ({width * height / 1e6:.0f} megapixels), "
-            f"more than the {max_pixels / 1e6:.0f} megapixel limit; "
-            + ("even decoded at 1/8 size it is too large" if is_jpeg else "save it smaller or as JPEG")
+            f"{name} is {_dims(width, height)}: its long side is more than {MAX_ASPECT_RATIO} times its "
+            "short side, too thin to hold a face; refused before decoding"
         )
-    if is_jpeg and data.rfind(_JPEG_EOI) < data.rfind(_JPEG_SOS):
+
+
+def _budget_problem(im: Any, *, limits: _Limits, encoded_bytes: int) -> str | None:
+    """Why ``im`` (as it would be decoded) exceeds the side, pixel or memory limits; ``None`` if it fits."""
+    width, height = im.size
+    if max(width, height) > MAX_DECODED_SIDE:
+        return f"a side is longer than the {MAX_DECODED_SIDE:,} pixel limit"
+    if width * height > limits.max_pixels:
+        return (f"{width * height / 1e6:.0f} megapixels, more than the {limits.max_pixels / 1e6:.0f} "
+                "megapixel limit")
+    cost = decode_cost(im, max_side=limits.max_side, encoded_bytes=encoded_bytes)
+    if cost > limits.max_decode_bytes:
+        kind = _MODE_WORDS.get(im.mode, f"{im.mode} mode")
+        return (f"as a {kind} image it would take about {_mb(cost)} of memory to decode, more than "
+                f"the {_mb(limits.max_decode_bytes)} limit")
+    return None
+
+
+def _check_budget(im: Image.Image, *, name: str, limits: _Limits, encoded_bytes: int) -> None:
+    """Refuse ``im`` before decoding when it exceeds the side, pixel or memory limits."""
+    problem = _budget_problem(im, limits=limits, encoded_bytes=encoded_bytes)
+    if problem is not None:
+        raise ImageError(
+            f"{name} is {_dims(*im.size)} ({problem}); refused before decoding: save it smaller or as JPEG"
+        )
+
+
+def _draft_jpeg(im: Image.Image, data: bytes, *, name: str, limits: _Limits) -> None:
+    """Ask libjpeg for the reduction (1, 1/2, 1/4, 1/8) that fits the limits, or refuse.
+
+    The smallest reduction whose long side stays at least ``max_side`` is tried first (nothing
+    is lost: the result is shrunk to ``max_side`` anyway), then stronger ones while the image
+    is over ``max_pixels``, :data:`MAX_DECODED_SIDE` or ``max_decode_bytes``.
+    """
+    width, height = im.size
+    im._full_size = (width, height)  # for the coefficient buffer, which draft() does not shrink
+    im._scans = 1 if im.info.get("progressive") else _jpeg_scan_count(data)
+    longest = max(width, height)
+    problem = None
+    for factor in (1, 2, 4, 8):
+        if factor < 8 and math.ceil(longest / (2 * factor)) >= limits.max_side:
+            continue  # a stronger reduction still gives at least max_side
+        problem = _budget_problem(_ReducedHeader(im, factor), limits=limits, encoded_bytes=len(data))
+        if problem is None:
+            if factor > 1:
+                im.draft(im.mode, (max(1, width // factor), max(1, height // factor)))
+                _check_budget(im, name=name, limits=limits, encoded_bytes=len(data))
+            return
+    buffered = _jpeg_coefficient_bytes(im) > 0
+    raise ImageError(
+        f"{name} is a JPEG of {_dims(width, height)}; even decoded at 1/8 size, "
+        f"{_dims(math.ceil(width / 8), math.ceil(height / 8))}, {problem}"
+        + (" (a progressive or multi-scan JPEG keeps data for every pixel while decoding)" if buffered else "")
+        + "; refused before decoding"
+    )
+
+
+class _ReducedHeader:
+    """What a JPEG header becomes under ``draft`` by ``factor``: size, mode, format, info, layers."""
+
+    def __init__(self, im: Image.Image, factor: int) -> None:
+        width, height = im.size
+        self.size = (math.ceil(width / factor), math.ceil(height / factor))
+        self.mode = im.mode
+        self.format = im.format
+        self.info = im.info
+        self.layer = getattr(im, "layer", None)
+        self._full_size = (width, height)
+        self._scans = getattr(im, "_scans", 1)
+
+
+def _open_checked(data: bytes, *, name: str, limits: _Limits) -> Image.Image:
+    """Open ``data`` lazily and apply every header check; a large JPEG comes back drafted (reduced)."""
+    if data.startswith(_ICO_MAGIC):
+        # Pillow decodes an icon's image while opening it: judge that image first.
+        frame = _ico_frame(data, name=name)
+        _check_shape(frame, name=name)
+        _check_budget(frame, name=name, limits=limits, encoded_bytes=len(data))
+    im = _open_header(data, name=name)
+    _check_shape(im, name=name)
+    if im.format in ("JPEG", "MPO"):
+        _draft_jpeg(im, data, name=name, limits=limits)
+    else:
+        _check_budget(im, name=name, limits=limits, encoded_bytes=len(data))
+    return im
+
+
+def probe_image(
+    data: bytes,
+    *,
+    name: str = "the image data",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = DEFAULT_MAX_SIDE,
+    max_decode_bytes: int = DEFAULT_MAX_DECODE_BYTES,
+) -> ImageProbe:
+    """Run :func:`load_image`'s header checks on encoded ``data`` without decoding any pixel.
+
+    Returns
+    -------
+    ImageProbe
+        The image as :func:`load_image` would decode it: size after any JPEG reduction, the
+        reduction (1, 2, 4 or 8), Pillow's format and mode, and the estimated decoding cost.
+
+    Raises
+    ------
+    ImageError
+        Not an image, a damaged header, or over one of the limits; the same message as
+        :func:`load_image` gives.
+    """
+    limits = _Limits(DEFAULT_MAX_BYTES, max_pixels, max_side, max_decode_bytes)
+    im = _open_checked(bytes(data), name=name, limits=limits)
+    full_width = getattr(im, "_full_size", im.size)[0]
+    return ImageProbe(
+        width=im.size[0],
+        height=im.size[1],
+        reduction=max(1, round(full_width / im.size[0])),
+        format=im.format or "",
+        mode=im.mode,
+        decode_bytes=decode_cost(im, max_side=max_side, encoded_bytes=len(data)),
+        buffer_bytes=_decoder_cost(im),
+    )
+
+
+def _decode_bytes(data: bytes, *, name: str, limits: _Limits) -> tuple[np.ndarray, int]:
+    """Decode encoded bytes into uint8 ``(H, W)`` grey or ``(H, W, 3)`` RGB and its EXIF orientation."""
+    im = _open_checked(data, name=name, limits=limits)
+    if im.format in ("JPEG", "MPO") and data.rfind(_JPEG_EOI) < data.rfind(_JPEG_SOS):
         # No end-of-image marker after the last scan: the file was cut short. Pillow refuses
         # this by default, but not when some other code sets ImageFile.LOAD_TRUNCATED_IMAGES.
         raise ImageError(f"{name} is a truncated JPEG (the file ends before the image does)")
@@ -288,69 +643,134 @@ def _decode_bytes(data: bytes, *, name: str, max_pixels: int, max_side: int) -> 
             im.seek(0)
             im.load()
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as err:
-        text = str(err)
-        if "truncated" in text or isinstance(err, EOFError):
+        if "truncated" in str(err) or isinstance(err, EOFError):
             raise ImageError(
                 f"{name} is truncated: the {im.format or 'image'} file ends before the image does"
             ) from err
-        raise ImageError(f"{name} could not be decoded as {im.format or 'an image'}: {text}") from err
-    return _pil_to_uint8(_exif_upright(im, owned=True))
+        raise ImageError(f"{name} could not be decoded as {im.format or 'an image'}: {_reason(err)}") from err
+    orientation = _orientation(im)
+    return _pil_to_uint8(im), orientation
 
 
-def _exif_upright(im: Image.Image, *, owned: bool) -> Image.Image:
-    """Apply the EXIF orientation; ``owned`` images are turned in place, others are copied."""
+def _check_pil_source(im: Image.Image, limits: _Limits) -> None:
+    """Apply the header checks to a PIL image; one not yet decoded (``Image.open``) counts its decoding too."""
+    name = "the PIL image"
+    _check_shape(im, name=name)
+    pending = bool(getattr(im, "tile", None))
+    width, height = im.size
+    cost = decode_cost(im, max_side=limits.max_side, decoded=not pending)
+    if cost > limits.max_decode_bytes:
+        raise ImageError(
+            f"{name} is {_dims(width, height)}: as a {_MODE_WORDS.get(im.mode, im.mode + ' mode')} image "
+            f"converting it would take about {_mb(cost)} of memory, more than the "
+            f"{_mb(limits.max_decode_bytes)} limit"
+        )
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1-8) of a decoded image; 1 when absent or unreadable."""
     try:
-        orientation = im.getexif().get(0x0112, 1)
+        value = im.getexif().get(0x0112, 1)
     except Exception:  # a damaged EXIF block must not make a readable image unreadable
-        return im
-    if orientation in (None, 1):
-        return im
-    try:
-        if owned:
-            ImageOps.exif_transpose(im, in_place=True)
-            return im
-        return ImageOps.exif_transpose(im)
-    except Exception:
-        return im
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+#: EXIF orientation -> the numpy view that shows the image upright (as ImageOps.exif_transpose).
+_UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """``pixels`` turned upright for an EXIF ``orientation`` (a view; :func:`_as_rgb` copies it)."""
+    turn = _UPRIGHT.get(orientation)
+    return pixels if turn is None else turn(pixels)
+
+
+# --------------------------------------------------------------------------- PIL to uint8
+
+
+def _row_bands(height: int, width: int) -> list[tuple[int, int]]:
+    step = max(1, _BAND_PIXELS // max(1, width))
+    return [(top, min(top + step, height)) for top in range(0, height, step)]
+
+
+def _band(im: Image.Image, top: int, bottom: int, mode: str | None = None) -> np.ndarray:
+    """Rows ``top:bottom`` of ``im`` as an array, converted to ``mode`` if given."""
+    part = im.crop((0, top, im.width, bottom))
+    if mode is not None and part.mode != mode:
+        part = part.convert(mode)
+    return np.asarray(part)
 
 
 def _pil_to_uint8(im: Image.Image) -> np.ndarray:
-    """Convert a PIL image of any mode to uint8: ``(H, W)`` for grey modes, else ``(H, W, 3)`` RGB."""
+    """Convert a PIL image of any mode to uint8: ``(H, W)`` for grey modes, else ``(H, W, 3)`` RGB.
+
+    Works band by band (see :data:`_BAND_PIXELS`): the only full-size array is the result.
+    """
     mode = im.mode
-    if mode in ("L", "RGB"):
-        return np.array(im, dtype=np.uint8)
-    if mode == "1":
-        return np.array(im.convert("L"), dtype=np.uint8)
-    if mode.startswith("I"):  # I, I;16, I;16L, I;16B, I;16N
-        if mode != "I":
-            im = im.convert("I")
-        return _range_to_uint8(np.asarray(im), full_scale=65535.0)
-    if mode == "F":
-        values = np.asarray(im, dtype=np.float32)
-        finite = values[np.isfinite(values)]
-        if finite.size and finite.min() >= 0.0 and finite.max() <= 1.0:
-            return _unit_to_uint8(values)
-        return _range_to_uint8(values, full_scale=1.0)
-    if mode == "P" and "transparency" in im.info:
-        im = im.convert("RGBA")
-    elif mode in ("PA", "RGBa"):
-        im = im.convert("RGBA")
-    elif mode == "La":
-        im = im.convert("LA")
-    if im.mode in ("RGBA", "LA"):
-        return _composite_on_white(im)
+    if mode.startswith("I") or mode == "F":
+        return _pil_range_to_uint8(im)
+    if mode in ("L", "1"):
+        target, blend, channels = "L", False, 1
+    elif mode in ("LA", "La"):
+        target, blend, channels = "LA", True, 1
+    elif mode in ("RGBA", "RGBa", "PA") or (mode == "P" and "transparency" in im.info):
+        target, blend, channels = "RGBA", True, 3
+    else:
+        target, blend, channels = "RGB", False, 3
+    width, height = im.size
+    out = np.empty((height, width) if channels == 1 else (height, width, 3), dtype=np.uint8)
     try:
-        return np.array(im.convert("RGB"), dtype=np.uint8)
+        for top, bottom in _row_bands(height, width):
+            part = _band(im, top, bottom, target)
+            out[top:bottom] = _blend_on_white(part).reshape(out[top:bottom].shape) if blend else part
     except (ValueError, OSError) as err:
-        raise ImageError(f"unsupported image mode {mode!r}: {err}") from err
+        raise ImageError(f"unsupported image mode {mode!r}: {_reason(err)}") from err
+    return out
 
 
-def _composite_on_white(im: Image.Image) -> np.ndarray:
-    """Composite an RGBA or LA image over white; LA stays grey."""
-    colour_mode = "L" if im.mode == "LA" else "RGB"
-    out = Image.new(colour_mode, im.size, 255 if colour_mode == "L" else _WHITE)
-    out.paste(im.convert(colour_mode), (0, 0), im.getchannel("A"))
-    return np.array(out, dtype=np.uint8)
+def _pil_range_to_uint8(im: Image.Image) -> np.ndarray:
+    """16- and 32-bit integer and float grey to uint8 by the actual range (module docstring), in two passes."""
+    width, height = im.size
+    bands = _row_bands(height, width)
+    lo, hi, finite_count, any_nonfinite = math.inf, -math.inf, 0, False
+    for top, bottom in bands:
+        values = _band(im, top, bottom).astype(np.float32)
+        finite = np.isfinite(values)
+        if not finite.all():
+            any_nonfinite = True
+            values = values[finite]
+        if values.size:
+            finite_count += values.size
+            lo, hi = min(lo, float(values.min())), max(hi, float(values.max()))
+    out = np.empty((height, width), dtype=np.uint8)
+    if im.mode == "F" and finite_count and lo >= 0.0 and hi <= 1.0:
+        for top, bottom in bands:
+            out[top:bottom] = _unit_to_uint8(_band(im, top, bottom))
+        return out
+    if any_nonfinite:  # non-finite values count as 0 in the range
+        lo, hi = (0.0, 0.0) if not finite_count else (min(lo, 0.0), max(hi, 0.0))
+    full_scale = 1.0 if im.mode == "F" else 65535.0
+    for top, bottom in bands:
+        out[top:bottom] = _scale_to_uint8(_band(im, top, bottom), lo, hi, full_scale=full_scale)
+    return out
+
+
+def _blend_on_white(pixels: np.ndarray) -> np.ndarray:
+    """Composite uint8 colour+alpha (last channel) over white: ``(c a + 255 (255 - a)) / 255``, rounded."""
+    alpha = pixels[..., -1:].astype(np.uint16)
+    out = pixels[..., :-1].astype(np.uint16) * alpha + 255 * (255 - alpha)
+    out += 127
+    out //= 255
+    return out.astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- arrays
@@ -371,7 +791,7 @@ def _array_to_uint8_image(arr: np.ndarray) -> np.ndarray:
         raise ImageError(f"the image array is empty, shape {arr.shape}")
     u8 = _array_to_uint8(arr)
     if u8.ndim == 3 and u8.shape[2] == 4:
-        return _blend_on_white(u8)
+        return _by_rows(u8, _blend_on_white, channels=3)
     return u8
 
 
@@ -382,7 +802,8 @@ def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
     if kind == "b":
         return arr.astype(np.uint8) * np.uint8(255)
     if arr.dtype == np.uint16:
-        return _range_to_uint8(arr, full_scale=65535.0)
+        lo, hi = float(arr.min()), float(arr.max())
+        return _by_rows(arr, lambda rows: _scale_to_uint8(rows, lo, hi, full_scale=65535.0))
     if kind in "iu":
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 255:
@@ -400,8 +821,18 @@ def _array_to_uint8(arr: np.ndarray) -> np.ndarray:
                 f"a float image array must hold values in [0, 1], got [{lo:.4g}, {hi:.4g}]; "
                 "divide by 255 if it holds 8-bit values"
             )
-        return _unit_to_uint8(arr)
+        return _by_rows(arr, _unit_to_uint8)
     raise ImageError(f"unsupported image array dtype {arr.dtype}; use uint8, uint16 or float in [0, 1]")
+
+
+def _by_rows(arr: np.ndarray, convert: Any, channels: int | None = None) -> np.ndarray:
+    """``convert`` applied to bands of rows of ``arr`` into one uint8 array (bounded temporaries)."""
+    shape = arr.shape if channels is None else (*arr.shape[:2], channels)
+    out = np.empty(shape, dtype=np.uint8)
+    width = arr.shape[1] * (arr.shape[2] if arr.ndim == 3 else 1)
+    for top, bottom in _row_bands(arr.shape[0], width):
+        out[top:bottom] = convert(arr[top:bottom])
+    return out
 
 
 def _unit_to_uint8(values: np.ndarray) -> np.ndarray:
@@ -413,13 +844,12 @@ def _unit_to_uint8(values: np.ndarray) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def _range_to_uint8(values: np.ndarray, *, full_scale: float) -> np.ndarray:
-    """Stretch ``[min, max]`` of ``values`` to [0, 255]; a constant image maps by ``full_scale``."""
+def _scale_to_uint8(values: np.ndarray, lo: float, hi: float, *, full_scale: float) -> np.ndarray:
+    """Stretch ``[lo, hi]`` to [0, 255] (non-finite values as 0); a constant image maps by ``full_scale``."""
     work = values.astype(np.float32)
     finite = np.isfinite(work)
     if not finite.all():
         work[~finite] = 0.0
-    lo, hi = float(work.min()), float(work.max())
     if hi > lo:
         work -= lo
         work *= 255.0 / (hi - lo)
@@ -428,15 +858,6 @@ def _range_to_uint8(values: np.ndarray, *, full_scale: float) -> np.ndarray:
     np.rint(work, out=work)
     np.clip(work, 0.0, 255.0, out=work)
     return work.astype(np.uint8)
-
-
-def _blend_on_white(rgba: np.ndarray) -> np.ndarray:
-    """Composite ``(H, W, 4)`` uint8 over white: ``out = (rgb a + 255 (255 - a)) / 255``, rounded."""
-    alpha = rgba[:, :, 3:4].astype(np.uint16)
-    out = rgba[:, :, :3].astype(np.uint16) * alpha + 255 * (255 - alpha)
-    out += 127
-    out //= 255
-    return out.astype(np.uint8)
 
 
 def _as_rgb(pixels: np.ndarray, source: Any) -> np.ndarray:
