@@ -136,8 +136,15 @@ class RawClient:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        config = json.loads(urllib.request.urlopen(f"{url}/config", timeout=30).read())
-        self.fn_ids = {d["api_name"]: d["id"] for d in config["dependencies"] if d.get("api_name")}
+        self.config = json.loads(urllib.request.urlopen(f"{url}/config", timeout=30).read())
+        self.fn_ids = {d["api_name"]: d["id"] for d in self.config["dependencies"] if d.get("api_name")}
+
+    def page_inputs(self, api: str, values: list) -> list:
+        """``values`` for the visible inputs of event ``api``, with None where the page sends a state."""
+        kinds = {c["id"]: c.get("type") for c in self.config["components"]}
+        dependency = next(d for d in self.config["dependencies"] if d["id"] == self.fn_ids[api])
+        given = iter(values)
+        return [None if kinds.get(i) == "state" else next(given) for i in dependency["inputs"]]
 
     def upload(self, data: bytes, name: str) -> dict:
         boundary = uuid.uuid4().hex
@@ -450,8 +457,9 @@ def burst_case(app: App, client: RawClient, burst: int = 66) -> Outcome:
             time.sleep(1.0)  # the burst is queued now
             session = uuid.uuid4().hex
             started = time.perf_counter()
-            start_ok, start_answer = client.event("relabel_start", _relabel_inputs(client, "burst-annotator"),
-                                                  session=session)
+            start_ok, start_answer = client.event(
+                "relabel_start", client.page_inputs("relabel_start", _relabel_inputs(client, "burst-annotator")),
+                session=session)
             seconds = time.perf_counter() - started
             results = [f.result() for f in futures]
         full = sum("full" in answer.lower() or "busy" in answer.lower() for ok, answer in results if not ok)
@@ -463,14 +471,15 @@ def burst_case(app: App, client: RawClient, burst: int = 66) -> Outcome:
 
 
 def _relabel_inputs(client: RawClient, name: str) -> list:
-    """The inputs of ``relabel_start`` as the page sends them, read from the app's API description."""
+    """The visible inputs of ``relabel_start`` (the name box, then the queue settings) with ``name`` and
+    the ``random`` queue, the rest at their defaults, read from the app's API description."""
     info = json.loads(urllib.request.urlopen(f"{client.url}/gradio_api/info", timeout=30).read())
     parameters = info["named_endpoints"]["/relabel_start"]["parameters"]
     values = []
     for p in parameters:
-        if p["parameter_name"] == "name":
+        if p["component"] == "Textbox":
             values.append(name)
-        elif p["parameter_name"] == "strategy":
+        elif p["component"] == "Dropdown":
             values.append("random")
         else:
             values.append(p.get("parameter_default"))
