@@ -64,9 +64,27 @@ def load_data(path: str | None):
 
 def open_annotations(db: str | None = None):
     """The relabel store: ``db`` (path or URL), else ``$FER_DB_URL``, else ``/data`` or beside the app."""
-    from annotate import default_db_url, open_store
+    return open_annotations_saying(db)[0]
 
-    return open_store(db or default_db_url(cwd=APP_DIR))
+
+def open_annotations_saying(db: str | None = None):
+    """The relabel store (as :func:`open_annotations`), and a warning when its answers will not be kept.
+
+    Logs which database is used and why; the warning (``/data`` exists but cannot be written) is
+    logged too, loudly, and is for the page.
+    """
+    from annotate import open_store
+    from annotate.engine import choose_default_db, to_url
+
+    if db:
+        store = open_store(db)
+        print(f"relabel store: using {to_url(db).render_as_string(hide_password=True)} (--db)", file=sys.stderr)
+        return store, None
+    choice = choose_default_db(cwd=APP_DIR)
+    print(f"relabel store: {choice.reason}", file=sys.stderr)
+    if choice.warning:
+        print(f"WARNING: {choice.warning}", file=sys.stderr)
+    return open_store(choice.url), choice.warning
 
 
 def build_demo(table, store=None, *, identity: str = "name", notice: str | None = None) -> "gr.Blocks":
@@ -199,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
         with step(f"loading the data set ({args.data or 'the bundled sample'})"):
             table = load_data(args.data)
         with step("opening the relabel store"):
-            store = open_annotations(args.db)
+            store, notice = open_annotations_saying(args.db)
     except FERError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with step("building the tabs (model, detector, relabel queue)"):
-        demo = build_demo(table, store, identity=identity)
+        demo = build_demo(table, store, identity=identity, notice=notice)
     with step(f"starting the server on http://{args.host}:{args.port}"):
         launch(demo, host=args.host, port=args.port, prevent_thread_lock=True, auth=users or None)
     demo.block_thread()
