@@ -408,6 +408,12 @@ def test_the_images_start_command_serves_the_app(tmp_path: Path) -> None:
               f"predict at {time.monotonic() - started:.1f} s")
         assert (data / "fer_annotations.db").is_file(), "the relabel store is not where /data stands"
         assert not (workdir / "fer_annotations.db").exists()
+        # The log says which database holds the answers, and raises no alarm about it.
+        started_log = (tmp_path / "app.log").read_text()
+        said = re.search(r"^relabel store: using (.+)$", started_log, re.MULTILINE)
+        assert said is not None, f"the log does not say which database is used:\n{started_log[-4000:]}"
+        assert str(data / "fer_annotations.db") in said.group(1)
+        assert not re.search(r"^WARNING:.*relabel", started_log, re.MULTILINE)
     finally:
         process.terminate()
         try:
