@@ -36,7 +36,7 @@ Choices made here (the same for files, PIL images and arrays):
     cost above ``max_decode_bytes`` is decoded reduced by libjpeg's DCT scaling
     (``Image.draft``, 1/2, 1/4 or 1/8 per side): the smallest reduction that keeps the
     long side at least ``max_side``, or more if the memory bound asks for it. An 8,000 x
-    8,000 JPEG is decoded at 4,000 x 4,000, a 20,000 x 20,000 one at 2,500 x 2,500;
+    8,000 JPEG is decoded at 4,000 x 4,000, a 20,000 x 20,000 one at 5,000 x 5,000;
   - any other image above ``max_pixels`` pixels or ``max_decode_bytes`` is refused.
 
   Any result with a side above ``max_side`` is then shrunk with area interpolation,
@@ -86,6 +86,7 @@ __all__ = [
     "MAX_ASPECT_RATIO",
     "SUPPORTED_FORMATS",
     "ImageProbe",
+    "ImageTooLarge",
     "decode_cost",
     "load_image",
     "probe_image",
@@ -94,6 +95,10 @@ __all__ = [
 
 #: Anything :func:`load_image` accepts.
 ImageSource = Union[str, Path, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+
+
+class ImageTooLarge(ImageError):
+    """An image refused from its header as too large (pixels, sides or decoding memory)."""
 
 
 @dataclass(frozen=True)
@@ -149,7 +154,10 @@ _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B
 #: frame handed over as bytes; libavif's YUV planes and RGB(A) buffer at up to 16 bits;
 #: OpenJPEG's 32-bit samples plus Pillow's tile buffer; Python-side RLE/plain-text decoders
 #: that collect the whole image before handing it over.
-_DECODER_BYTES = {"WEBP": 12, "AVIF": 14, "JPEG2000": 24, "BMP": 2, "DIB": 2, "PPM": 8, "TGA": 0, "GIF": 0, "PNG": 0}
+_DECODER_BYTES = {
+    "WEBP": 12, "AVIF": 14, "JPEG2000": 24, "BMP": 2, "DIB": 2, "PPM": 8, "TGA": 0, "GIF": 0, "PNG": 0,
+    "ICO": 0,  # its embedded image is judged before opening (see _ico_frame)
+}
 _QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*\"""")
 _JPEG_MARKER = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")
 
@@ -324,7 +332,7 @@ def _read_bytes(source: Any, *, max_bytes: int) -> tuple[bytes, str]:
         if size == 0:
             raise ImageError(f"image file {name} is empty (0 bytes)")
         if size > max_bytes:
-            raise ImageError(
+            raise ImageTooLarge(
                 f"image file {name} is {_mb(size)}, larger than the {_mb(max_bytes)} limit"
             )
         try:
@@ -351,7 +359,7 @@ def _read_bytes(source: Any, *, max_bytes: int) -> tuple[bytes, str]:
     if len(data) == 0:
         raise ImageError(f"{name} is empty (0 bytes)")
     if len(data) > max_bytes:
-        raise ImageError(f"{name} is larger than the {_mb(max_bytes)} limit")
+        raise ImageTooLarge(f"{name} is larger than the {_mb(max_bytes)} limit")
     return data, name
 
 
@@ -380,7 +388,7 @@ def _open_header(data: bytes, *, name: str) -> Image.Image:
             Image.init()
             return Image.open(buf, formats=[f for f in SUPPORTED_FORMATS if f in Image.OPEN])
     except Image.DecompressionBombError as err:
-        raise ImageError(
+        raise ImageTooLarge(
             f"{name} declares an image of more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels; "
             "refused as too large to decode (a possible decompression bomb)"
         ) from err
@@ -467,7 +475,7 @@ def _jpeg_scan_count(data: bytes) -> int:
 
 
 def _tiff_strip_bytes(im: Image.Image) -> int:
-    """libtiff's buffer for one strip or tile, raw and as RGBA (the path taken for YCbCr and JPEG data)."""
+    """libtiff's buffer for one strip or tile, plus its RGBA copy when libtiff converts (YCbCr, JPEG)."""
     tags = getattr(im, "tag_v2", {})
     width, height = im.size
 
@@ -476,13 +484,14 @@ def _tiff_strip_bytes(im: Image.Image) -> int:
         value = max(value) if isinstance(value, tuple) and value else value
         return int(value) if isinstance(value, (int, float)) and value > 0 else default
 
-    bits = first(258, 8) * first(277, 1)
     if 322 in tags and 323 in tags:
-        chunk_pixels = first(322, width) * first(323, height)
+        chunk_pixels = min(first(322, width) * first(323, height), 1 << 40)
     else:
         chunk_pixels = width * min(height, first(278, height))
-    chunk_pixels = min(chunk_pixels, 1 << 40)
-    return chunk_pixels * (math.ceil(bits / 8) + 4)
+    per_pixel = math.ceil(first(258, 8) * first(277, 1) / 8)
+    if first(262, 0) == 6 or first(259, 1) in (6, 7):  # YCbCr or (old-style) JPEG: read as RGBA
+        per_pixel += 4
+    return chunk_pixels * per_pixel
 
 
 _MODE_WORDS = {
@@ -503,7 +512,7 @@ def _check_shape(im: Image.Image, *, name: str) -> None:
     if width < 1 or height < 1:
         raise ImageError(f"{name} declares an empty image ({width} x {height} pixels)")
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise ImageError(
+        raise ImageTooLarge(
             f"{name} is {_dims(width, height)}: its long side is more than {MAX_ASPECT_RATIO} times its "
             "short side, too thin to hold a face; refused before decoding"
         )
@@ -529,7 +538,7 @@ def _check_budget(im: Image.Image, *, name: str, limits: _Limits, encoded_bytes:
     """Refuse ``im`` before decoding when it exceeds the side, pixel or memory limits."""
     problem = _budget_problem(im, limits=limits, encoded_bytes=encoded_bytes)
     if problem is not None:
-        raise ImageError(
+        raise ImageTooLarge(
             f"{name} is {_dims(*im.size)} ({problem}); refused before decoding: save it smaller or as JPEG"
         )
 
@@ -556,7 +565,7 @@ def _draft_jpeg(im: Image.Image, data: bytes, *, name: str, limits: _Limits) -> 
                 _check_budget(im, name=name, limits=limits, encoded_bytes=len(data))
             return
     buffered = _jpeg_coefficient_bytes(im) > 0
-    raise ImageError(
+    raise ImageTooLarge(
         f"{name} is a JPEG of {_dims(width, height)}; even decoded at 1/8 size, "
         f"{_dims(math.ceil(width / 8), math.ceil(height / 8))}, {problem}"
         + (" (a progressive or multi-scan JPEG keeps data for every pixel while decoding)" if buffered else "")
@@ -660,7 +669,7 @@ def _check_pil_source(im: Image.Image, limits: _Limits) -> None:
     width, height = im.size
     cost = decode_cost(im, max_side=limits.max_side, decoded=not pending)
     if cost > limits.max_decode_bytes:
-        raise ImageError(
+        raise ImageTooLarge(
             f"{name} is {_dims(width, height)}: as a {_MODE_WORDS.get(im.mode, im.mode + ' mode')} image "
             f"converting it would take about {_mb(cost)} of memory, more than the "
             f"{_mb(limits.max_decode_bytes)} limit"
