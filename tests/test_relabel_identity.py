@@ -168,6 +168,7 @@ def _hugging_face_session_cookie(url: str) -> str:
     return answer.headers["set-cookie"].split(";")[0]
 
 
+@pytest.mark.filterwarnings("ignore:Gradio does not support OAuth features outside of a Space")
 def test_hugging_face_sign_in_is_who_answers_and_exports_need_it(table, tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     _mock_hugging_face_login(monkeypatch, "ana-hf")

@@ -344,6 +344,38 @@ def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: 
     source_note = (f"Model probabilities: out-of-fold for {desk.oof_rows:,} training faces, the bundled model's "
                    "for the others." if desk.oof_rows else
                    "Model probabilities: the bundled model's (on its own training faces they are overconfident).")
+    prompt = "Enter your name and start the queue." if identity == "name" else "Sign in, then start the queue."
+    on = _handlers(desk, identity, prompt)
+    with gr.Row():
+        if identity == "huggingface":
+            gr.LoginButton(scale=1)
+        if identity == "name":
+            name = gr.Textbox(label="Your name", placeholder="kept with every answer", max_length=MAX_NAME, scale=2)
+        else:
+            name = gr.Textbox(on["signed_in"], label="Signed in as", placeholder="not signed in", interactive=False,
+                              scale=2)
+        strategy = gr.Dropdown(desk.strategies(), value=desk.queue.strategies()[0], label="Queue", scale=2)
+    ui = _tab_layout(desk, source_note, prompt)
+    session = gr.State(Session())
+    selection_input = selection_state if selection_state is not None else gr.State(None)
+    inputs = [session, name, ui["scope"], selection_input, strategy, *ui["settings"]]
+    outputs = [ui["image"], ui["text"], ui["progress"], session]
+    view = dict(fn=functools.partial(_identity_view, identity), inputs=[session], outputs=[name, ui["switch"]],
+                api_visibility="private")
+    ui["start"].click(on["start"], inputs, outputs, api_name="relabel_start").then(**view)
+    for (answer, _, _), button in zip(ANSWERS, ui["answers"]):
+        button.click(on["answer"](answer), inputs, outputs, api_name=f"relabel_{answer}", show_progress="hidden",
+                     trigger_mode="once")
+    ui["undo"].click(on["undo"], inputs, outputs, api_name="relabel_undo", show_progress="hidden", trigger_mode="once")
+    ui["switch"].click(on["switch"], [session], [session, *outputs[:3]], api_name="relabel_switch").then(**view)
+    ui["export"].click(on["export"], None, [ui["files"]], api_name="relabel_export")
+
+
+def _handlers(desk: RelabelDesk, identity: str, prompt: str) -> dict[str, Any]:
+    """The tab's event functions. Gradio passes each the ``gr.Request`` and ``gr.OAuthProfile``
+    it asks for by type (who is signed in), then the inputs: the session, the name box, the
+    faces radio, the Browse selection and the queue settings."""
+    import gradio as gr
 
     def who(typed: Any, request: Any, profile: Any) -> str:
         return annotator_for(identity, typed, username=getattr(request, "username", None),
@@ -356,27 +388,6 @@ def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: 
         except AnnotateError:
             return ""
 
-    with gr.Row():
-        if identity == "huggingface":
-            gr.LoginButton(scale=1)
-        if identity == "name":
-            name = gr.Textbox(label="Your name", placeholder="kept with every answer", max_length=MAX_NAME, scale=2)
-        else:
-            name = gr.Textbox(signed_in, label="Signed in as", placeholder="not signed in", interactive=False, scale=2)
-        strategy = gr.Dropdown(desk.strategies(), value=desk.queue.strategies()[0], label="Queue", scale=2)
-    ui = _tab_layout(desk, source_note)
-    session = gr.State(Session())
-    settings_inputs = [strategy, *ui["settings"]]
-    scope, face_image, face_text, progress, switch = ui["scope"], ui["image"], ui["text"], ui["progress"], ui["switch"]
-
-    def selection_of(scope_value, selection):
-        if scope_value != "whole data set":
-            if selection is None or len(selection) == 0:
-                raise AnnotateError("the Browse tab has no selection yet: filter there and press "
-                                    "'Send the selection to the relabel queue'")
-            return np.asarray(selection)
-        return None
-
     def show(face: QueuedFace | None, state: Session, settings: Settings, selection):
         text = desk.progress_text(state.annotator, settings, selection)
         if face is None:
@@ -384,24 +395,24 @@ def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: 
         return desk.picture(face), desk.describe(face), text, state
 
     @_guarded
-    def on_start(request: gr.Request, profile: gr.OAuthProfile | None, state, typed, scope_value, selection, *values):
+    def start(request: gr.Request, profile: gr.OAuthProfile | None, state, typed, scope_value, selection, *values):
         settings = settings_from_inputs(*values)
-        chosen = selection_of(scope_value, selection)
+        chosen = _selection_of(scope_value, selection)
         return show(desk.start(state, who(typed, request, profile), settings, chosen), state, settings, chosen)
 
-    def on_answer(label):
+    def answer(label):
         @_guarded
         def run(request: gr.Request, profile: gr.OAuthProfile | None, state, typed, scope_value, selection, *values):
             settings = settings_from_inputs(*values)
-            chosen = selection_of(scope_value, selection)
+            chosen = _selection_of(scope_value, selection)
             face = desk.answer(state, label, settings, chosen, who=who(typed, request, profile))
             return show(face, state, settings, chosen)
         return run
 
     @_guarded
-    def on_undo(request: gr.Request, profile: gr.OAuthProfile | None, state, typed, scope_value, selection, *values):
+    def undo(request: gr.Request, profile: gr.OAuthProfile | None, state, typed, scope_value, selection, *values):
         settings = settings_from_inputs(*values)
-        chosen = selection_of(scope_value, selection)
+        chosen = _selection_of(scope_value, selection)
         face = desk.undo(state, chosen, who=who(typed, request, profile) if state.annotator else None)
         if face is None:
             gr.Info("Nothing to undo: this tab has no answer of yours left to undo.")
@@ -409,34 +420,40 @@ def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: 
         return show(face, state, settings, chosen)
 
     @_guarded
-    def on_switch(state):
-        return desk.switch(state), None, "Enter your name and start the queue.", ""
-
-    def identity_view(state: Session):
-        bound = state.annotator is not None
-        box = gr.update(interactive=not bound, value=state.annotator) if identity == "name" and bound else (
-            gr.update(interactive=True) if identity == "name" else gr.skip())
-        return box, gr.update(visible=bound)
+    def switch(state):
+        return desk.switch(state), None, prompt, ""
 
     @_guarded
-    def on_export(request: gr.Request, profile: gr.OAuthProfile | None):
+    def export(request: gr.Request, profile: gr.OAuthProfile | None):
         if identity != "name":
             who(None, request, profile)  # everyone's answers go to signed-in users only
         folder = Path(tempfile.gettempdir()) / "fer_relabel" / uuid.uuid4().hex
         folder.mkdir(parents=True)
         return [str(p) for p in desk.exports(folder)]
 
-    selection_input = selection_state if selection_state is not None else gr.State(None)
-    inputs = [session, name, scope, selection_input, *settings_inputs]
-    outputs = [face_image, face_text, progress, session]
-    view = dict(fn=identity_view, inputs=[session], outputs=[name, switch], api_visibility="private")
-    ui["start"].click(on_start, inputs, outputs, api_name="relabel_start").then(**view)
-    for (answer, _, _), button in zip(ANSWERS, ui["answers"]):
-        button.click(on_answer(answer), inputs, outputs, api_name=f"relabel_{answer}", show_progress="hidden",
-                     trigger_mode="once")
-    ui["undo"].click(on_undo, inputs, outputs, api_name="relabel_undo", show_progress="hidden", trigger_mode="once")
-    switch.click(on_switch, [session], [session, face_image, face_text, progress], api_name="relabel_switch").then(**view)
-    ui["export"].click(on_export, None, [ui["files"]], api_name="relabel_export")
+    return {"signed_in": signed_in, "start": start, "answer": answer, "undo": undo, "switch": switch,
+            "export": export}
+
+
+def _selection_of(scope_value: str, selection: Any) -> np.ndarray | None:
+    """The Browse tab's selected rows when the tab works on them, else ``None`` (the whole data set)."""
+    if scope_value != "whole data set":
+        if selection is None or len(selection) == 0:
+            raise AnnotateError("the Browse tab has no selection yet: filter there and press "
+                                "'Send the selection to the relabel queue'")
+        return np.asarray(selection)
+    return None
+
+
+def _identity_view(identity: str, state: Session) -> tuple[Any, Any]:
+    """Updates of the name box and the switch button: a bound session's name is locked until it switches."""
+    import gradio as gr
+
+    bound = state.annotator is not None
+    if identity != "name":
+        return gr.skip(), gr.update(visible=bound)
+    box = gr.update(interactive=False, value=state.annotator) if bound else gr.update(interactive=True)
+    return box, gr.update(visible=bound)
 
 
 def _guarded(fn):
@@ -458,7 +475,7 @@ def _guarded(fn):
     return run
 
 
-def _tab_layout(desk: RelabelDesk, source_note: str) -> dict[str, Any]:
+def _tab_layout(desk: RelabelDesk, source_note: str, prompt: str) -> dict[str, Any]:
     """The tab's components below the name and queue row, by role."""
     import gradio as gr
 
@@ -482,7 +499,7 @@ def _tab_layout(desk: RelabelDesk, source_note: str) -> dict[str, Any]:
     with gr.Row(equal_height=False):
         ui["image"] = gr.Image(label="Face", interactive=False, height=400, format="png", scale=3)
         with gr.Column(scale=3):
-            ui["text"] = gr.Markdown("Enter your name and start the queue.")
+            ui["text"] = gr.Markdown(prompt)
             with gr.Row():
                 # min_width small enough for the seven emotions to share one row beside the face.
                 ui["answers"] = [gr.Button(f"{title} ({key})", elem_id=f"relabel-{answer}", size="sm",
