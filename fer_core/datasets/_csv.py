@@ -30,7 +30,7 @@ def parse_pixels(text: object) -> np.ndarray | None:
         return None
     try:
         values = np.array(tokens, dtype=np.int32)
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: a number beyond the int32 range
         return None
     if values.min() < 0 or values.max() > 255:
         return None

@@ -1,4 +1,14 @@
-"""Reading Parquet files and hub data sets (an ``image`` column and an ``emotion``/``label`` column) with ``datasets``."""
+"""Reading Parquet files and hub data sets (an ``image`` column and an ``emotion``/``label`` column) with ``datasets``.
+
+An ``image`` entry holds encoded bytes, or (the ``datasets`` Image feature) a ``{"path": ...}``
+to a file. Such a path is read relative to the data set's folder (the Parquet file's folder,
+or the folder given) and must stay inside it: an absolute path, a ``..`` component or a
+symbolic link leading outside is refused, naming the row, unless ``allow_outside_root=True``.
+A hub data set has no folder of its own, so its path entries need that option. Every image is
+decoded within the memory bound of :mod:`fer_core.images` (see
+:func:`~fer_core.datasets._folder.decode_face_checked`); an image over it is skipped like an
+unreadable one.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +19,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import pandas as pd
 
-from fer_core._validation import DatasetError
+from fer_core._validation import DatasetError, ImageError
 from fer_core.constants import IMAGE_SIZE, SPLIT_ALIASES, UNSPLIT
+from fer_core.images import DEFAULT_MAX_BYTES
 
 from ._csv import frame_from_pixel_rows, labels_to_ids
+from ._folder import decode_face_checked
 from ._progress import progress_bar
-from ._table import FaceTable, build_frame, decode_face
+from ._table import FaceTable, build_frame
 
 __all__ = ["read_parquet", "read_hub", "parquet_files"]
 
@@ -43,25 +56,75 @@ def _split_from_name(path: Path) -> str:
     return UNSPLIT
 
 
-def _decode_images(values: list[Any], *, desc: str, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    def one(value: Any) -> np.ndarray | None:
-        if isinstance(value, dict):
-            data = value.get("bytes")
-            if data is None and value.get("path") and os.path.isfile(value["path"]):
-                data = Path(value["path"]).read_bytes()
+def _image_paths(values: list[Any], *, root: Path | None, allow_outside_root: bool, where: str) -> list[Path | None]:
+    """The file each ``{"path": ...}`` entry without bytes names, checked to lie inside ``root``.
+
+    Raises :class:`DatasetError` naming the first row whose path is absolute, has a ``..``
+    component or resolves (through links) outside ``root``, unless ``allow_outside_root``.
+    Nothing is read here.
+    """
+    real_root = root.resolve() if root is not None else None
+    paths: list[Path | None] = []
+    for row, value in enumerate(values):
+        raw = value.get("path") if isinstance(value, dict) and value.get("bytes") is None else None
+        if not raw:
+            paths.append(None)
+            continue
+        path = Path(str(raw))
+        if allow_outside_root:
+            paths.append(path if path.is_absolute() or root is None else root / path)
+            continue
+        if real_root is None:
+            problem = "a hub data set has no folder of its own to read image files from"
+        elif path.is_absolute():
+            problem = "the path is absolute"
+        elif ".." in path.parts:
+            problem = "the path goes up with '..'"
+        elif not (root / path).resolve().is_relative_to(real_root):
+            problem = "a symbolic link leads outside the data set folder"
         else:
-            data = value
-        return decode_face(data) if isinstance(data, (bytes, bytearray, memoryview)) else None
+            paths.append(root / path)
+            continue
+        raise DatasetError(
+            f"{where}: row {row}: the image is a file path outside the data set folder ({problem}); "
+            "refused without reading it (pass allow_outside_root=True to read such paths)"
+        )
+    return paths
+
+
+def _decode_images(values: list[Any], paths: list[Path | None], *, desc: str,
+                   progress: bool) -> tuple[np.ndarray, np.ndarray, int]:
+    """Faces of the image entries; also the number skipped as too large to decode within the memory bound."""
+    from fer_core.images import ImageTooLarge
+
+    def one(item: tuple[Any, Path | None]) -> np.ndarray | str | None:
+        value, path = item
+        data = value.get("bytes") if isinstance(value, dict) else value
+        try:
+            if data is None and path is not None and path.is_file():
+                if path.stat().st_size > DEFAULT_MAX_BYTES:
+                    return "too_large"
+                data = path.read_bytes()
+            if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+                return None
+            return decode_face_checked(bytes(data))
+        except ImageTooLarge:
+            return "too_large"
+        except (OSError, ImageError, cv2.error):
+            return None
 
     images = np.zeros((len(values), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     ok = np.zeros(len(values), dtype=bool)
+    too_large = 0
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        for i, face in enumerate(progress_bar(pool.map(one, values, chunksize=256), total=len(values),
+        for i, face in enumerate(progress_bar(pool.map(one, zip(values, paths), chunksize=256), total=len(values),
                                               desc=desc, enable=progress)):
-            if face is not None:
+            if isinstance(face, np.ndarray):
                 images[i] = face
                 ok[i] = True
-    return images, ok
+            elif face == "too_large":
+                too_large += 1
+    return images, ok, too_large
 
 
 def _label_ids(dataset: Any, column: str) -> tuple[np.ndarray, pd.Series]:
@@ -75,8 +138,9 @@ def _label_ids(dataset: Any, column: str) -> tuple[np.ndarray, pd.Series]:
     return labels_to_ids(values)
 
 
-def _from_dataset(dataset: Any, *, split: str, where: str, progress: bool) -> tuple[np.ndarray, pd.DataFrame, dict[str, int]]:
-    """Faces of one ``datasets.Dataset`` split."""
+def _from_dataset(dataset: Any, *, split: str, where: str, progress: bool, root: Path | None = None,
+                  allow_outside_root: bool = False) -> tuple[np.ndarray, pd.DataFrame, dict[str, int]]:
+    """Faces of one ``datasets.Dataset`` split; image file paths are read relative to ``root`` (see :func:`_image_paths`)."""
     columns = {c.lower(): c for c in dataset.column_names}
     label_col = next((columns[c] for c in LABEL_COLUMNS if c in columns), None)
     image_col = next((columns[c] for c in IMAGE_COLUMNS if c in columns), None)
@@ -105,10 +169,17 @@ def _from_dataset(dataset: Any, *, split: str, where: str, progress: bool) -> tu
             stacklevel=4,
         )
         skipped.update({f"unknown_class:{name}": int(count) for name, count in counts.items()})
-    images, ok = _decode_images(dataset[image_col], desc=f"decoding {where}", progress=progress)
-    if (~ok).sum():
-        skipped["corrupt_images"] = int((~ok).sum())
-        warnings.warn(f"{where}: skipped {int((~ok).sum())} rows whose image cannot be decoded", stacklevel=4)
+    values = dataset[image_col]
+    paths = _image_paths(values, root=root, allow_outside_root=allow_outside_root, where=where)
+    images, ok, too_large = _decode_images(values, paths, desc=f"decoding {where}", progress=progress)
+    unreadable = int((~ok).sum()) - too_large
+    if unreadable:
+        skipped["corrupt_images"] = unreadable
+        warnings.warn(f"{where}: skipped {unreadable} rows whose image cannot be decoded", stacklevel=4)
+    if too_large:
+        skipped["too_large_images"] = too_large
+        warnings.warn(f"{where}: skipped {too_large} rows whose image is too large to decode within the "
+                      "memory limit", stacklevel=4)
     keep = ok & (labels >= 0)
     rows = np.flatnonzero(keep)
     split_col = next((columns[c] for c in SPLIT_COLUMNS if c in columns), None)
@@ -147,8 +218,12 @@ def _concat(parts: list[tuple[np.ndarray, pd.DataFrame, dict[str, int]]], name: 
     return FaceTable(images=images, frame=frame, name=name, skipped=skipped)
 
 
-def read_parquet(path: Path, *, progress: bool = True) -> FaceTable:
-    """Read one Parquet file or a folder of them; the split comes from a split column, else the file name."""
+def read_parquet(path: Path, *, progress: bool = True, allow_outside_root: bool = False) -> FaceTable:
+    """Read one Parquet file or a folder of them; the split comes from a split column, else the file name.
+
+    Image entries given as file paths are read relative to ``path`` (its folder for a file)
+    and refused when they lead outside it, unless ``allow_outside_root``.
+    """
     import datasets as hf
 
     files = parquet_files(path)
@@ -164,15 +239,20 @@ def read_parquet(path: Path, *, progress: bool = True) -> FaceTable:
         except Exception as err:  # pyarrow raises many kinds for a broken file
             raise DatasetError(f"cannot read Parquet file(s) {split_files}: {err}") from None
         where = Path(split_files[0]).name if len(split_files) == 1 else f"{path.name}/{split}"
-        parts.append(_from_dataset(dataset, split=split, where=where, progress=progress))
+        root = path if path.is_dir() else path.parent
+        parts.append(_from_dataset(dataset, split=split, where=where, progress=progress, root=root,
+                                   allow_outside_root=allow_outside_root))
     table = _concat(parts, name=path.stem if path.is_file() else path.name)
     if len(table) == 0:
         raise DatasetError(f"{str(path)!r} holds no readable face with one of the seven emotions")
     return table
 
 
-def read_hub(repo_id: str, *, progress: bool = True) -> FaceTable:
-    """Read a hub data set by id (``user/name``) with ``datasets.load_dataset``; needs a network or the local hub cache."""
+def read_hub(repo_id: str, *, progress: bool = True, allow_outside_root: bool = False) -> FaceTable:
+    """Read a hub data set by id (``user/name``) with ``datasets.load_dataset``; needs a network or the local hub cache.
+
+    Image entries given only as file paths are refused unless ``allow_outside_root``.
+    """
     import datasets as hf
 
     try:
@@ -181,7 +261,8 @@ def read_hub(repo_id: str, *, progress: bool = True) -> FaceTable:
         raise DatasetError(f"cannot load the hub data set {repo_id!r}: {err}") from None
     splits = loaded.items() if isinstance(loaded, hf.DatasetDict) else [(UNSPLIT, loaded)]
     parts = [
-        _from_dataset(ds, split=SPLIT_ALIASES.get(name.lower(), name), where=f"{repo_id}[{name}]", progress=progress)
+        _from_dataset(ds, split=SPLIT_ALIASES.get(name.lower(), name), where=f"{repo_id}[{name}]", progress=progress,
+                      allow_outside_root=allow_outside_root)
         for name, ds in splits
     ]
     return _concat(parts, name=repo_id)
