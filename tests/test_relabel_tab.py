@@ -241,6 +241,9 @@ def test_relabel_through_the_launched_app(table, tmp_path: Path) -> None:
         live = decisions[~decisions["undone"] & decisions["reverses_id"].isna()]
         assert list(live["label"]) == ["happy", "not_a_face"]
         assert len(decisions) == 4  # three answers and one reversal
+        client.predict("dee", "whole data set", *settings, api_name="/relabel_unsure")  # the face given back
+        given = dict(zip(table.frame["sample_id"], table.frame["emotion"]))
+        real_changes = sum(EMOTIONS[given[sid]] != label for sid, label in zip(live["sample_id"], live["label"]))
         # The Browse tab's label-status filter sees the corrections.
         from fer_core.quality import COMPONENT_COLUMNS
 
@@ -249,6 +252,7 @@ def test_relabel_through_the_launched_app(table, tmp_path: Path) -> None:
         result = client.predict(*filters, api_name="/browse")
         corrected = store.resolved_labels(table.name)
         assert f"**{int(corrected['changed'].sum())}**" in result[1]
+        assert int(corrected["changed"].sum()) == real_changes  # the unsure answer keeps its face's label
         with pytest.raises(Exception, match="enter your name"):
             client.predict("", "whole data set", *settings, api_name="/relabel_start")
     finally:
