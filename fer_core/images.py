@@ -64,14 +64,13 @@ import math
 import os
 import re
 import struct
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Union
 
 import cv2
 import numpy as np
-from PIL import BmpImagePlugin, IcoImagePlugin, Image, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
+from PIL import BmpImagePlugin, IcoImagePlugin, Image, PngImagePlugin
 
 from ._validation import ImageError
 
@@ -376,48 +375,56 @@ def _reason(err: BaseException) -> str:
 
 
 def _open_header(data: bytes, *, name: str) -> Image.Image:
-    """Open ``data`` lazily: only the header is parsed, no pixel is decoded (except ICO, checked before)."""
+    """Open ``data`` lazily: only the header is parsed, no pixel is decoded (except ICO, checked before).
+
+    The plugins are called as ``Image.open`` calls them, but without its decompression-bomb
+    check: the limits here judge the size, and that check's warning could only be silenced
+    with ``warnings.catch_warnings``, which is not thread-safe (decoders run in threads).
+    """
     buf = io.BytesIO(data)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # decompression-bomb and ICO size warnings: judged here
-            if data.startswith(_JPEG_SOI):
-                # Constructed directly, the JPEG plugin skips Pillow's decompression-bomb
-                # check, which would refuse a 20,000 x 20,000 JPEG before draft() can reduce it.
-                return JpegImagePlugin.JpegImageFile(buf)
-            Image.init()
-            return Image.open(buf, formats=[f for f in SUPPORTED_FORMATS if f in Image.OPEN])
+        if data.startswith(_ICO_MAGIC):
+            # What IcoImageFile decodes, without its warning when the directory's size is wrong.
+            return IcoImagePlugin.IcoFile(buf).frame(0)
+        Image.init()
+        prefix = data[:16]
+        for fmt in [f for f in Image.ID if f in SUPPORTED_FORMATS]:
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None and accept(prefix) is not True:
+                continue
+            buf.seek(0)
+            try:
+                return factory(buf, None)
+            except (SyntaxError, IndexError, TypeError, struct.error):
+                continue  # not this format after all, as Image.open decides
     except Image.DecompressionBombError as err:
         raise ImageTooLarge(
             f"{name} declares an image of more than {2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels; "
             "refused as too large to decode (a possible decompression bomb)"
         ) from err
-    except UnidentifiedImageError as err:
-        raise ImageError(f"{name} is not an image in a supported format ({_FORMAT_NAMES})") from err
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError) as err:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, MemoryError, struct.error) as err:
         if "truncated" in str(err).lower() or isinstance(err, EOFError):
             raise ImageError(f"{name} is truncated: the file ends inside the image header") from err
         raise ImageError(f"{name} has a damaged image header: {_reason(err)}") from err
+    raise ImageError(f"{name} is not an image in a supported format ({_FORMAT_NAMES})")
 
 
 def _ico_frame(data: bytes, *, name: str) -> Image.Image:
     """The embedded image Pillow decodes when it opens an ICO file, opened lazily from its own header.
 
     Pillow decodes the first entry of the directory sorted by area (largest first), and it does
-    so inside ``Image.open``; the directory's size fields (at most 256) say nothing of the
+    so while opening the file; the directory's size fields (at most 256) say nothing of the
     embedded PNG or BMP, which may be of any size.
     """
     buf = io.BytesIO(data)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            entry = IcoImagePlugin.IcoFile(buf).entry[0]
-            buf.seek(entry.offset)
-            if data[entry.offset : entry.offset + 8] == PngImagePlugin._MAGIC:
-                return PngImagePlugin.PngImageFile(buf)
-            frame = BmpImagePlugin.DibImageFile(buf)
-            frame._size = (frame.size[0], frame.size[1] // 2)  # the DIB height counts the AND mask too
-            return frame
+        entry = IcoImagePlugin.IcoFile(buf).entry[0]
+        buf.seek(entry.offset)
+        if data[entry.offset : entry.offset + 8] == PngImagePlugin._MAGIC:
+            return PngImagePlugin.PngImageFile(buf)
+        frame = BmpImagePlugin.DibImageFile(buf)
+        frame._size = (frame.size[0], frame.size[1] // 2)  # the DIB height counts the AND mask too
+        return frame
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as err:
         raise ImageError(f"{name} has a damaged icon directory: {_reason(err)}") from err
 
@@ -590,10 +597,11 @@ class _ReducedHeader:
 def _open_checked(data: bytes, *, name: str, limits: _Limits) -> Image.Image:
     """Open ``data`` lazily and apply every header check; a large JPEG comes back drafted (reduced)."""
     if data.startswith(_ICO_MAGIC):
-        # Pillow decodes an icon's image while opening it: judge that image first.
+        # Pillow decodes an icon's BMP image while opening it: judge the image first.
         frame = _ico_frame(data, name=name)
         _check_shape(frame, name=name)
         _check_budget(frame, name=name, limits=limits, encoded_bytes=len(data))
+        return _open_header(data, name=name)
     im = _open_header(data, name=name)
     _check_shape(im, name=name)
     if im.format in ("JPEG", "MPO"):
@@ -647,10 +655,8 @@ def _decode_bytes(data: bytes, *, name: str, limits: _Limits) -> tuple[np.ndarra
         # this by default, but not when some other code sets ImageFile.LOAD_TRUNCATED_IMAGES.
         raise ImageError(f"{name} is a truncated JPEG (the file ends before the image does)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im.seek(0)
-            im.load()
+        im.seek(0)
+        im.load()
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, MemoryError) as err:
         if "truncated" in str(err) or isinstance(err, EOFError):
             raise ImageError(

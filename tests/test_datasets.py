@@ -178,6 +178,19 @@ class TestCsv:
         assert table.skipped["bad_pixels_rows"] == 3
         np.testing.assert_array_equal(table.images, images[[0, 2, 5]])
 
+    def test_pixel_value_beyond_int32_is_a_bad_row(self, tmp_path: Path, val_faces) -> None:
+        images, labels, _ = val_faces
+        path = tmp_path / "fer2013.csv"
+        _write_csv(path, images[:3], labels[:3], ["Training"] * 3)
+        frame = pd.read_csv(path, dtype=str)
+        frame.loc[1, "pixels"] = " ".join(["3000000000"] + ["7"] * 2303)  # overflows int32
+        frame.loc[2, "pixels"] = " ".join(["-99999999999999999999"] + ["7"] * 2303)
+        frame.to_csv(path, index=False)
+        with pytest.warns(UserWarning, match=r"skipped 2 rows whose pixels are not 2304 numbers .*\(rows 2, 3\)"):
+            table = load_faces(path)
+        assert len(table) == 1 and table.skipped["bad_pixels_rows"] == 2
+        np.testing.assert_array_equal(table.images, images[:1])
+
     def test_missing_columns(self, tmp_path: Path) -> None:
         path = tmp_path / "faces.csv"
         path.write_text("label,image\n1,abc\n")
