@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from annotate import STRATEGIES, AnnotateError, Queue, QueuedFace, StoreBusyError, Store
+from annotate import STRATEGIES, AnnotateError, Queue, QueuedFace, Store, StoreBusyError
 from annotate.export import export_corrections, export_ferplus
 from fer_core.browse import PROBABILITY_COLUMNS
 from fer_core.config import ASSETS_DIR
