@@ -78,7 +78,7 @@ def open_annotations_saying(db: str | None = None):
 
     if db:
         store = open_store(db)
-        print(f"relabel store: using {to_url(db).render_as_string(hide_password=True)} (--db)", file=sys.stderr)
+        print(f"relabel store: using {to_url(db).render_as_string(hide_password=True)} (--db or FER_DB_URL)", file=sys.stderr)
         return store, None
     choice = choose_default_db(cwd=APP_DIR)
     print(f"relabel store: {choice.reason}", file=sys.stderr)
@@ -138,7 +138,15 @@ def launch(demo: "gr.Blocks", *, host: str, port: int, **kwargs) -> None:
     """
     from starlette.middleware import Middleware
 
-    from ui.limits import HEAVY, HEAVY_WAITING, BodySizeLimit, SessionJanitor, limit_waiting
+    from ui.limits import (
+        HEAVY,
+        HEAVY_WAITING,
+        BlockedRoutes,
+        BodySizeLimit,
+        SessionJanitor,
+        light_sessions,
+        limit_waiting,
+    )
     from ui.relabel_tab import KEYBOARD_JS
 
     concurrency = "not_set" if os.environ.get("GRADIO_DEFAULT_CONCURRENCY_LIMIT") else 2
@@ -147,12 +155,13 @@ def launch(demo: "gr.Blocks", *, host: str, port: int, **kwargs) -> None:
     janitor = SessionJanitor()
     app_kwargs = kwargs.pop("app_kwargs", {})
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(BodySizeLimit),
-                                Middleware(janitor.wrap)]
+                                Middleware(BlockedRoutes), Middleware(janitor.wrap)]
     kwargs.setdefault("css", CSS)
     kwargs.setdefault("state_session_capacity", SESSION_CAPACITY)
     block = not kwargs.pop("prevent_thread_lock", False)
     demo.launch(server_name=host, server_port=port, max_file_size=MAX_UPLOAD, js=KEYBOARD_JS,
                 app_kwargs=app_kwargs, prevent_thread_lock=True, **kwargs)
+    light_sessions(demo.state_holder)
     demo.session_janitor = janitor
     janitor.start(demo)
     if block:

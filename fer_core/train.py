@@ -270,7 +270,10 @@ def read_corrections(db: str, dataset: str, table: FaceTable) -> Corrections:
 
     votes[rows] = resolved[[f"votes_{e}" for e in EMOTIONS]].to_numpy(dtype=np.int64)  # see VOTE_COLUMNS
     outcome = resolved["resolved_label"].to_numpy(dtype=object)
-    is_emotion = np.array([r in EMOTIONS for r in outcome], dtype=bool)
+    # A face judged unsure keeps its given label: it counts as kept, not as confirmed.
+    unsure = (resolved["judged_unsure"].to_numpy(dtype=bool) if "judged_unsure" in resolved
+              else np.zeros(len(outcome), dtype=bool))
+    is_emotion = np.array([r in EMOTIONS for r in outcome], dtype=bool) & ~unsure
     new = np.array([EMOTIONS.index(r) if r in EMOTIONS else -1 for r in outcome], dtype=np.int64)
     summary["faces_with_votes"] = len(rows)
     summary["relabelled"] = int((is_emotion & (new != labels[rows])).sum())

@@ -194,16 +194,17 @@ def test_relabel_tab_with_keyboard_shortcuts(page, launched) -> None:
     panel = _panel(page)
     name_box = panel.get_by_label("Your name")
     name_box.press_sequentially(name)
-    panel.get_by_role("button", name="Start / refresh the queue").click()
-    expect(panel.get_by_text("Given label:")).to_be_visible()
-    expect(_paragraph(panel, re.compile(r"^\d+ done, .*: 0 answers today"))).to_be_visible()
-    sample_id = panel.locator("code").first
-
     # Keys typed in the name box stay there: a digit and Backspace answer nothing.
     name_box.press("End")
     name_box.press("5")
     name_box.press("Backspace")
     expect(name_box).to_have_value(name)
+    panel.get_by_role("button", name="Start / refresh the queue").click()
+    expect(panel.get_by_text("Given label:")).to_be_visible()
+    expect(_paragraph(panel, re.compile(r"^\d+ done, .*: 0 answers today"))).to_be_visible()
+    expect(name_box).to_be_disabled()  # the tab is bound to this annotator now
+    sample_id = panel.locator("code").first
+
     # Focus on the page body, not in the name box.
     page.evaluate("() => document.activeElement && document.activeElement.blur()")
     assert page.evaluate("() => document.activeElement === document.body")

@@ -228,6 +228,22 @@ def test_sessions_without_a_page_are_forgotten_and_pages_kept(launched) -> None:
         page.close()
 
 
+def test_an_api_call_does_not_copy_every_setting_and_deep_links_are_closed(launched) -> None:
+    import urllib.error
+    import urllib.request
+
+    demo, raw = launched
+    photo = raw.upload(photo_jpeg(), "c.jpg")
+    before = set(demo.state_holder.session_data)
+    assert raw.call("predict", [photo, False])[0]
+    (session,) = set(demo.state_holder.session_data) - before
+    copied = demo.state_holder.session_data[session].config_values
+    assert 0 < len(copied) <= 6 < len(demo.blocks), "only the event's own inputs and outputs"
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(f"{raw.url}/gradio_api/deep_link?session_hash={session}", timeout=30)
+    assert info.value.code == 404
+
+
 # ------------------------------------------------------------------------------ disk
 
 

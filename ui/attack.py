@@ -500,9 +500,9 @@ def undo_case(app: App, client: RawClient) -> Outcome:
             owner.predict(*inputs, api_name="/relabel_happy")
             try:
                 intruder.predict(*inputs, api_name="/relabel_undo")
-                undone = "the intruder's undo was accepted"
+                undone = "the intruder's undo answered (nothing of theirs to undo)"
             except Exception as err:
-                undone = f"refused: {str(err)[:120]}"
+                undone = f"the intruder's undo was refused: {str(err)[:120]}"
             decisions = _decisions(app)
             return decisions == 1, f"{undone}; decisions kept: {decisions}"
         finally:

@@ -42,6 +42,8 @@ __all__ = [
     "limit_waiting",
     "TempFiles",
     "SessionJanitor",
+    "light_sessions",
+    "BlockedRoutes",
     "port_in_use",
 ]
 
@@ -223,7 +225,7 @@ class SessionJanitor:
     session idle for ``idle_s``.
     """
 
-    def __init__(self, app: Any = None, *, api_idle_s: float = 120.0, closed_idle_s: float = 600.0,
+    def __init__(self, app: Any = None, *, api_idle_s: float = 30.0, closed_idle_s: float = 600.0,
                  idle_s: float = 7200.0, max_tracked: int = 100_000) -> None:
         self.app = app
         self.api_idle_s, self.closed_idle_s, self.idle_s = api_idle_s, closed_idle_s, idle_s
@@ -266,7 +268,7 @@ class SessionJanitor:
             return idle > self.api_idle_s
         return bool(getattr(session, "is_closed", False)) and idle > self.closed_idle_s
 
-    def start(self, blocks: Any, *, every_s: float = 30.0) -> threading.Thread:
+    def start(self, blocks: Any, *, every_s: float = 10.0) -> threading.Thread:
         """Sweep ``blocks``' sessions every ``every_s`` seconds in a daemon thread."""
 
         def sweep_forever() -> None:
@@ -277,6 +279,50 @@ class SessionJanitor:
         thread = threading.Thread(target=sweep_forever, name="fer-session-janitor", daemon=True)
         thread.start()
         return thread
+
+
+def light_sessions(holder: Any) -> None:
+    """Make Gradio's ``holder`` (``blocks.state_holder``) create sessions without a copy of every setting.
+
+    A new Gradio session copies the settings of every component at once (about 240 kB here,
+    the Browse plots' data included), although an event only reads those of its own inputs and
+    outputs, which Gradio fills in one by one when missing. Every ``/call/...`` request opens a
+    session, so this copy was most of what API traffic cost. The copy is only ever read whole by
+    the deep-link route, which :class:`BlockedRoutes` closes.
+    """
+    from gradio.state_holder import SessionState, StateHolder
+
+    class _ComponentsOnDemand:
+        """What ``SessionState`` reads of the app: its settings, and no block to copy up front."""
+
+        def __init__(self, blocks: Any) -> None:
+            self.default_config = blocks.default_config
+            self.blocks: dict = {}
+
+    class LightStateHolder(StateHolder):
+        def __getitem__(self, session_id: str) -> SessionState:
+            if session_id not in self.session_data:
+                self.session_data[session_id] = SessionState(_ComponentsOnDemand(self.blocks))
+            return super().__getitem__(session_id)
+
+    holder.__class__ = LightStateHolder
+
+
+class BlockedRoutes:
+    """ASGI middleware: paths the app does not use answer 404 (Gradio's deep links write a file per call)."""
+
+    def __init__(self, app: Any, suffixes: tuple[str, ...] = ("/gradio_api/deep_link",)) -> None:
+        self.app = app
+        self.suffixes = suffixes
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope.get("path", "").rstrip("/").endswith(self.suffixes):
+            body = b'{"detail": "Not Found"}'
+            await send({"type": "http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
 
 
 def port_in_use(host: str, port: int) -> bool:
