@@ -271,6 +271,20 @@ def test_photo_downloads_do_not_grow_with_calls(launched) -> None:
     assert DOWNLOADS.size_bytes() == size and len(list(DOWNLOADS.root.iterdir())) == folders
 
 
+def test_repeated_exports_reuse_their_files(launched) -> None:
+    from ui.browse_tab import EXPORTS as BROWSE_EXPORTS
+    from ui.relabel_tab import EXPORTS as RELABEL_EXPORTS
+
+    _, raw = launched
+    for api, exports in (("export_selection", BROWSE_EXPORTS), ("relabel_export", RELABEL_EXPORTS)):
+        assert raw.call(api, [])[0]
+        size, folders = exports.size_bytes(), sorted(exports.root.iterdir())
+        assert size > 0 and len(folders) == 1
+        for _ in range(3):
+            assert raw.call(api, [])[0]
+        assert exports.size_bytes() == size and sorted(exports.root.iterdir()) == folders, api
+
+
 def test_gradio_deletes_its_copies(launched) -> None:
     import app
 

@@ -6,9 +6,7 @@ without a browser and replayed by ``python -m ui.browse_bench``. Gradio is impor
 :func:`build_browse_tab`.
 """
 
-import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +27,14 @@ from fer_core.browse import (
 from fer_core.datasets import FaceTable, save_table
 from fer_core.labels import DISPLAY_NAMES, EMOTIONS
 from fer_core.quality import COMPONENT_COLUMNS
+from ui.limits import HEAVY, TempFiles
 
 __all__ = ["Browser", "PageView", "PAGE_SIZES", "build_browse_tab"]
 
 #: Page sizes offered; the first is the default.
 PAGE_SIZES: tuple[int, ...] = (48, 24, 96, 192)
+#: The selection's downloads: one folder per selection, deleted 15 minutes after it was last handed out.
+EXPORTS = TempFiles("browse_exports", ttl_s=900)
 #: 48x48 faces are shown 4x larger with nearest-neighbour scaling, so the pixels stay crisp.
 FACE_SCALE = 4
 ALL = "all"
@@ -168,13 +169,22 @@ class Browser:
             out["components"] = pd.concat(parts, ignore_index=True)
         return out
 
-    def export(self, rows: np.ndarray, folder: Path) -> tuple[Path, Path]:
-        """The selection as CSV and Parquet (enhanced schema, images included)."""
-        selection = self.table.select(rows)
+    def export(self, rows: np.ndarray, folder: Path | None = None) -> tuple[Path, Path]:
+        """The selection as CSV and Parquet (enhanced schema, images included), in ``folder``.
+
+        Without ``folder`` they go to :data:`EXPORTS`, under a key of the data set and the rows: the
+        same selection exported again hands out the files already written.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        existed = False
+        if folder is None:
+            folder, existed = EXPORTS.folder(EXPORTS.key(self.table.name, str(len(self.table)), rows.tobytes()))
         name = _safe_name(self.table.name)
         csv_path, parquet_path = folder / f"{name}_selection.csv", folder / f"{name}_selection.parquet"
-        save_table(selection, csv_path)
-        save_table(selection, parquet_path)
+        if not (existed and csv_path.is_file() and parquet_path.is_file()):
+            selection = self.table.select(rows)
+            save_table(selection, csv_path)
+            save_table(selection, parquet_path)
         return csv_path, parquet_path
 
 
@@ -339,9 +349,7 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
 
     def on_export(rows):
         rows = browser.select(BrowseQuery()) if rows is None else rows
-        folder = Path(tempfile.gettempdir()) / "fer_browse" / uuid.uuid4().hex
-        folder.mkdir(parents=True)
-        csv_path, parquet_path = browser.export(rows, folder)
+        csv_path, parquet_path = browser.export(rows)
         return (gr.update(value=str(csv_path), interactive=True, label=f"Download CSV ({len(rows):,} faces)"),
                 gr.update(value=str(parquet_path), interactive=True, label=f"Download Parquet ({len(rows):,} faces)"))
 
@@ -365,4 +373,6 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
                    api_visibility="private", show_progress="hidden")
     if selection_state is not None:
         send_button.click(on_send, [rows_state], [selection_state], api_name="send_to_queue")
-    export_button.click(on_export, [rows_state], [csv_file, parquet_file], api_name="export_selection")
+    # Writing a large selection takes memory: it shares the budget of the other heavy events.
+    export_button.click(on_export, [rows_state], [csv_file, parquet_file], api_name="export_selection",
+                        concurrency_id=HEAVY)

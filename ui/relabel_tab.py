@@ -13,8 +13,6 @@ name needs an explicit *Switch annotator*.
 
 import functools
 import html
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from fer_core.config import ASSETS_DIR
 from fer_core.datasets import FaceTable
 from fer_core.images import pixels_sha256
 from fer_core.labels import DISPLAY_NAMES, EMOTIONS
+from ui.limits import TempFiles
 
 __all__ = ["RelabelDesk", "Settings", "Session", "ANSWERS", "IDENTITIES", "KEYBOARD_JS", "annotator_for",
            "build_relabel_tab", "oof_probabilities"]
@@ -43,6 +42,8 @@ ANSWERS: tuple[tuple[str, str, str], ...] = (
 #: Out-of-fold probabilities of the bundled model's training faces (``python -m fer_core.train --folds``).
 OOF_PATH: Path = ASSETS_DIR / "fer2013_train_oof.parquet"
 FACE_SCALE = 8
+#: The Relabel exports: one folder per state of the answers, deleted 15 minutes after it was last handed out.
+EXPORTS = TempFiles("relabel_exports", ttl_s=900)
 MAX_NAME = 80
 #: How the tab knows who is answering (see :func:`annotator_for`): the typed name (open), the
 #: user of ``launch(auth=...)``, or the Hugging Face account (a Space with ``hf_oauth: true``).
@@ -302,11 +303,23 @@ class RelabelDesk:
             lines.append(f"{face.opinions} earlier answer(s) by others")
         return "\n\n".join(lines)
 
-    def exports(self, folder: Path) -> list[Path]:
+    def exports(self, folder: Path | None = None) -> list[Path]:
+        """The corrections (CSV, Parquet) and FER+-style vote counts, in ``folder``.
+
+        Without ``folder`` they go to :data:`EXPORTS`, under a key of the decisions so far: asked
+        again with no new answer, the same files are handed out instead of written again.
+        """
+        if folder is None:
+            decisions = self.store.decisions(self.table.name)
+            last = int(decisions["id"].max()) if len(decisions) else 0
+            folder, existed = EXPORTS.folder(EXPORTS.key(self.store.url, self.table.name, str(len(decisions)), str(last)))
+        else:
+            existed = False
         paths = [folder / "corrections.csv", folder / "corrections.parquet", folder / "ferplus_votes.csv"]
-        export_corrections(self.store, paths[0], self.table.name)
-        export_corrections(self.store, paths[1], self.table.name)
-        export_ferplus(self.store, paths[2], self.table.name)
+        if not (existed and all(p.is_file() for p in paths)):
+            export_corrections(self.store, paths[0], self.table.name)
+            export_corrections(self.store, paths[1], self.table.name)
+            export_ferplus(self.store, paths[2], self.table.name)
         return paths
 
 
@@ -427,9 +440,7 @@ def _handlers(desk: RelabelDesk, identity: str, prompt: str) -> dict[str, Any]:
     def export(request: gr.Request, profile: gr.OAuthProfile | None):
         if identity != "name":
             who(None, request, profile)  # everyone's answers go to signed-in users only
-        folder = Path(tempfile.gettempdir()) / "fer_relabel" / uuid.uuid4().hex
-        folder.mkdir(parents=True)
-        return [str(p) for p in desk.exports(folder)]
+        return [str(p) for p in desk.exports()]
 
     return {"signed_in": signed_in, "start": start, "answer": answer, "undo": undo, "switch": switch,
             "export": export}
