@@ -42,7 +42,6 @@ DELETE_CACHE = (600, 3600)
 SESSION_CAPACITY = 2000
 #: Events that may wait in the queue in all; heavy ones (images) have a smaller share of their own.
 QUEUE_MAX_SIZE = 256
-log = logging.getLogger("app")
 
 
 @contextmanager
@@ -210,6 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = get_args_parser(settings).parse_args(argv)
     from ui.limits import port_in_use
+
+    # Start-up steps of the libraries (fer_core, annotate) go to the console with the app's own.
+    logging.basicConfig(format="%(message)s", level=logging.WARNING)
+    for name in ("fer_core", "annotate", "ui"):
+        logging.getLogger(name).setLevel(logging.INFO)
 
     try:
         users = parse_auth(args.auth)
