@@ -21,6 +21,7 @@ import time
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -330,7 +331,7 @@ def _largest_side(header: dict, *, limit: int = DEFAULT_MAX_DECODE_BYTES, encode
 _RGB_LAYERS = [(1, 1, 1, 0), (2, 1, 1, 1), (3, 1, 1, 1)]
 
 
-def worst_cases() -> dict[str, callable]:
+def worst_cases() -> dict[str, Callable[[], bytes]]:
     """Builders of the largest image of each format and mode that the default limits accept."""
 
     def side(mode: str, fmt: str, **extra: object) -> int:
