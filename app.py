@@ -53,12 +53,16 @@ def step(what: str):
     print(f"{what}: done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
 
-def load_data(path: str | None):
-    """The data set to browse, with its quality, model and duplicate columns (cached after the first start)."""
+def load_data(path: str | None, *, allow_outside_root: bool = False):
+    """The data set to browse, with its quality, model and duplicate columns (cached after the first start).
+
+    ``allow_outside_root``: follow links and Parquet image paths that leave the data set's folder.
+    """
     from fer_core.browse import enrich
     from fer_core.datasets import load_faces
 
-    return enrich(load_faces(path or SAMPLE_PATH, progress=True), progress=True)
+    table = load_faces(path or SAMPLE_PATH, progress=True, allow_outside_root=allow_outside_root)
+    return enrich(table, progress=True)
 
 
 def open_annotations(db: str | None = None):
@@ -194,6 +198,9 @@ def get_args_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--db", default=settings.db_url,
                         help="relabel store: SQLite file or database URL ($FER_DB_URL); default: "
                              "/data/fer_annotations.db when /data exists, else fer_annotations.db beside app.py")
+    parser.add_argument("--allow-outside-root", action="store_true",
+                        help="follow links in a data set folder and Parquet image paths that lead outside the data "
+                             "set's folder (by default they are skipped or refused)")
     parser.add_argument("--auth", default=settings.auth, metavar="USER:PASS",
                         help="sign-in: only these users (comma-separated USER:PASS pairs) may use the app, and "
                              "each annotator is the signed-in user ($FER_AUTH); default: open to all, annotators "
@@ -228,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with step(f"loading the data set ({args.data or 'the bundled sample'})"):
-            table = load_data(args.data)
+            table = load_data(args.data, allow_outside_root=args.allow_outside_root)
         with step("opening the relabel store"):
             store, notice = open_annotations_saying(args.db)
     except FERError as err:

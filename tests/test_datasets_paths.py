@@ -159,6 +159,22 @@ class TestParquetPaths:
         table = read_parquet(root / "train.parquet", progress=False, allow_outside_root=True)
         np.testing.assert_array_equal(table.images, images[[1, 0]])
 
+    def test_load_faces_refuses_them_unless_asked_and_keeps_the_two_apart_in_its_cache(
+            self, tmp_path: Path, val_faces) -> None:
+        from fer_core.datasets import load_faces
+
+        images, _, _ = val_faces
+        root = tmp_path / "data"
+        root.mkdir()
+        secret = tmp_path / "secret.png"
+        secret.write_bytes(_png(images[0]))
+        _parquet_with_paths(root / "train.parquet", [None, str(secret)], [_png(images[1]), None])
+        cache = tmp_path / "cache"
+        allowed = load_faces(root, cache_dir=cache, progress=False, allow_outside_root=True)
+        np.testing.assert_array_equal(allowed.images, images[[1, 0]])
+        with pytest.raises(DatasetError, match="outside the data set folder"):
+            load_faces(root, cache_dir=cache, progress=False)  # not answered from the allowed load's cache
+
     def test_huge_image_in_parquet_is_skipped(self, tmp_path: Path, val_faces) -> None:
         images, _, _ = val_faces
         pd.DataFrame({"image": [_png(images[0]), zero_png(20_000, 20_000)], "label": [3, 3]}).to_parquet(

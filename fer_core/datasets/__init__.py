@@ -61,6 +61,7 @@ def load_faces(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool = True,
+    allow_outside_root: bool = False,
 ) -> FaceTable:
     """Read a FER data set in any supported form into one :class:`FaceTable`.
 
@@ -76,6 +77,10 @@ def load_faces(
         so changed files are read again.
     progress : bool, default=True
         Show a progress bar on long loads.
+    allow_outside_root : bool, default=False
+        Follow links (in a folder) and image paths (in Parquet rows) that lead outside the data
+        set's own folder. By default such files are skipped (folders) or refused (Parquet), so a
+        data set cannot make the app read other files of the machine.
 
     Raises
     ------
@@ -84,10 +89,10 @@ def load_faces(
         Corrupt images inside a folder and malformed rows are skipped with a warning instead.
     """
     if isinstance(source, str) and _HUB_ID.match(source) and not Path(source).exists():
-        return read_hub(source, progress=progress)
+        return read_hub(source, progress=progress, allow_outside_root=allow_outside_root)
     path = check_path_exists(source).resolve()
     # The folder is listed once: its image files decide the form and are then read.
-    files, skipped = list_folder(path) if path.is_dir() else ([], {})
+    files, skipped = list_folder(path, allow_outside_root=allow_outside_root) if path.is_dir() else ([], {})
     form = _form_of(path, files)
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
 
@@ -100,17 +105,20 @@ def load_faces(
     else:
         key = "parquet-" + files_key([(p.relative_to(path).as_posix() if path.is_dir() else p.name, p)
                                       for p in parquet_files(path)])
+        # A table read with paths outside the root must not answer a load that refuses them.
+        key += "-outside" if allow_outside_root else ""
     if key is not None:
         cached = read_cached(cache, key)
         if cached is not None:
             return cached
 
     if form == "folder":
-        table = read_folder(path, files=files, skipped=skipped, progress=progress)
+        table = read_folder(path, files=files, skipped=skipped, progress=progress,
+                            allow_outside_root=allow_outside_root)
     elif form == "csv":
         table = read_csv(path, progress=progress)
     else:
-        table = read_parquet(path, progress=progress)
+        table = read_parquet(path, progress=progress, allow_outside_root=allow_outside_root)
     if key is not None:
         write_cached(cache, key, table)
     return table
