@@ -251,7 +251,12 @@ class TestParquet:
 
 class TestSaveAndReload:
     @pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
-    def test_round_trip(self, tmp_path: Path, val_faces, suffix: str) -> None:
+    @pytest.mark.parametrize("chunk_rows", [2048, 8])  # 8: the 35 faces are written in 5 chunks
+    def test_round_trip(self, tmp_path: Path, val_faces, suffix: str, chunk_rows: int,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+        import fer_core.datasets._export as export
+
+        monkeypatch.setattr(export, "TEXT_CHUNK_ROWS", chunk_rows)
         images, labels, _ = val_faces
         _write_folder_tree(tmp_path / "src", images, labels, split="train")
         table = load_faces(tmp_path / "src")

@@ -62,32 +62,67 @@ def save_table(table: FaceTable, path: str | Path) -> Path:
     tmp = out.with_name(f".{out.name}.part")
     try:
         if kind == "parquet":
-            import datasets as hf
-
-            frame.insert(3, "image", [{"bytes": b, "path": None} for b in _png_bytes(table.images)])
-            features = hf.Features.from_arrow_schema(hf.Dataset.from_pandas(frame.drop(columns="image"),
-                                                                            preserve_index=False).data.schema)
-            features["image"] = hf.Image()
-            dataset = hf.Dataset.from_pandas(frame, features=hf.Features({c: features[c] for c in frame.columns}),
-                                             preserve_index=False)
-            dataset.to_parquet(str(tmp))
+            _write_parquet_rows(table, frame, tmp)
         else:
-            usage = frame["split"].map(lambda s: USAGE_OF_SPLIT.get(s, s))
-            records = pd.concat(
-                [
-                    pd.DataFrame({"emotion": frame["emotion"], "pixels": _pixels_text(table.images), "Usage": usage}),
-                    frame.drop(columns=["emotion"]),
-                ],
-                axis=1,
-            )
-            if kind == "csv":
-                records.to_csv(tmp, index=False)
-            else:
-                records.to_json(tmp, orient="records", lines=True)
+            _write_text_rows(table, frame, tmp, kind)
         tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+#: Rows written at a time (Parquet, CSV, JSON Lines): the images or pixel text of a whole data set are
+#: never held at once.
+TEXT_CHUNK_ROWS = 2048
+
+
+def _with_images(table: FaceTable, frame: pd.DataFrame, rows: slice) -> pd.DataFrame:
+    part = frame.iloc[rows].copy()
+    part.insert(3, "image", [{"bytes": b, "path": None} for b in _png_bytes(table.images[rows])])
+    return part
+
+
+def _write_parquet_rows(table: FaceTable, frame: pd.DataFrame, path: Path) -> None:
+    """The enhanced schema with ``image`` as a ``datasets`` image feature, written in chunks of rows.
+
+    The schema (with the ``datasets`` features in its metadata) comes from the first rows;
+    every chunk is cast to it, so the PNG bytes of the whole table are never held at once.
+    """
+    import datasets as hf
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    head = _with_images(table, frame, slice(0, TEXT_CHUNK_ROWS))
+    features = hf.Features.from_arrow_schema(hf.Dataset.from_pandas(head.drop(columns="image"),
+                                                                    preserve_index=False).data.schema)
+    features["image"] = hf.Image()
+    schema = hf.Dataset.from_pandas(head, features=hf.Features({c: features[c] for c in head.columns}),
+                                    preserve_index=False).data.schema
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, max(len(frame), 1), TEXT_CHUNK_ROWS):
+            part = head if start == 0 else _with_images(table, frame, slice(start, start + TEXT_CHUNK_ROWS))
+            writer.write_table(pa.Table.from_pandas(part, schema=schema, preserve_index=False))
+
+
+def _write_text_rows(table: FaceTable, frame: pd.DataFrame, path: Path, kind: str) -> None:
+    """``emotion, pixels, Usage`` then the other fields, as CSV or JSON Lines, in chunks of rows."""
+    usage = frame["split"].map(lambda s: USAGE_OF_SPLIT.get(s, s))
+    with open(path, "w", newline="") as handle:
+        for start in range(0, max(len(frame), 1), TEXT_CHUNK_ROWS):
+            rows = slice(start, start + TEXT_CHUNK_ROWS)
+            part = frame.iloc[rows]
+            records = pd.concat(
+                [
+                    pd.DataFrame({"emotion": part["emotion"], "pixels": _pixels_text(table.images[rows]),
+                                  "Usage": usage.iloc[rows]}),
+                    part.drop(columns=["emotion"]),
+                ],
+                axis=1,
+            )
+            if kind == "csv":
+                records.to_csv(handle, index=False, header=start == 0)
+            else:
+                records.to_json(handle, orient="records", lines=True)  # each chunk ends with a newline
 
 
 def _cut(index: np.ndarray, share: float, labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
