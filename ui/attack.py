@@ -364,22 +364,41 @@ def body_cases(app: App) -> list[Outcome]:
     return [measured(app, "200 MB data URL body", data_url)]
 
 
+def largest_accepted(make: Callable[[int], bytes], **limits: int) -> tuple[int, bytes]:
+    """The largest side ``s`` for which ``make(s)`` passes :func:`fer_core.images.probe_image`, and its bytes."""
+    from fer_core.images import ImageError, probe_image
+
+    low, high = 64, 32_768
+    while high - low > 16:
+        middle = (low + high) // 2
+        try:
+            probe_image(make(middle), **limits)
+            low = middle
+        except ImageError:
+            high = middle
+    return low, make(low)
+
+
 def concurrent_worst(app: App, client: RawClient) -> Outcome:
-    """Two of each heavy event at once, each on the largest image it accepts."""
+    """Every heavy event twice at once (they share two places), each on the costliest image it accepts,
+    with two Browse exports of the whole data set and two Relabel starts beside them."""
     from ui.predict_tab import FRAME_MAX_PIXELS
 
-    side = int(FRAME_MAX_PIXELS ** 0.5) - 1
-    big = client.upload(big_photo(4096, 3072), "big.jpg")
-    frame = client.upload(big_photo(side, side), "frame.jpg")
+    side, worst = largest_accepted(lambda s: png_bytes(s, s, colour_type=6))
+    frame_side, worst_frame = largest_accepted(lambda s: png_bytes(s, s, colour_type=6), max_pixels=FRAME_MAX_PIXELS)
+    big, frame = client.upload(worst, "worst.png"), client.upload(worst_frame, "frame.png")
+    relabel = client.page_inputs("relabel_start", _relabel_inputs(client, "worst-case"))
     jobs = [lambda: client.call("predict", [big, False]), lambda: client.call("annotate_frame", [frame]),
-            lambda: client.event("photo", [big, 20, 0.4, False, True])] * 2
+            lambda: client.event("photo", [big, 20, 0.4, False, True]), lambda: client.call("export_selection", []),
+            lambda: client.event("relabel_start", relabel)] * 2
 
     def run() -> tuple[bool, str]:
         with ThreadPoolExecutor(len(jobs)) as pool:
             results = list(pool.map(lambda job: job(), jobs))
-        return all(ok for ok, _ in results), f"{sum(ok for ok, _ in results)}/{len(results)} answered"
+        return all(ok for ok, _ in results), (f"{sum(ok for ok, _ in results)}/{len(results)} answered "
+                                              f"(RGBA PNG {side}x{side}, frames {frame_side}x{frame_side})")
 
-    return measured(app, "2 x (predict, frame, photo) at once, largest", run)
+    return measured(app, "every heavy event x2 at once, costliest images", run)
 
 
 def big_photo(width: int, height: int) -> bytes:
@@ -450,6 +469,8 @@ def exports_case(app: App, client: RawClient, repeats: int = 3) -> Outcome:
 def burst_case(app: App, client: RawClient, burst: int = 66) -> Outcome:
     """``burst`` predict calls at once on a large photo, then one Relabel start and answer, timed."""
     big = client.upload(big_photo(4096, 3072), "big.jpg")
+
+    client.event("relabel_start", client.page_inputs("relabel_start", _relabel_inputs(client, "warm-up")))
 
     def run() -> tuple[bool, str]:
         with ThreadPoolExecutor(burst) as pool:
