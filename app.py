@@ -147,6 +147,7 @@ def launch(demo: "gr.Blocks", *, host: str, port: int, **kwargs) -> None:
         BlockedRoutes,
         BodySizeLimit,
         SessionJanitor,
+        UploadQuota,
         light_sessions,
         limit_waiting,
     )
@@ -158,7 +159,7 @@ def launch(demo: "gr.Blocks", *, host: str, port: int, **kwargs) -> None:
     janitor = SessionJanitor()
     app_kwargs = kwargs.pop("app_kwargs", {})
     app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(BodySizeLimit),
-                                Middleware(BlockedRoutes), Middleware(janitor.wrap)]
+                                Middleware(UploadQuota), Middleware(BlockedRoutes), Middleware(janitor.wrap)]
     kwargs.setdefault("css", CSS)
     kwargs.setdefault("state_session_capacity", SESSION_CAPACITY)
     block = not kwargs.pop("prevent_thread_lock", False)

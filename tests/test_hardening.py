@@ -28,6 +28,7 @@ from ui.limits import (
     BodySizeLimit,
     SessionJanitor,
     TempFiles,
+    UploadQuota,
     UploadRefused,
     trusted_upload,
 )
@@ -283,6 +284,28 @@ def test_repeated_exports_reuse_their_files(launched) -> None:
         for _ in range(3):
             assert raw.call(api, [])[0]
         assert exports.size_bytes() == size and sorted(exports.root.iterdir()) == folders, api
+
+
+def test_uploads_stop_at_the_quota(tmp_path: Path) -> None:
+    sent = []
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def send(message):
+        sent.append(message)
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    (tmp_path / "a").write_bytes(b"x" * 600)
+    quota = UploadQuota(app, quota_bytes=1000, folder=tmp_path, every_s=0)
+    upload = {"type": "http", "path": "/gradio_api/upload", "headers": []}
+    asyncio.run(quota(upload, receive, send))
+    (tmp_path / "b").write_bytes(b"x" * 600)
+    asyncio.run(quota(upload, receive, send))
+    asyncio.run(quota({"type": "http", "path": "/gradio_api/queue/join", "headers": []}, receive, send))
+    assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200, 507, 200]
 
 
 def test_gradio_deletes_its_copies(launched) -> None:

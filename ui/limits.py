@@ -5,6 +5,7 @@
   says nothing about it.
 - :class:`BodySizeLimit` refuses any request body over a byte limit before it is read (data URLs
   in JSON bodies would otherwise bypass the upload size limit).
+- :class:`UploadQuota` refuses new uploads while Gradio's upload folder holds more than a quota.
 - :func:`limit_waiting` bounds how many events of one concurrency group may wait in Gradio's
   queue, so a burst of one kind (``predict``) never fills the places of another (Relabel).
 - :class:`TempFiles` keeps the files the app writes for downloads in one folder, reuses a file
@@ -39,6 +40,8 @@ __all__ = [
     "UploadRefused",
     "trusted_upload",
     "BodySizeLimit",
+    "UploadQuota",
+    "UPLOAD_QUOTA_BYTES",
     "limit_waiting",
     "TempFiles",
     "SessionJanitor",
@@ -138,6 +141,44 @@ class BodySizeLimit:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+#: Most disk Gradio's upload folder may hold; beyond it new uploads wait until old ones are deleted.
+UPLOAD_QUOTA_BYTES = 2_000_000_000
+
+
+class UploadQuota:
+    """ASGI middleware: a new upload is refused (HTTP 507) while the upload folder holds ``quota_bytes`` or more.
+
+    Gradio deletes uploads an hour after they arrive (``delete_cache``); this bounds what a burst
+    of uploads can put on the disk before that. The folder's size is measured at most every
+    ``every_s`` seconds.
+    """
+
+    def __init__(self, app: Any, quota_bytes: int = UPLOAD_QUOTA_BYTES, folder: Path | None = None,
+                 every_s: float = 5.0) -> None:
+        self.app, self.quota_bytes, self.every_s = app, quota_bytes, every_s
+        self.folder = folder
+        self._measured_at, self._size = 0.0, 0
+
+    def used_bytes(self) -> int:
+        if time.monotonic() - self._measured_at > self.every_s:
+            from gradio.utils import get_upload_folder
+
+            root = self.folder or Path(get_upload_folder())
+            self._size = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.is_dir() else 0
+            self._measured_at = time.monotonic()
+        return self._size
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.rstrip("/").endswith("/upload") and self.used_bytes() >= self.quota_bytes:
+            body = b'{"detail": "the server holds too many uploads just now: try again in a few minutes"}'
+            await send({"type": "http.response.start", "status": 507,
+                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await self.app(scope, receive, send)
 
 
 def limit_waiting(queue: Any, limits: dict[str, int]) -> None:
