@@ -251,12 +251,33 @@ def test_an_api_call_does_not_copy_every_setting_and_deep_links_are_closed(launc
 def test_downloads_are_reused_and_swept(tmp_path: Path) -> None:
     files = TempFiles("test", ttl_s=60, root=tmp_path)
     key = files.key("same content")
-    first, existed = files.folder(key)
-    (first / "a.csv").write_text("x")
-    again, existed_again = files.folder(key)
+    with files.claim(key) as (first, existed):
+        (first / "a.csv").write_text("x")
+    with files.claim(key) as (again, existed_again):
+        pass
     assert again == first and not existed and existed_again
-    other, _ = files.folder(files.key("other"))
+    with files.claim(files.key("other")):
+        pass
     assert files.sweep(now=time.time() + 61) == 2 and not any(files.root.iterdir())
+
+
+def test_two_writers_of_one_download_write_it_once(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = TempFiles("test", ttl_s=60, root=tmp_path)
+    writes = []
+
+    def export(_: int) -> bool:
+        with files.claim(files.key("one selection")) as (folder, existed):
+            if not existed:
+                time.sleep(0.2)  # a slow write, as a large selection is
+                (folder / "selection.csv").write_text("rows")
+                writes.append(folder)
+            return (folder / "selection.csv").read_text() == "rows"
+
+    with ThreadPoolExecutor(4) as pool:
+        assert all(pool.map(export, range(4)))
+    assert len(writes) == 1
 
 
 def test_photo_downloads_do_not_grow_with_calls(launched) -> None:

@@ -388,15 +388,20 @@ def concurrent_worst(app: App, client: RawClient) -> Outcome:
     frame_side, worst_frame = largest_accepted(lambda s: png_bytes(s, s, colour_type=6), max_pixels=FRAME_MAX_PIXELS)
     big, frame = client.upload(worst, "worst.png"), client.upload(worst_frame, "frame.png")
     relabel = client.page_inputs("relabel_start", _relabel_inputs(client, "worst-case"))
-    jobs = [lambda: client.call("predict", [big, False]), lambda: client.call("annotate_frame", [frame]),
-            lambda: client.event("photo", [big, 20, 0.4, False, True]), lambda: client.call("export_selection", []),
-            lambda: client.event("relabel_start", relabel)] * 2
+    jobs = {"predict": lambda: client.call("predict", [big, False]),
+            "annotate_frame": lambda: client.call("annotate_frame", [frame]),
+            "photo": lambda: client.event("photo", [big, 20, 0.4, False, True]),
+            "export_selection": lambda: client.call("export_selection", []),
+            "relabel_start": lambda: client.event("relabel_start", relabel)}
 
     def run() -> tuple[bool, str]:
-        with ThreadPoolExecutor(len(jobs)) as pool:
-            results = list(pool.map(lambda job: job(), jobs))
-        return all(ok for ok, _ in results), (f"{sum(ok for ok, _ in results)}/{len(results)} answered "
-                                              f"(RGBA PNG {side}x{side}, frames {frame_side}x{frame_side})")
+        names = list(jobs) * 2
+        with ThreadPoolExecutor(len(names)) as pool:
+            results = list(pool.map(lambda name: jobs[name](), names))
+        failed = [f"{name}: {answer[:80]}" for name, (ok, answer) in zip(names, results) if not ok]
+        return not failed, (f"{len(results) - len(failed)}/{len(results)} answered "
+                            f"(RGBA PNG {side}x{side}, frames {frame_side}x{frame_side})"
+                            + (f"; failed: {'; '.join(failed)}" if failed else ""))
 
     return measured(app, "every heavy event x2 at once, costliest images", run)
 

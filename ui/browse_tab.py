@@ -176,9 +176,12 @@ class Browser:
         same selection exported again hands out the files already written.
         """
         rows = np.asarray(rows, dtype=np.int64)
-        existed = False
-        if folder is None:
-            folder, existed = EXPORTS.folder(EXPORTS.key(self.table.name, str(len(self.table)), rows.tobytes()))
+        if folder is not None:
+            return self._write_export(rows, folder, existed=False)
+        with EXPORTS.claim(EXPORTS.key(self.table.name, str(len(self.table)), rows.tobytes())) as (folder, existed):
+            return self._write_export(rows, folder, existed=existed)
+
+    def _write_export(self, rows: np.ndarray, folder: Path, *, existed: bool) -> tuple[Path, Path]:
         name = _safe_name(self.table.name)
         csv_path, parquet_path = folder / f"{name}_selection.csv", folder / f"{name}_selection.parquet"
         if not (existed and csv_path.is_file() and parquet_path.is_file()):

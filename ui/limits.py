@@ -24,7 +24,8 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,7 @@ def limit_waiting(queue: Any, limits: dict[str, int]) -> None:
 class TempFiles:
     """Files written for downloads, in one folder, each kept ``ttl_s`` seconds after it was last written.
 
-    :meth:`folder` gives a folder per key (a content hash: the same content reuses its folder);
+    :meth:`claim` gives a folder per key (a content hash: the same content reuses its folder);
     every call sweeps folders older than the time to live, and the whole root goes at exit.
     """
 
@@ -216,6 +217,7 @@ class TempFiles:
         self.root = base / f"fer_{name}_{os.getpid()}"
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
+        self._key_locks: dict[str, threading.Lock] = {}
         atexit.register(shutil.rmtree, self.root, True)
 
     @staticmethod
@@ -226,15 +228,23 @@ class TempFiles:
             digest.update(b"\0")
         return digest.hexdigest()[:32]
 
-    def folder(self, key: str) -> tuple[Path, bool]:
-        """The folder for ``key`` and whether it already held the files (then reuse them)."""
+    @contextmanager
+    def claim(self, key: str) -> Iterator[tuple[Path, bool]]:
+        """The folder for ``key`` and whether it already held files (then reuse them), held for writing.
+
+        Two requests for the same key at once write it one after the other: the second finds
+        the first one's files instead of writing over them.
+        """
         with self._lock:
-            self.sweep()
-            folder = self.root / key
-            existed = folder.is_dir() and any(folder.iterdir())
-            folder.mkdir(parents=True, exist_ok=True)
-            os.utime(folder)
-            return folder, existed
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                self.sweep()
+                folder = self.root / key
+                existed = folder.is_dir() and any(folder.iterdir())
+                folder.mkdir(parents=True, exist_ok=True)
+                os.utime(folder)
+            yield folder, existed
 
     def sweep(self, now: float | None = None) -> int:
         """Delete folders not written for longer than the time to live; returns how many went."""
@@ -246,6 +256,7 @@ class TempFiles:
             try:
                 if now - folder.stat().st_mtime > self.ttl_s:
                     shutil.rmtree(folder, ignore_errors=True)
+                    self._key_locks.pop(folder.name, None)
                     removed += 1
             except FileNotFoundError:
                 continue

@@ -241,11 +241,11 @@ def _write_exports(analysis: PhotoAnalysis, table: pd.DataFrame) -> tuple[str, s
                           "probabilities": p.probabilities} for p in analysis.predictions], "model": analysis.model}
     text = json.dumps(payload, indent=2)
     csv_text = table.to_csv(index=False)
-    folder, existed = DOWNLOADS.folder(DOWNLOADS.key(text, csv_text))
-    csv_path, json_path = folder / "faces.csv", folder / "faces.json"
-    if not existed:
-        csv_path.write_text(csv_text)
-        json_path.write_text(text)
+    with DOWNLOADS.claim(DOWNLOADS.key(text, csv_text)) as (folder, existed):
+        csv_path, json_path = folder / "faces.csv", folder / "faces.json"
+        if not existed:
+            csv_path.write_text(csv_text)
+            json_path.write_text(text)
     return str(csv_path), str(json_path)
 
 

@@ -309,12 +309,15 @@ class RelabelDesk:
         Without ``folder`` they go to :data:`EXPORTS`, under a key of the decisions so far: asked
         again with no new answer, the same files are handed out instead of written again.
         """
-        if folder is None:
-            decisions = self.store.decisions(self.table.name)
-            last = int(decisions["id"].max()) if len(decisions) else 0
-            folder, existed = EXPORTS.folder(EXPORTS.key(self.store.url, self.table.name, str(len(decisions)), str(last)))
-        else:
-            existed = False
+        if folder is not None:
+            return self._write_exports(folder, existed=False)
+        decisions = self.store.decisions(self.table.name)
+        last = int(decisions["id"].max()) if len(decisions) else 0
+        with EXPORTS.claim(EXPORTS.key(self.store.url, self.table.name, str(len(decisions)), str(last))) as (
+                folder, existed):
+            return self._write_exports(folder, existed=existed)
+
+    def _write_exports(self, folder: Path, *, existed: bool) -> list[Path]:
         paths = [folder / "corrections.csv", folder / "corrections.parquet", folder / "ferplus_votes.csv"]
         if not (existed and all(p.is_file() for p in paths)):
             export_corrections(self.store, paths[0], self.table.name)
