@@ -9,6 +9,7 @@ import argparse
 import html
 import logging
 import os
+import signal
 import sys
 import time
 from contextlib import contextmanager
@@ -246,8 +247,15 @@ def main(argv: list[str] | None = None) -> int:
         demo = build_demo(table, store, identity=identity, notice=notice)
     with step(f"starting the server on http://{args.host}:{args.port}"):
         launch(demo, host=args.host, port=args.port, prevent_thread_lock=True, auth=users or None)
+    # `docker stop` and process managers send SIGTERM: stop as on Ctrl-C, so that Gradio deletes the
+    # uploads and downloads of this run and the exit handlers run.
+    signal.signal(signal.SIGTERM, _interrupt)
     demo.block_thread()
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -261,6 +261,17 @@ def test_downloads_are_reused_and_swept(tmp_path: Path) -> None:
     assert files.sweep(now=time.time() + 61) == 2 and not any(files.root.iterdir())
 
 
+def test_downloads_beyond_their_size_go_oldest_first(tmp_path: Path) -> None:
+    files = TempFiles("test", ttl_s=600, max_bytes=2500, root=tmp_path)
+    for i in range(4):
+        with files.claim(files.key(str(i))) as (folder, _):
+            (folder / "f.bin").write_bytes(b"x" * 1000)
+            os.utime(folder, (time.time() - 100 + i, time.time() - 100 + i))  # written one after the other
+    files.sweep()
+    kept = {f.name for f in files.root.iterdir()}
+    assert kept == {files.key("2"), files.key("3")} and files.size_bytes() <= 2500
+
+
 def test_two_writers_of_one_download_write_it_once(tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -327,6 +338,25 @@ def test_uploads_stop_at_the_quota(tmp_path: Path) -> None:
     asyncio.run(quota(upload, receive, send))
     asyncio.run(quota({"type": "http", "path": "/gradio_api/queue/join", "headers": []}, receive, send))
     assert [m["status"] for m in sent if m["type"] == "http.response.start"] == [200, 507, 200]
+
+
+@pytest.mark.slow
+def test_uploads_and_downloads_go_when_the_app_is_stopped(tmp_path: Path) -> None:
+    from ui.attack import App
+
+    app = App(tmp_path)
+    try:
+        raw = RawClient(app.url)
+        photo = raw.upload(photo_jpeg(), "visitor.jpg")
+        assert raw.event("photo", [photo, 20, 0.4, False, False])[0]
+        assert raw.call("export_selection", [])[0] and raw.call("relabel_export", [])[0]
+        before = {f.name for f in app.tmp.rglob("*") if f.is_file()}
+        assert {"visitor.jpg", "faces.csv", "corrections.csv"} <= before
+    finally:
+        app.close()  # SIGTERM, as `docker stop` sends
+    after = {f.name for f in app.tmp.rglob("*") if f.is_file()}
+    assert not {"visitor.jpg", "faces.csv", "faces.json", "corrections.csv", "fer2013_sample_selection.csv"} & after
+    assert "Keyboard interruption" in (tmp_path / "app.log").read_text(), "the app stopped as on Ctrl-C"
 
 
 def test_gradio_deletes_its_copies(launched) -> None:

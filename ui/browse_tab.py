@@ -33,8 +33,9 @@ __all__ = ["Browser", "PageView", "PAGE_SIZES", "build_browse_tab"]
 
 #: Page sizes offered; the first is the default.
 PAGE_SIZES: tuple[int, ...] = (48, 24, 96, 192)
-#: The selection's downloads: one folder per selection, deleted 15 minutes after it was last handed out.
-EXPORTS = TempFiles("browse_exports", ttl_s=900)
+#: The selection's downloads: one folder per selection, deleted 15 minutes after it was last handed out,
+#: and the oldest first beyond 1.2 GB (the whole of FER2013 takes 350 MB as CSV and Parquet).
+EXPORTS = TempFiles("browse_exports", ttl_s=900, max_bytes=1_200_000_000)
 #: 48x48 faces are shown 4x larger with nearest-neighbour scaling, so the pixels stay crisp.
 FACE_SCALE = 4
 ALL = "all"

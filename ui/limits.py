@@ -144,8 +144,9 @@ class _BodyTooLarge(Exception):
     pass
 
 
-#: Most disk Gradio's upload folder may hold; beyond it new uploads wait until old ones are deleted.
-UPLOAD_QUOTA_BYTES = 2_000_000_000
+#: Most disk Gradio's upload folder may hold (uploads, and the app's downloads written there);
+#: beyond it new uploads wait until old files are deleted.
+UPLOAD_QUOTA_BYTES = 3_000_000_000
 
 
 class UploadQuota:
@@ -206,19 +207,31 @@ def limit_waiting(queue: Any, limits: dict[str, int]) -> None:
 
 
 class TempFiles:
-    """Files written for downloads, in one folder, each kept ``ttl_s`` seconds after it was last written.
+    """Files written for downloads, in one folder, each kept ``ttl_s`` seconds after it was last handed out.
 
     :meth:`claim` gives a folder per key (a content hash: the same content reuses its folder);
-    every call sweeps folders older than the time to live, and the whole root goes at exit.
+    every claim sweeps folders older than the time to live, then the oldest ones while the
+    folder holds more than ``max_bytes``, and the whole root goes at exit. The root lies in
+    Gradio's upload folder by default, so Gradio serves the files from there instead of
+    copying them (and deletes them with its own when the app stops).
     """
 
-    def __init__(self, name: str, *, ttl_s: float = 900.0, root: Path | None = None) -> None:
-        base = root if root is not None else Path(tempfile.gettempdir())
-        self.root = base / f"fer_{name}_{os.getpid()}"
-        self.ttl_s = ttl_s
+    def __init__(self, name: str, *, ttl_s: float = 900.0, max_bytes: int = 200_000_000,
+                 root: Path | None = None) -> None:
+        self.name = f"fer_{name}_{os.getpid()}"
+        self._base = root
+        self.ttl_s, self.max_bytes = ttl_s, max_bytes
         self._lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
-        atexit.register(shutil.rmtree, self.root, True)
+        atexit.register(lambda: shutil.rmtree(self.root, ignore_errors=True))
+
+    @property
+    def root(self) -> Path:
+        if self._base is None:
+            from gradio.utils import get_upload_folder
+
+            self._base = Path(get_upload_folder())
+        return self._base / self.name
 
     @staticmethod
     def key(*parts: bytes | str) -> str:
@@ -247,19 +260,32 @@ class TempFiles:
             yield folder, existed
 
     def sweep(self, now: float | None = None) -> int:
-        """Delete folders not written for longer than the time to live; returns how many went."""
+        """Delete folders past the time to live, then the oldest while over ``max_bytes``; returns how many went.
+
+        A folder being written (its key claimed) is never deleted.
+        """
         now = time.time() if now is None else now
-        removed = 0
         if not self.root.is_dir():
             return 0
+        folders = []
         for folder in self.root.iterdir():
             try:
-                if now - folder.stat().st_mtime > self.ttl_s:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    self._key_locks.pop(folder.name, None)
-                    removed += 1
+                size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+                folders.append((folder.stat().st_mtime, size, folder))
             except FileNotFoundError:
                 continue
+        folders.sort()
+        total, removed = sum(size for _, size, _ in folders), 0
+        for mtime, size, folder in folders:
+            if now - mtime <= self.ttl_s and total <= self.max_bytes:
+                break
+            lock = self._key_locks.get(folder.name)
+            if lock is not None and lock.locked():
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            self._key_locks.pop(folder.name, None)
+            total -= size
+            removed += 1
         return removed
 
     def size_bytes(self) -> int:

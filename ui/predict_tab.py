@@ -243,7 +243,7 @@ def _write_exports(analysis: PhotoAnalysis, table: pd.DataFrame) -> tuple[str, s
     csv_text = table.to_csv(index=False)
     with DOWNLOADS.claim(DOWNLOADS.key(text, csv_text)) as (folder, existed):
         csv_path, json_path = folder / "faces.csv", folder / "faces.json"
-        if not existed:
+        if not (existed and csv_path.is_file() and json_path.is_file()):
             csv_path.write_text(csv_text)
             json_path.write_text(text)
     return str(csv_path), str(json_path)
