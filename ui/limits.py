@@ -34,7 +34,6 @@ from fer_core.config import EXAMPLES_DIR
 
 __all__ = [
     "HEAVY",
-    "HEAVY_CONCURRENCY",
     "HEAVY_WAITING",
     "MAX_BODY_BYTES",
     "NOT_UPLOADED",
@@ -51,10 +50,10 @@ __all__ = [
     "port_in_use",
 ]
 
-#: Concurrency group of the events that decode images and run the model (photo, predict, frames).
+#: Concurrency group of the events that decode images, run the model or write exports (photo, predict,
+#: frames, face picks, Browse exports): together they run the app's default number of calls at once
+#: (2), and memory is budgeted for that many.
 HEAVY = "heavy"
-#: How many heavy events run at once, across all of them: memory is budgeted for this many.
-HEAVY_CONCURRENCY = 2
 #: How many heavy events may wait; beyond that a caller is told at once that the server is busy.
 HEAVY_WAITING = 48
 #: Largest request body: a 25 MB file as a base64 data URL in JSON, with room for the rest.
