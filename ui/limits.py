@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import datetime
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -133,14 +134,19 @@ class BodySizeLimit:
                 await self._refuse(send)
 
     async def _refuse(self, send: Callable) -> None:
-        body = (f'{{"error": "the request is larger than {self.max_bytes // 1_000_000} MB"}}').encode()
-        await send({"type": "http.response.start", "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 413, {"error": f"the request is larger than {self.max_bytes // 1_000_000} MB"})
 
 
 class _BodyTooLarge(Exception):
     pass
+
+
+async def send_json(send: Callable, status: int, payload: dict) -> None:
+    """Answer an ASGI request with ``status`` and ``payload`` as JSON."""
+    body = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
 
 
 #: Most disk Gradio's upload folder may hold (uploads, and the app's downloads written there);
@@ -174,10 +180,8 @@ class UploadQuota:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if path.rstrip("/").endswith("/upload") and self.used_bytes() >= self.quota_bytes:
-            body = b'{"detail": "the server holds too many uploads just now: try again in a few minutes"}'
-            await send({"type": "http.response.start", "status": 507,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await send_json(send, 507, {"detail": "the server holds too many uploads just now: try again in a few "
+                                                  "minutes"})
             return
         await self.app(scope, receive, send)
 
@@ -394,10 +398,7 @@ class BlockedRoutes:
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope.get("path", "").rstrip("/").endswith(self.suffixes):
-            body = b'{"detail": "Not Found"}'
-            await send({"type": "http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await send_json(send, 404, {"detail": "Not Found"})
             return
         await self.app(scope, receive, send)
 
