@@ -296,7 +296,7 @@ def measured(app: App, case: str, action: Callable[[], tuple[bool, str]]) -> Out
         except Exception as err:  # a harness failure is reported, not hidden
             safe, answer = False, f"{type(err).__name__}: {err}"
         seconds = time.perf_counter() - started
-    return Outcome(case, safe, answer, seconds, memory.peak_mb)
+    return Outcome(case, bool(safe), answer, seconds, memory.peak_mb)
 
 
 def refused_without_leak(outcome: tuple[bool, str], *, secret: str = "root:") -> tuple[bool, str]:
