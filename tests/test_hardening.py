@@ -312,7 +312,7 @@ def test_repeated_exports_reuse_their_files(launched) -> None:
     for api, exports in (("export_selection", BROWSE_EXPORTS), ("relabel_export", RELABEL_EXPORTS)):
         assert raw.call(api, [])[0]
         size, folders = exports.size_bytes(), sorted(exports.root.iterdir())
-        assert size > 0 and len(folders) == 1
+        assert size > 0 and folders  # (other tests of this process may have left exports of their own)
         for _ in range(3):
             assert raw.call(api, [])[0]
         assert exports.size_bytes() == size and sorted(exports.root.iterdir()) == folders, api

@@ -323,6 +323,38 @@ def build_predict_tab() -> None:
     empty_table = faces_table([])
     # Load the model and the detector now, so the first visitor does not wait for them.
     annotate_frame(np.zeros((240, 320, 3), dtype=np.uint8))
+    ui = _predict_layout(empty_table)
+    # Predictions only (a few kB a face, not the photo), forgotten an hour after the last photo.
+    analysis_state = gr.State(None, time_to_live=3600)
+    on = _photo_handlers(empty_table)
+    photo, min_face, sensitivity, whole_image, explain = (ui[k] for k in ("photo", "min_face", "sensitivity",
+                                                                          "whole_image", "explain"))
+    photo_outputs = [ui[k] for k in ("annotated", "message", "face_pick", "probabilities", "face_view", "table",
+                                     "csv_file", "json_file")] + [analysis_state]
+    gr.on(
+        triggers=[photo.change, min_face.release, sensitivity.release, whole_image.input, explain.input],
+        fn=on["photo"], inputs=[photo, min_face, sensitivity, whole_image, explain], outputs=photo_outputs,
+        api_name="photo", api_visibility="private", show_progress="minimal", concurrency_id=HEAVY,
+    )
+    pick_outputs = [ui["annotated"], ui["probabilities"], ui["face_view"]]
+    ui["face_pick"].input(on["pick"], [ui["face_pick"], photo, analysis_state], pick_outputs,
+                          api_visibility="private", show_progress="hidden", concurrency_id=HEAVY)
+    ui["annotated"].select(on["click"], [analysis_state], [ui["face_pick"]], api_visibility="private",
+                           show_progress="hidden") \
+        .then(on["pick"], [ui["face_pick"], photo, analysis_state], pick_outputs, api_visibility="private",
+              show_progress="hidden", concurrency_id=HEAVY)
+    # A stream holds its place for as long as the camera is on: its own limit, so that live views
+    # never keep photos and API calls waiting; its frames are small (FRAME_MAX_PIXELS).
+    ui["webcam"].stream(on["frame"], [ui["webcam"], min_face, sensitivity], [ui["webcam_out"]], stream_every=0.02,
+                        time_limit=300, concurrency_limit=WEBCAM_STREAMS, concurrency_id="webcam",
+                        api_visibility="private", show_progress="hidden")
+
+    _build_api()
+
+
+def _predict_layout(empty_table: pd.DataFrame) -> dict[str, Any]:
+    """The Predict tab's settings, Photo and Webcam tabs; returns the components by name."""
+    import gradio as gr
 
     # Settings fold away: on a phone they would otherwise fill the first screen before the photo.
     with gr.Accordion("Settings: face size, sensitivity, whole image, explanation", open=False):
@@ -362,8 +394,15 @@ def build_predict_tab() -> None:
                                      elem_id="webcam-in")
                 webcam_out = gr.Image(label="Faces, live", interactive=False, format="jpeg", streaming=True,
                                       elem_id="webcam-out")
-    # Predictions only (a few kB a face, not the photo), forgotten an hour after the last photo.
-    analysis_state = gr.State(None, time_to_live=3600)
+    return {"min_face": min_face, "sensitivity": sensitivity, "whole_image": whole_image, "explain": explain,
+            "photo": photo, "message": message, "annotated": annotated, "face_pick": face_pick,
+            "face_view": face_view, "probabilities": probabilities, "table": table, "csv_file": csv_file,
+            "json_file": json_file, "webcam": webcam, "webcam_out": webcam_out}
+
+
+def _photo_handlers(empty_table: pd.DataFrame) -> dict[str, Any]:
+    """The Predict tab's event functions: a photo, a face picked or clicked, a webcam frame."""
+    import gradio as gr
 
     def cleared(text: str):
         return (None, text, gr.update(choices=[], value=None), None, None, empty_table,
@@ -419,26 +458,7 @@ def build_predict_tab() -> None:
         except FERError as err:
             raise _as_gradio_error(err, frame) from None
 
-    photo_outputs = [annotated, message, face_pick, probabilities, face_view, table, csv_file, json_file,
-                     analysis_state]
-    gr.on(
-        triggers=[photo.change, min_face.release, sensitivity.release, whole_image.input, explain.input],
-        fn=on_photo, inputs=[photo, min_face, sensitivity, whole_image, explain], outputs=photo_outputs,
-        api_name="photo", api_visibility="private", show_progress="minimal", concurrency_id=HEAVY,
-    )
-    pick_outputs = [annotated, probabilities, face_view]
-    face_pick.input(on_pick, [face_pick, photo, analysis_state], pick_outputs, api_visibility="private",
-                    show_progress="hidden", concurrency_id=HEAVY)
-    annotated.select(on_click, [analysis_state], [face_pick], api_visibility="private", show_progress="hidden") \
-        .then(on_pick, [face_pick, photo, analysis_state], pick_outputs, api_visibility="private",
-              show_progress="hidden", concurrency_id=HEAVY)
-    # A stream holds its place for as long as the camera is on: its own limit, so that live views
-    # never keep photos and API calls waiting; its frames are small (FRAME_MAX_PIXELS).
-    webcam.stream(on_frame, [webcam, min_face, sensitivity], [webcam_out], stream_every=0.02, time_limit=300,
-                  concurrency_limit=WEBCAM_STREAMS, concurrency_id="webcam", api_visibility="private",
-                  show_progress="hidden")
-
-    _build_api()
+    return {"photo": on_photo, "pick": on_pick, "click": on_click, "frame": on_frame}
 
 
 def _build_api() -> None:
