@@ -23,7 +23,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -70,10 +69,10 @@ class UploadRefused(FERError):
     """A request named a file that is not one of its uploads."""
 
 
-def _upload_roots(extra: Iterable[Path] = ()) -> list[Path]:
+def _upload_roots() -> list[Path]:
     from gradio.utils import get_upload_folder
 
-    return [Path(get_upload_folder()).resolve(), EXAMPLES_DIR.resolve(), *(Path(p).resolve() for p in extra)]
+    return [Path(get_upload_folder()).resolve(), EXAMPLES_DIR.resolve()]
 
 
 def trusted_upload(path: str | os.PathLike, *, roots: Iterable[Path] | None = None) -> str:
