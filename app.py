@@ -91,7 +91,7 @@ def open_annotations_saying(db: str | None = None):
     return open_store(choice.url), choice.warning
 
 
-def build_demo(table, store=None, *, identity: str = "name", notice: str | None = None) -> "gr.Blocks":
+def build_demo(table, store=None, *, identity: str = "name", notice: str | None = None) -> gr.Blocks:
     """The app over an enriched table (:func:`load_data`) and a relabel store (default: :func:`open_annotations`).
 
     ``identity``: who an annotator is (``ui.relabel_tab.IDENTITIES``: the typed name, the
@@ -130,7 +130,7 @@ def build_demo(table, store=None, *, identity: str = "name", notice: str | None 
     return demo
 
 
-def launch(demo: "gr.Blocks", *, host: str, port: int, **kwargs) -> None:
+def launch(demo: gr.Blocks, *, host: str, port: int, **kwargs) -> None:
     """Start serving ``demo`` with the app's limits (upload and request size, queues, sessions, temp files).
 
     Queue (chosen with ``python -m ui.load``, figures in the README's "Load"): events that decode

@@ -745,7 +745,8 @@ def _resolve(faces: pd.DataFrame, votes: pd.DataFrame, *, include_undecided: boo
     resolved = [o if u else r for r, o, u in zip(plurality, original, judged_unsure)]
     # Object columns (pandas 3 would infer its "str" dtype and turn None into NaN): an
     # unresolved face reads None, as documented.
-    obj = lambda values: pd.Series(list(values), dtype=object)
+    def obj(values):
+        return pd.Series(list(values), dtype=object)
     out = pd.DataFrame({
         "dataset": obj(table["dataset"]),
         "sample_id": obj(table["sample_id"]),

@@ -109,7 +109,8 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
     throughput = {}
     for size in batch_sizes:
         batch = pool[:size]
-        t = _times(lambda: predictor.predict_faces(batch, batch_size=size), seconds=seconds, min_runs=5)
+        t = _times(lambda batch=batch, size=size: predictor.predict_faces(batch, batch_size=size),
+                   seconds=seconds, min_runs=5)
         throughput[size] = size / float(np.median(t))
     photo, squares = compose_scene([sample[3]], seed=0, size=(640, 480), face_size=(160, 160))
     found = predictor.predict_image(photo)

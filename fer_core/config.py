@@ -42,7 +42,7 @@ class Settings:
     hf_oauth: bool = False
 
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         port_text = env.get("GRADIO_SERVER_PORT", "7860")
         try:

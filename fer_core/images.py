@@ -66,7 +66,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO
 
 import cv2
 import numpy as np
@@ -93,7 +93,7 @@ __all__ = [
 ]
 
 #: Anything :func:`load_image` accepts.
-ImageSource = Union[str, Path, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
+ImageSource = str | Path | bytes | bytearray | memoryview | BinaryIO | Image.Image | np.ndarray
 
 
 class ImageTooLarge(ImageError):

@@ -448,7 +448,7 @@ class Predictor:
         for face, place, score, p in zip(faces, places, scores, probs):
             top = int(p.argmax())
             results.append(FacePrediction(
-                box=tuple(int(v) for v in place), probabilities={l: float(v) for l, v in zip(self.labels, p)},
+                box=tuple(int(v) for v in place), probabilities={name: float(v) for name, v in zip(self.labels, p)},
                 label=self.labels[top], confidence=float(p[top]), detector_score=score, face=face))
         return results
 

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import Clock
 from annotate import STRATEGIES, AnnotateError, Queue, open_store
 from annotate.export import (
     CORRECTION_COLUMNS,
@@ -21,6 +20,7 @@ from annotate.export import (
     ferplus_votes,
 )
 from annotate.store import Store
+from conftest import Clock
 from fer_core.labels import EMOTIONS
 
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from sqlalchemy import inspect, text
 
-from conftest import Clock
 from annotate import AnnotateError, UnknownFaceError, open_store
 from annotate.engine import create_store_engine, default_db_url, is_transient, to_url
 from annotate.labels import LABELS, VOTE_LABELS, check_label
 from annotate.migrate import head_revision, upgrade
 from annotate.models import Base
 from annotate.store import Store, content_hash
+from conftest import Clock
 from fer_core._validation import FERError
 
 
@@ -51,7 +51,8 @@ def test_default_db_url_env_data_and_cwd(tmp_path: Path) -> None:
 
 def test_open_store_sets_sqlite_safety_pragmas(store: Store) -> None:
     with store.engine.connect() as conn:
-        pragma = lambda name: conn.execute(text(f"PRAGMA {name}")).scalar()
+        def pragma(name):
+            return conn.execute(text(f"PRAGMA {name}")).scalar()
         assert pragma("journal_mode") == "wal"
         assert pragma("foreign_keys") == 1
         assert pragma("synchronous") == 2  # FULL

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, free_port
-
 import app
+from conftest import REPO, free_port
 
 
 def _wait_for_config(url: str, process: subprocess.Popen | None = None, timeout: float = 90) -> dict:

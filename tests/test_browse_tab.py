@@ -16,8 +16,9 @@ from ui.browse_tab import Browser, query_from_inputs
 
 @pytest.fixture(scope="module")
 def launched():
-    import app
     from gradio_client import Client
+
+    import app
 
     table = app.load_data(None)
     demo = app.build_demo(table)
@@ -103,9 +104,8 @@ def test_filter_sliders_filter_on_release_only() -> None:
     """Every slider of the tab filters when released (drag end, number box left), never on every step."""
     import gradio as gr
 
-    from ui.browse_tab import FILTER_KEYS_JS, FILTER_SLIDER_CLASS, build_browse_tab
-
     import app
+    from ui.browse_tab import FILTER_KEYS_JS, FILTER_SLIDER_CLASS, build_browse_tab
 
     table = app.load_data(None)
     with gr.Blocks() as demo:

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port
 
+from conftest import REPO, free_port
 from ui.webcam_bench import CHROMIUM, CHROMIUM_ARGS, face_video, fake_camera_args
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

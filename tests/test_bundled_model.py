@@ -7,12 +7,10 @@ import sys
 
 import pytest
 
-from conftest import REPO, needs_shared, SHARED_FER
+from conftest import REPO, SHARED_FER, needs_shared
 from fer_core.predict import Predictor
 from fer_core.weights import DEFAULT_WEIGHTS, card_path, member_paths
-
-sys.path.insert(0, str(REPO / "tools"))
-from bundle_model import check_sample  # noqa: E402
+from tools.bundle_model import check_sample
 
 
 class TestBundledWeights:
@@ -48,10 +46,10 @@ def test_the_second_pass_gate_is_the_smallest_that_keeps_the_accuracy() -> None:
 
     import numpy as np
 
-    from bundle_model import SECOND_PASS_GAPS, SECOND_PASS_TOLERANCE, choose_second_pass_gap
     from fer_core.config import SAMPLE_PATH
     from fer_core.datasets import load_faces
     from fer_core.predict import top_two_gap
+    from tools.bundle_model import SECOND_PASS_GAPS, SECOND_PASS_TOLERANCE, choose_second_pass_gap
 
     # The bundled model on the bundled sample (real faces, most of them recognised): the second
     # pass (mirror, ensemble members) corrects some of its answers, so the gate has something to keep.
@@ -77,11 +75,11 @@ def test_the_second_pass_gate_is_the_smallest_that_keeps_the_accuracy() -> None:
 def test_the_third_pass_gate_is_the_smallest_that_keeps_the_accuracy(tmp_path) -> None:
     import numpy as np
 
-    from bundle_model import SECOND_PASS_GAPS, SECOND_PASS_TOLERANCE, choose_third_pass_gap
     from fer_core.config import SAMPLE_PATH
     from fer_core.datasets import load_faces
     from fer_core.predict import top_two_gap
     from fer_core.weights import load_model, save_model
+    from tools.bundle_model import SECOND_PASS_GAPS, SECOND_PASS_TOLERANCE, choose_third_pass_gap
 
     # The bundled model with a third pass of two shifted mirrors, on the bundled sample.
     model, card = load_model(DEFAULT_WEIGHTS)
@@ -117,10 +115,10 @@ def test_the_third_pass_gate_is_the_smallest_that_keeps_the_accuracy(tmp_path) -
 
 
 def test_a_third_pass_that_does_not_pay_on_val_is_left_out(tmp_path) -> None:
-    from bundle_model import choose_third_pass_gap
     from fer_core.config import SAMPLE_PATH
     from fer_core.datasets import load_faces
     from fer_core.weights import load_model, save_model
+    from tools.bundle_model import choose_third_pass_gap
 
     # On the bundled sample (training faces), the model's answers about the unshifted faces are
     # better than about the shifted ones: averaging those in loses accuracy.
@@ -149,8 +147,8 @@ def test_bad_views_are_refused_before_the_bundled_files_are_touched(tmp_path, ex
     run.mkdir()
     shutil.copyfile(card_path(DEFAULT_WEIGHTS), run / "model.json")
     before = {path: path.stat().st_mtime_ns for path in DEFAULT_WEIGHTS.parent.iterdir()}
-    done = subprocess.run([sys.executable, str(REPO / "tools" / "bundle_model.py"), str(run), "--val", str(tmp_path), *extra],
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "tools.bundle_model", str(run), "--val", str(tmp_path), *extra],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
     assert {path: path.stat().st_mtime_ns for path in DEFAULT_WEIGHTS.parent.iterdir()} == before

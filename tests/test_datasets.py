@@ -211,8 +211,9 @@ class TestCsv:
 class TestParquet:
     def test_hub_style_parquet_with_alphabetical_class_label(self, tmp_path: Path, val_faces) -> None:
         """Copies on the hub often order class names alphabetically: codes must map through the names."""
-        import datasets as hf
         import io
+
+        import datasets as hf
 
         images, labels, _ = val_faces
         alphabetical = sorted(EMOTIONS)
@@ -222,7 +223,7 @@ class TestParquet:
             Image.fromarray(face).save(buffer, format="PNG")
             pngs.append({"bytes": buffer.getvalue(), "path": None})
         features = hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=alphabetical)})
-        dataset = hf.Dataset.from_dict({"image": pngs, "label": [alphabetical.index(EMOTIONS[l]) for l in labels]}, features=features)
+        dataset = hf.Dataset.from_dict({"image": pngs, "label": [alphabetical.index(EMOTIONS[label]) for label in labels]}, features=features)
         (tmp_path / "data").mkdir()
         dataset.to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
         dataset.select(range(5)).to_parquet(str(tmp_path / "data" / "test-00000-of-00001.parquet"))

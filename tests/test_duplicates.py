@@ -12,9 +12,9 @@ import imagehash
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import needs_shared
 from PIL import Image
 
+from conftest import needs_shared
 from fer_core import duplicates
 from fer_core._validation import FERError
 from fer_core.datasets import FaceTable

@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from fer_core import faces as faces_module
+from fer_core._validation import ImageError
 from fer_core.faces import (
     BACKENDS,
     DEFAULT_SCORE_THRESHOLDS,
@@ -34,7 +35,6 @@ from fer_core.faces import (
     to_model_input,
     whole_image_as_face,
 )
-from fer_core._validation import ImageError
 from fixtures_scenes import (
     ASTRONAUT_FACE,
     FER_VAL,

@@ -1,4 +1,4 @@
-"""``tools/gpu_sweep.py --plan chain``: teachers, then students of both, inside one budget (here on the CPU)."""
+"""``python -m tools.gpu_sweep --plan chain``: teachers, then students of both, inside one budget (here on the CPU)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ from fer_core.weights import load_model
 def test_chain_trains_teachers_then_their_students(tmp_path: Path) -> None:
     work, back = tmp_path / "work", tmp_path / "back"
     done = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "gpu_sweep.py"), str(SAMPLE_PATH), "--val", str(SAMPLE_PATH),
+        [sys.executable, "-m", "tools.gpu_sweep", str(SAMPLE_PATH), "--val", str(SAMPLE_PATH),
          "--work", str(work), "--results", str(back), "--budget", "400", "--plan", "chain",
          "--max-steps", "2", "--max-epochs", "2", "--keep-models", "4"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        cwd=REPO, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     summary = json.loads((back / "sweep.json").read_text())

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, free_port
 
+from conftest import REPO, free_port
 from fer_core.config import EXAMPLES_DIR, parse_auth
 from ui.attack import RawClient, _relabel_inputs, photo_jpeg, post_raw
 from ui.limits import (

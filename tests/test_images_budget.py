@@ -5,9 +5,10 @@ compressed block repeated, so a 20,000 x 20,000 PNG takes milliseconds. Peak mem
 in a fresh subprocess from ``VmHWM`` after resetting it (``/proc/self/clear_refs``), so the
 pytest process's own size does not count.
 
-Run as a script to print the peak memory of every case::
+Run as a module from the repository root to print the peak memory of every case (``tests`` is a
+namespace package there, and ``fer_core`` importable, with no change to ``sys.path``)::
 
-    .venv/bin/python tests/test_images_budget.py
+    .venv/bin/python -m tests.test_images_budget
 """
 
 from __future__ import annotations
@@ -19,20 +20,16 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Callable
 
 import numpy as np
 import pytest
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script
-    sys.path.insert(0, str(REPO))
-
-from fer_core._validation import ImageError  # noqa: E402
-from fer_core.images import (  # noqa: E402
+from fer_core._validation import ImageError
+from fer_core.images import (
     DEFAULT_MAX_DECODE_BYTES,
     DEFAULT_MAX_PIXELS,
     decode_cost,
@@ -40,6 +37,7 @@ from fer_core.images import (  # noqa: E402
     probe_image,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 MB = 1_000_000
 
 

@@ -222,8 +222,9 @@ class TestDesk:
 
 
 def test_relabel_through_the_launched_app(table, tmp_path: Path) -> None:
-    import app
     from gradio_client import Client
+
+    import app
 
     store = open_store(tmp_path / "app.db")
     demo = app.build_demo(table, store)

@@ -44,7 +44,8 @@ def store_path(tmp_path: Path, sample) -> tuple[Path, dict[str, str]]:
     store = open_store(str(path))
     store.register_faces(sample.name, sample.frame["sample_id"].astype(str).tolist(), sample.labels,
                          [content_hash(image) for image in sample.images])
-    decide = lambda who, face, label: store.record_decision(who, sample.name, faces[face], label)
+    def decide(who, face, label):
+        return store.record_decision(who, sample.name, faces[face], label)
     decide("ann", "relabelled", "happy"), decide("bob", "relabelled", "happy")
     decide("ann", "relabelled_split", "happy"), decide("bob", "relabelled_split", "happy"), decide("cy", "relabelled_split", "unsure")
     decide("ann", "dropped", "not_a_face")
@@ -75,7 +76,8 @@ class TestPrepare:
     def test_hard_labels_follow_the_resolved_labels(self, sample, store_path) -> None:
         path, faces = store_path
         data = prepare_training_data(_args("--corrections", str(path)), sample, LabelMap())
-        row = lambda role: _row(sample, faces[role])
+        def row(role):
+            return _row(sample, faces[role])
         expected = sample.labels.copy()
         expected[row("relabelled")] = HAPPY
         expected[row("relabelled_split")] = HAPPY
@@ -91,7 +93,8 @@ class TestPrepare:
         path, faces = store_path
         data = prepare_training_data(_args("--corrections", str(path), "--soft-labels"), sample, LabelMap())
         t = data.targets
-        row = lambda role: _row(sample, faces[role])
+        def row(role):
+            return _row(sample, faces[role])
         assert t.shape == (len(sample), 7) and t.dtype == np.float32
         np.testing.assert_allclose(t.sum(axis=1), 1.0, rtol=1e-6)
         np.testing.assert_allclose(t[row("relabelled")], np.eye(7)[HAPPY])

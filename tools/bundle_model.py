@@ -1,7 +1,7 @@
 """Copy a trained model into the repository as the bundled weights, with a check anyone can re-run.
 
-    python tools/bundle_model.py runs/vgg_s0 --val ../shared/fer2013/val
-    python tools/bundle_model.py runs/pair_s0 --member runs/pair_s1 --val ../shared/fer2013/val
+    python -m tools.bundle_model runs/vgg_s0 --val ../shared/fer2013/val
+    python -m tools.bundle_model runs/pair_s0 --member runs/pair_s1 --val ../shared/fer2013/val
 
 The weights are stored in half precision (inference runs in float32 or int8 from them;
 half the file). ``--member RUN`` bundles other trained models as an ensemble: they are
@@ -37,13 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from fer_core.datasets import load_faces  # noqa: E402
-from fer_core._validation import FERError  # noqa: E402
-from fer_core.predict import Predictor, parse_tta_views  # noqa: E402
-from fer_core.weights import DEFAULT_WEIGHTS, card_path, file_sha256, load_model, save_model  # noqa: E402
+from fer_core._validation import FERError
+from fer_core.datasets import load_faces
+from fer_core.predict import Predictor, parse_tta_views
+from fer_core.weights import DEFAULT_WEIGHTS, card_path, file_sha256, load_model, save_model
 
 #: Faces per emotion in the fixed val sample.
 CHECK_PER_CLASS = 40

@@ -1,6 +1,6 @@
 """Ship a fold run's out-of-fold probabilities beside the bundled weights, for the Relabel queue.
 
-    python tools/bundle_oof.py runs/oof5 --data ../shared/fer2013/train
+    python -m tools.bundle_oof runs/oof5 --data ../shared/fer2013/train
 
 Checks that the file covers every face of DATA under the same ``sample_id`` with the
 same given label, adds the pixels' ``content_hash`` where the run predates it (the Relabel
@@ -19,13 +19,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from fer_core.config import ASSETS_DIR  # noqa: E402
-from fer_core.datasets import load_faces  # noqa: E402
-from fer_core.images import pixels_sha256  # noqa: E402
-from fer_core.labels import EMOTIONS  # noqa: E402
+from fer_core.config import ASSETS_DIR
+from fer_core.datasets import load_faces
+from fer_core.images import pixels_sha256
+from fer_core.labels import EMOTIONS
 
 TARGET = ASSETS_DIR / "fer2013_train_oof.parquet"
 

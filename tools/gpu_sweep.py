@@ -1,6 +1,6 @@
 """Train the model candidates and the out-of-fold probabilities on one GPU, inside a fixed time budget.
 
-    python tools/gpu_sweep.py DATA/train --val DATA/val --work DIR --results OUT --budget SECONDS
+    python -m tools.gpu_sweep DATA/train --val DATA/val --work DIR --results OUT --budget SECONDS
 
 Every run is an ordinary ``python -m fer_core.train`` command (printed, and kept in each
 model card), so any result can be reproduced on its own. The runs share the GPU as
@@ -42,8 +42,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: The repository root: the training runs start there, wherever the sweep was started from.
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere; the runs themselves start in ROOT
 
 FOLDS = 5
 

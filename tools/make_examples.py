@@ -1,6 +1,6 @@
 """Make the example photos of the Predict tab from real faces.
 
-    python tools/make_examples.py [--out fer_core/assets/examples]
+    python -m tools.make_examples [--out fer_core/assets/examples]
 
 - ``astronaut.jpg``: scikit-image's astronaut photo (NASA, public domain), one face;
 - ``group_of_three.jpg`` and ``pair.jpg``: FER2013 faces from the bundled sample (one per emotion
@@ -19,13 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from fer_core.config import EXAMPLES_DIR, SAMPLE_PATH  # noqa: E402
-from fer_core.datasets import load_faces  # noqa: E402
-from fer_core.faces import compose_scene  # noqa: E402
-from fer_core.labels import EMOTIONS  # noqa: E402
+from fer_core.config import EXAMPLES_DIR, SAMPLE_PATH
+from fer_core.datasets import load_faces
+from fer_core.faces import compose_scene
+from fer_core.labels import EMOTIONS
 
 
 def _faces_of(table, emotions: list[str], rng: np.random.Generator) -> list[np.ndarray]:

@@ -1,6 +1,6 @@
 """Make the bundled sample of real faces: a few per emotion from FER2013's training split, with quality fields.
 
-    python tools/make_sample.py ../shared/fer2013/train --out fer_core/assets/fer2013_sample.parquet
+    python -m tools.make_sample ../shared/fer2013/train --out fer_core/assets/fer2013_sample.parquet
 
 The same command with the same data and seed gives the same sample.
 """
@@ -13,19 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from fer_core.datasets import load_faces, save_table  # noqa: E402
-from fer_core.labels import EMOTIONS  # noqa: E402
-from fer_core.quality import add_quality  # noqa: E402
+from fer_core.config import SAMPLE_PATH
+from fer_core.datasets import load_faces, save_table
+from fer_core.labels import EMOTIONS
+from fer_core.quality import add_quality
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("data", help="FER2013 training faces in any form fer_core.datasets reads")
-    parser.add_argument("--out", default=str(REPO / "fer_core/assets/fer2013_sample.parquet"), help="Parquet file to write")
+    parser.add_argument("--out", default=str(SAMPLE_PATH), help="Parquet file to write")
     parser.add_argument("--per-class", type=int, default=50, help="faces per emotion")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the selection")
     return parser

@@ -113,7 +113,7 @@ class PeakMemory:
         self.pid, self.peak_mb, self.start_mb = pid, 0.0, 0.0
         self._stop = threading.Event()
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.start_mb = self.peak_mb = _status_mb(self.pid, "VmRSS")
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()

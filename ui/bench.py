@@ -11,7 +11,6 @@ second the webcam path (``annotate_frame``, the function the webcam stream runs)
 """
 
 import argparse
-from collections import deque
 import functools
 import os
 import socket
@@ -21,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np

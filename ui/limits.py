@@ -314,7 +314,7 @@ class SessionJanitor:
         self.max_tracked = max_tracked
         self.with_heartbeat: dict[str, None] = {}  # insertion-ordered set, oldest first
 
-    def wrap(self, app: Any) -> "SessionJanitor":
+    def wrap(self, app: Any) -> SessionJanitor:
         self.app = app
         return self
 

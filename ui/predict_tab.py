@@ -6,8 +6,8 @@ are tested without a browser. Gradio is imported only inside :func:`build_predic
 """
 
 import base64
-import html
 import dataclasses
+import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path

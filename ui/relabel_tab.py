@@ -67,7 +67,7 @@ KEYBOARD_JS = """
     button.click();
   });
 }
-""" % ", ".join([f'"{key}": "relabel-{answer}"' for answer, _, key in ANSWERS] + ['"Backspace": "relabel-undo"'])
+""" % ", ".join([f'"{key}": "relabel-{answer}"' for answer, _, key in ANSWERS] + ['"Backspace": "relabel-undo"'])  # noqa: UP031 - %s keeps the JavaScript's braces literal
 
 
 def oof_probabilities(frame: pd.DataFrame, images: np.ndarray | None = None,

@@ -20,8 +20,8 @@ import cv2
 import numpy as np
 
 from fer_core._validation import DatasetError, ImageError
-from fer_core.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODE_BYTES, ImageTooLarge, probe_image
 from fer_core.constants import IMAGE_EXTENSIONS, IMAGE_SIZE, SPLIT_ALIASES, UNSPLIT
+from fer_core.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODE_BYTES, ImageTooLarge, probe_image
 from fer_core.labels import EMOTION_TO_ID, normalise
 
 from ._progress import progress_bar

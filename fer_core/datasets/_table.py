@@ -66,7 +66,7 @@ class FaceTable:
     def split_counts(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self.frame["split"].value_counts(sort=False).items()}
 
-    def select(self, rows: Any) -> "FaceTable":
+    def select(self, rows: Any) -> FaceTable:
         """A new table with the rows chosen by a boolean mask or integer positions."""
         index = np.asarray(rows)
         if index.dtype == bool:
@@ -80,11 +80,11 @@ class FaceTable:
             skipped=dict(self.skipped),
         )
 
-    def split(self, name: str) -> "FaceTable":
+    def split(self, name: str) -> FaceTable:
         """The faces of one split (``train``, ``val``, ``test`` or ``unsplit``)."""
         return self.select(self.frame["split"].to_numpy() == name)
 
-    def with_columns(self, columns: pd.DataFrame) -> "FaceTable":
+    def with_columns(self, columns: pd.DataFrame) -> FaceTable:
         """A new table with ``columns`` added or replaced (same row order, same length)."""
         if len(columns) != len(self):
             raise ValueError(f"columns have {len(columns)} rows, the table has {len(self)}")
