@@ -66,7 +66,7 @@ CHAIN_STUDENTS: dict[str, list[str]] = {
     "student_s0": ["--seed", "0", "--kd-weight", "0.7", "--kd-temperature", "2"],
     "student_s1": ["--seed", "1", "--kd-weight", "0.7", "--kd-temperature", "2"],
 }
-#: the epochs of the bundled model's chain: teachers 79, student 101 (README, "Full runs").
+#: the epochs of the bundled model's chain: teachers 79, student 101 (docs/experiments.md, "Every full run").
 CHAIN_EPOCHS = {"teacher": 79, "student": 101}
 #: a student's epoch costs this many teacher epochs: two teachers, each on the batch and its
 #: mirror (measured on the CPU: ~100-115 s against ~49 s).
