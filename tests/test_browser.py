@@ -243,3 +243,18 @@ def test_the_webcam_streams_annotated_frames_back(browser) -> None:
     figures = measure(seconds=4, warmup=1, browser=browser)
     assert figures.processed >= 4, figures
     assert len(figures.shown) >= 4, figures
+
+
+def test_the_readme_screenshots_are_made_by_the_tool(tmp_path: Path) -> None:
+    """``python -m tools.screenshots`` makes the README's three pictures of the running app."""
+    from PIL import Image
+
+    from tools.screenshots import take
+
+    paths = take(tmp_path, width=1000, height=700)
+    assert [p.name for p in paths] == ["predict.jpg", "browse.jpg", "relabel.jpg"]
+    for path in paths:
+        with Image.open(path) as image:
+            assert image.size == (1000, 700) and image.format == "JPEG"
+    committed = REPO / "docs" / "images"
+    assert all((committed / p.name).is_file() for p in paths), "the README's images are committed"
