@@ -1,6 +1,9 @@
 """FER tool: the Gradio app. Builds one tab per part of the tool and launches.
 
-    python app.py [--data PATH] [--host HOST] [--port PORT]
+    python app.py [--data PATH] [--weights FILE] [--host HOST] [--port PORT]
+
+Settings come from the command line, else from the environment (read once, by
+:meth:`fer_core.config.Settings.from_env`).
 """
 
 from __future__ import annotations
@@ -54,27 +57,29 @@ def step(what: str):
     print(f"{what}: done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
 
-def load_data(path: str | None, *, allow_outside_root: bool = False):
+def load_data(path: str | None, *, allow_outside_root: bool = False, weights: str | None = None):
     """The data set to browse, with its quality, model and duplicate columns (cached after the first start).
 
     ``allow_outside_root``: follow links and Parquet image paths that leave the data set's folder.
+    ``weights``: the model whose predictions fill the model columns (default: the bundled one).
     """
     from fer_core.browse import enrich
     from fer_core.datasets import load_faces
 
     table = load_faces(path or SAMPLE_PATH, progress=True, allow_outside_root=allow_outside_root)
-    return enrich(table, progress=True)
+    return enrich(table, weights=weights, progress=True)
 
 
 def open_annotations(db: str | None = None):
-    """The relabel store: ``db`` (path or URL), else ``$FER_DB_URL``, else ``/data`` or beside the app."""
+    """The relabel store: ``db`` (path or URL), else ``/data`` or beside the app (see :func:`open_annotations_saying`)."""
     return open_annotations_saying(db)[0]
 
 
 def open_annotations_saying(db: str | None = None):
     """The relabel store (as :func:`open_annotations`), and a warning when its answers will not be kept.
 
-    Logs which database is used and why; the warning (``/data`` exists but cannot be written) is
+    ``db`` is the ``--db`` flag or ``$FER_DB_URL`` as :class:`~fer_core.config.Settings` read it; the
+    environment is not read again here. Logs which database is used and why; the warning (``/data`` exists but cannot be written) is
     logged too, loudly, and is for the page.
     """
     from annotate import open_store
@@ -84,19 +89,22 @@ def open_annotations_saying(db: str | None = None):
         store = open_store(db)
         print(f"relabel store: using {to_url(db).render_as_string(hide_password=True)} (--db or FER_DB_URL)", file=sys.stderr)
         return store, None
-    choice = choose_default_db(cwd=APP_DIR)
+    choice = choose_default_db({}, cwd=APP_DIR)  # $FER_DB_URL was read by Settings and given as ``db``
     print(f"relabel store: {choice.reason}", file=sys.stderr)
     if choice.warning:
         print(f"WARNING: {choice.warning}", file=sys.stderr)
     return open_store(choice.url), choice.warning
 
 
-def build_demo(table, store=None, *, identity: str = "name", notice: str | None = None) -> gr.Blocks:
-    """The app over an enriched table (:func:`load_data`) and a relabel store (default: :func:`open_annotations`).
+def build_demo(table, store=None, *, identity: str = "name", notice: str | None = None,
+               weights: str | None = None) -> gr.Blocks:
+    """The app over an enriched table (:func:`load_data`) and a relabel store.
 
-    ``identity``: who an annotator is (``ui.relabel_tab.IDENTITIES``: the typed name, the
-    signed-in user of ``--auth``, or the Hugging Face account on a Space). ``notice``: a warning
-    shown above the tabs (for example: answers will not be kept).
+    ``store`` defaults to :func:`open_annotations` of ``$FER_DB_URL`` (read through
+    :class:`~fer_core.config.Settings`). ``identity``: who an annotator is
+    (``ui.relabel_tab.IDENTITIES``: the typed name, the signed-in user of ``--auth``, or the
+    Hugging Face account on a Space). ``notice``: a warning shown above the tabs (for example:
+    answers will not be kept). ``weights``: the model every tab uses (default: the bundled one).
     """
     import gradio as gr
 
@@ -105,7 +113,8 @@ def build_demo(table, store=None, *, identity: str = "name", notice: str | None 
     from ui.predict_tab import build_predict_tab
     from ui.relabel_tab import RelabelDesk, build_relabel_tab
 
-    store = store if store is not None else open_annotations()
+    predictor = get_predictor(weights)
+    store = store if store is not None else open_annotations(Settings.from_env().db_url)
 
     def corrected() -> set[str]:
         resolved = store.resolved_labels(table.name)
@@ -121,11 +130,11 @@ def build_demo(table, store=None, *, identity: str = "name", notice: str | None 
             gr.Markdown(f"**Warning:** {html.escape(notice)}", elem_id="app-notice")
         selection = gr.State(None)  # rows the Browse tab sends to the Relabel tab
         with gr.Tab("Predict"):
-            build_predict_tab()
+            build_predict_tab(predictor)
         with gr.Tab("Browse"):
             build_browse_tab(Browser(table, corrected=corrected, history=history), selection)
         with gr.Tab("Relabel"):
-            build_relabel_tab(RelabelDesk(store, table, model_version=get_predictor().model_name), selection,
+            build_relabel_tab(RelabelDesk(store, table, model_version=predictor.model_name), selection,
                               identity=identity)
     return demo
 
@@ -191,10 +200,29 @@ CSS = """
 """
 
 
+def load_model(weights: str | None):
+    """The predictor every tab uses (:func:`fer_core.predict.get_predictor`, built once per weights).
+
+    Raises :class:`fer_core.weights.WeightsError` (a ``FERError``) naming ``--weights`` when the
+    file is missing or not usable, so that the app stops with one line instead of a traceback.
+    """
+    from fer_core.predict import get_predictor
+    from fer_core.weights import WeightsError
+
+    try:
+        return get_predictor(weights)
+    except WeightsError as err:
+        raise WeightsError(f"--weights (or FER_WEIGHTS): {err}") from None
+
+
 def get_args_parser(settings: Settings) -> argparse.ArgumentParser:
+    """The app's command line; each flag defaults to its setting from the environment."""
     parser = argparse.ArgumentParser(description=TITLE, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", default=settings.data,
                         help="data set to open (folder, fer2013.csv, Parquet, hub id); default: $FER_DATA or the bundled sample")
+    parser.add_argument("--weights", default=settings.weights, metavar="FILE",
+                        help="model to serve: a .safetensors file with its .json card beside it ($FER_WEIGHTS); "
+                             "default: the bundled weights")
     parser.add_argument("--host", default=settings.server_name, help="address to serve on ($GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=settings.server_port, help="port ($GRADIO_SERVER_PORT)")
     parser.add_argument("--db", default=settings.db_url,
@@ -211,6 +239,7 @@ def get_args_parser(settings: Settings) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Read the settings, load the model, data set and relabel store, and serve until stopped; 2 on a user error."""
     try:
         settings = Settings.from_env()
     except ValueError as err:
@@ -236,15 +265,17 @@ def main(argv: list[str] | None = None) -> int:
               "choose another port with --port (or GRADIO_SERVER_PORT)", file=sys.stderr)
         return 2
     try:
+        with step(f"loading the model ({args.weights or 'the bundled weights'})"):
+            load_model(args.weights)
         with step(f"loading the data set ({args.data or 'the bundled sample'})"):
-            table = load_data(args.data, allow_outside_root=args.allow_outside_root)
+            table = load_data(args.data, allow_outside_root=args.allow_outside_root, weights=args.weights)
         with step("opening the relabel store"):
             store, notice = open_annotations_saying(args.db)
     except FERError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with step("building the tabs (model, detector, relabel queue)"):
-        demo = build_demo(table, store, identity=identity, notice=notice)
+        demo = build_demo(table, store, identity=identity, notice=notice, weights=args.weights)
     with step(f"starting the server on http://{args.host}:{args.port}"):
         launch(demo, host=args.host, port=args.port, prevent_thread_lock=True, auth=users or None)
     # `docker stop` and process managers send SIGTERM: stop as on Ctrl-C, so that Gradio deletes the

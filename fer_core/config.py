@@ -27,13 +27,16 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Settings:
-    """What a deployment may set: the data set, the weights, the database, the device."""
+    """What a deployment may set: the data set, the weights, the database, the server, sign-in.
+
+    The cache folder is not here: :func:`default_cache_dir` is its one reader (``$FER_CACHE_DIR``),
+    called where the cache is used, so that library users get the same folder as the app.
+    """
 
     data: str | None = None
+    #: A ``.safetensors`` file with its ``.json`` card beside it (``$FER_WEIGHTS``); None: the bundled weights.
     weights: str | None = None
     db_url: str | None = None
-    device: str = "auto"
-    cache_dir: Path = Path(".cache")
     server_name: str = "127.0.0.1"
     server_port: int = 7860
     #: ``USER:PASS`` pairs, comma-separated, that may sign in (``$FER_AUTH``); None: open to all.
@@ -43,6 +46,7 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        """The settings from ``environ`` (default ``os.environ``); a bad port raises ValueError."""
         env = os.environ if environ is None else environ
         port_text = env.get("GRADIO_SERVER_PORT", "7860")
         try:
@@ -53,8 +57,6 @@ class Settings:
             data=env.get("FER_DATA") or None,
             weights=env.get("FER_WEIGHTS") or None,
             db_url=env.get("FER_DB_URL") or None,
-            device=env.get("FER_DEVICE", "auto") or "auto",
-            cache_dir=default_cache_dir(),
             server_name=env.get("GRADIO_SERVER_NAME", "127.0.0.1") or "127.0.0.1",
             server_port=port,
             auth=env.get("FER_AUTH") or None,

@@ -88,3 +88,56 @@ class TestCommandLine:
         )
         assert result.returncode == 2
         assert "GRADIO_SERVER_PORT must be a port number" in result.stderr
+
+
+class TestWeightsSetting:
+    """``FER_WEIGHTS`` (read once by Settings, or ``--weights``) chooses the model every tab serves."""
+
+    def _copy_of_bundled_weights(self, folder: Path) -> Path:
+        import shutil
+
+        from fer_core.weights import DEFAULT_WEIGHTS, card_path
+
+        weights = folder / "my_model.safetensors"
+        shutil.copyfile(DEFAULT_WEIGHTS, weights)
+        card = json.loads(card_path(DEFAULT_WEIGHTS).read_text())
+        card["code_version"] = "copy-under-test"  # so that the model name tells the copy from the bundled one
+        card_path(weights).write_text(json.dumps(card))
+        return weights
+
+    def test_app_serves_the_weights_named_in_fer_weights(self, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+        import signal
+
+        from fer_core.config import EXAMPLES_DIR
+
+        weights = self._copy_of_bundled_weights(tmp_path)
+        monkeypatch.setenv("FER_WEIGHTS", str(weights))
+        monkeypatch.setenv("GRADIO_SERVER_NAME", "127.0.0.1")
+        monkeypatch.setenv("GRADIO_SERVER_PORT", str(free_port()))
+        launched = {}
+
+        def fake_launch(demo, **kwargs) -> None:  # build everything, serve nothing
+            launched["demo"] = demo
+            demo.block_thread = lambda: None
+
+        monkeypatch.setattr(app, "launch", fake_launch)
+        monkeypatch.setattr(signal, "signal", lambda *args: None)
+        assert app.main([]) == 0
+        predict = next(f for f in launched["demo"].fns.values() if f.api_name == "predict")
+        answer = predict.fn(str(EXAMPLES_DIR / "fer2013_face.png"), True)
+        from fer_core.predict import get_predictor
+
+        predictor = get_predictor(str(weights))
+        assert predictor.weights_files[0] == weights
+        assert answer["model"] == predictor.model_name and answer["model"].endswith("@copy-under-test")
+
+    def test_missing_weights_file_is_one_error_line(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+        monkeypatch.setenv("FER_WEIGHTS", str(tmp_path / "missing.safetensors"))
+        monkeypatch.setenv("GRADIO_SERVER_NAME", "127.0.0.1")
+        monkeypatch.setenv("GRADIO_SERVER_PORT", str(free_port()))
+        monkeypatch.setattr(app, "load_data", lambda *args, **kwargs: pytest.fail("the data set was loaded"))
+        assert app.main([]) == 2
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+        assert errors == [f"error: --weights (or FER_WEIGHTS): weights file not found: {str(tmp_path / 'missing.safetensors')!r}"]

@@ -316,17 +316,21 @@ def example_paths() -> list[str]:
     return [str(EXAMPLES_DIR / name) for name in order if (EXAMPLES_DIR / name).is_file()]
 
 
-def build_predict_tab() -> None:
-    """The Predict tab's components and events; call inside ``gr.Blocks`` (and a ``gr.Tab``)."""
+def build_predict_tab(predictor: Predictor | None = None) -> None:
+    """The Predict tab's components and events; call inside ``gr.Blocks`` (and a ``gr.Tab``).
+
+    ``predictor``: the model its photos, webcam frames and API calls use (default: the bundled one).
+    """
     import gradio as gr
 
+    predictor = predictor or get_predictor()
     empty_table = faces_table([])
     # Load the model and the detector now, so the first visitor does not wait for them.
-    annotate_frame(np.zeros((240, 320, 3), dtype=np.uint8))
+    annotate_frame(np.zeros((240, 320, 3), dtype=np.uint8), predictor=predictor)
     ui = _predict_layout(empty_table)
     # Predictions only (a few kB a face, not the photo), forgotten an hour after the last photo.
     analysis_state = gr.State(None, time_to_live=3600)
-    on = _photo_handlers(empty_table)
+    on = _photo_handlers(empty_table, predictor)
     photo, min_face, sensitivity, whole_image, explain = (ui[k] for k in ("photo", "min_face", "sensitivity",
                                                                           "whole_image", "explain"))
     photo_outputs = [ui[k] for k in ("annotated", "message", "face_pick", "probabilities", "face_view", "table",
@@ -349,7 +353,7 @@ def build_predict_tab() -> None:
                         time_limit=300, concurrency_limit=WEBCAM_STREAMS, concurrency_id="webcam",
                         api_visibility="private", show_progress="hidden")
 
-    _build_api()
+    _build_api(predictor)
 
 
 def _predict_layout(empty_table: pd.DataFrame) -> dict[str, Any]:
@@ -400,7 +404,7 @@ def _predict_layout(empty_table: pd.DataFrame) -> dict[str, Any]:
             "json_file": json_file, "webcam": webcam, "webcam_out": webcam_out}
 
 
-def _photo_handlers(empty_table: pd.DataFrame) -> dict[str, Any]:
+def _photo_handlers(empty_table: pd.DataFrame, predictor: Predictor) -> dict[str, Any]:
     """The Predict tab's event functions: a photo, a face picked or clicked, a webcam frame."""
     import gradio as gr
 
@@ -412,8 +416,8 @@ def _photo_handlers(empty_table: pd.DataFrame) -> dict[str, Any]:
         if image is None:
             return cleared("Upload a photo, paste one, or click an example.")
         try:
-            analysis = analyse_photo(image, min_face_size=min_size, sensitivity=sens, whole_image=whole,
-                                     explain=show_saliency)
+            analysis = analyse_photo(image, predictor=predictor, min_face_size=min_size, sensitivity=sens,
+                                     whole_image=whole, explain=show_saliency)
         except FERError as err:  # said once, in the message box, not as a red badge on every panel
             return cleared(f"**{_error_title(err)}.** {html.escape(_public_message(err, image))}")
         preds = analysis.predictions
@@ -454,14 +458,14 @@ def _photo_handlers(empty_table: pd.DataFrame) -> dict[str, Any]:
         if frame is None:
             return None
         try:
-            return annotate_frame(frame, min_face_size=min_size, sensitivity=sens)
+            return annotate_frame(frame, predictor=predictor, min_face_size=min_size, sensitivity=sens)
         except FERError as err:
             raise _as_gradio_error(err, frame) from None
 
     return {"photo": on_photo, "pick": on_pick, "click": on_click, "frame": on_frame}
 
 
-def _build_api() -> None:
+def _build_api(predictor: Predictor) -> None:
     """Hidden components carrying the named API endpoints ``predict`` and ``annotate_frame``."""
     import gradio as gr
 
@@ -481,7 +485,7 @@ def _build_api() -> None:
         if image is None:
             raise gr.Error("no image was sent", print_exception=False)
         try:
-            return predict_json(image, whole_image=bool(whole_image))
+            return predict_json(image, predictor=predictor, whole_image=bool(whole_image))
         except FERError as err:
             raise _as_gradio_error(err, image) from None
 
@@ -490,7 +494,7 @@ def _build_api() -> None:
         if image is None:
             raise gr.Error("no image was sent", print_exception=False)
         try:
-            return annotate_frame(image)
+            return annotate_frame(image, predictor=predictor)
         except FERError as err:
             raise _as_gradio_error(err, image) from None
 
