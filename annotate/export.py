@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+from fer_core._io import atomic_write
 
 from .errors import AnnotateError
 from .labels import VOTE_LABELS
@@ -76,17 +77,11 @@ def _write(table: pd.DataFrame, path: str | os.PathLike[str], fmt: str | None) -
         raise AnnotateError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
     if fmt == "csv" and "annotators" in table.columns:
         table = table.assign(annotators=[json.dumps(list(names), ensure_ascii=False) for names in table["annotators"]])
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_write(path) as tmp:
         if fmt == "csv":
             table.to_csv(tmp, index=False)
         else:
             table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 

@@ -55,6 +55,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fer_core._cli import cli_main
 from fer_core._validation import FERError
 from fer_core.labels import EMOTIONS, NUM_CLASSES
 
@@ -233,13 +234,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except FERError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return _run(args)
 
 
 def _run(args: argparse.Namespace) -> int:

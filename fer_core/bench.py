@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fer_core._cli import cli_main
 from fer_core._validation import FERError
 from fer_core.constants import ENSEMBLE_MODES, TTA_MODES
 from fer_core.hardware import cpu_description
@@ -167,22 +168,19 @@ def _widths(text: str | None) -> tuple[int, ...] | None:
     return widths
 
 
+@cli_main
 def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fer_bench_") as folder:
-        try:
-            if args.widths and not args.architecture:
-                raise FERError("--widths goes with --architecture")
-            if args.architecture and args.weights:
-                raise FERError("give --weights (a trained model) or --architecture (an untrained design), not both")
-            weights = (str(untrained_weights(args.architecture, _widths(args.widths), folder))
-                       if args.architecture else args.weights)
-            tta, mirror_gap = TTA_CHOICES[args.tta]
-            r = run_bench(weights=weights, runtime=args.runtime, threads=args.threads, seconds=args.seconds,
-                          tta=tta, mirror_gap=mirror_gap, ensemble=ENSEMBLE_MODES[args.ensemble],
-                          faces_from=args.faces)
-        except FERError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+        if args.widths and not args.architecture:
+            raise FERError("--widths goes with --architecture")
+        if args.architecture and args.weights:
+            raise FERError("give --weights (a trained model) or --architecture (an untrained design), not both")
+        weights = (str(untrained_weights(args.architecture, _widths(args.widths), folder))
+                   if args.architecture else args.weights)
+        tta, mirror_gap = TTA_CHOICES[args.tta]
+        r = run_bench(weights=weights, runtime=args.runtime, threads=args.threads, seconds=args.seconds,
+                      tta=tta, mirror_gap=mirror_gap, ensemble=ENSEMBLE_MODES[args.ensemble],
+                      faces_from=args.faces)
     if args.architecture:
         print(f"untrained {args.architecture}"
               + (f" with widths {args.widths}" if args.widths else "") + " (random weights: speed only)")

@@ -23,8 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from fer_core._io import atomic_write
 from fer_core._validation import FERError
 from fer_core.config import default_cache_dir
 from fer_core.datasets import FaceTable
@@ -155,10 +154,8 @@ def enrich(table: FaceTable, *, weights: str | Path | None = None, use_cache: bo
 def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".parquet", dir=path.parent)
-        os.close(handle)
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            frame.to_parquet(tmp, index=False)
     except OSError as err:  # a cache that cannot be written only costs start-up time
         log.warning("could not write the browse cache %s: %s", path, err)
 

@@ -86,9 +86,7 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +96,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from fer_core._cli import cli_main
+from fer_core._io import atomic_write
 from fer_core._validation import FERError, check_face_batch
 from fer_core.config import default_cache_dir
 from fer_core.constants import IMAGE_SIZE
@@ -603,14 +603,8 @@ def _write_cached(raw: pd.DataFrame, path: Path) -> None:
     """Write atomically; a cache that cannot be written only costs time, so failures warn and go on."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".parquet", dir=path.parent)
-        os.close(handle)
-        try:
+        with atomic_write(path) as tmp:
             raw.to_parquet(tmp, index=False)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
     except OSError as err:
         log.warning("could not write the duplicates cache %s: %s", path, err)
 
@@ -745,37 +739,34 @@ def _pairs_writer(path: str) -> str:
     return kind
 
 
+@cli_main
 def main(args: argparse.Namespace) -> int:
-    try:
-        from fer_core.datasets import load_faces
+    from fer_core.datasets import load_faces
 
-        _check_max_distance(args.max_distance)
-        pairs_kind = _pairs_writer(args.pairs) if args.pairs is not None else None
-        if args.json is not None and not Path(args.json).expanduser().parent.is_dir():
-            raise FERError(f"cannot write {args.json}: the folder {Path(args.json).parent} does not exist")
-        table = load_faces(args.data)
-        start = time.perf_counter()
-        report = find_duplicates(
-            table, max_distance=args.max_distance, mirrors=not args.no_mirrors, use_cache=not args.no_cache
-        )
-        seconds = time.perf_counter() - start
-        summary = report.summary()
-        print(format_summary(summary, table.name))
-        source = "read from the cache" if report.from_cache else "computed"
-        print(f"  {source} in {seconds:.2f} s")
-        if args.json is not None:
-            Path(args.json).expanduser().write_text(json.dumps(summary, indent=2) + "\n")
-            print(f"wrote the summary to {args.json}")
-        if args.pairs is not None:
-            out = Path(args.pairs).expanduser()
-            if pairs_kind == ".csv":
-                report.pairs.to_csv(out, index=False)
-            else:
-                report.pairs.to_parquet(out, index=False)
-            print(f"wrote {len(report.pairs):,} pairs to {args.pairs}")
-    except FERError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    _check_max_distance(args.max_distance)
+    pairs_kind = _pairs_writer(args.pairs) if args.pairs is not None else None
+    if args.json is not None and not Path(args.json).expanduser().parent.is_dir():
+        raise FERError(f"cannot write {args.json}: the folder {Path(args.json).parent} does not exist")
+    table = load_faces(args.data)
+    start = time.perf_counter()
+    report = find_duplicates(
+        table, max_distance=args.max_distance, mirrors=not args.no_mirrors, use_cache=not args.no_cache
+    )
+    seconds = time.perf_counter() - start
+    summary = report.summary()
+    print(format_summary(summary, table.name))
+    source = "read from the cache" if report.from_cache else "computed"
+    print(f"  {source} in {seconds:.2f} s")
+    if args.json is not None:
+        Path(args.json).expanduser().write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote the summary to {args.json}")
+    if args.pairs is not None:
+        out = Path(args.pairs).expanduser()
+        if pairs_kind == ".csv":
+            report.pairs.to_csv(out, index=False)
+        else:
+            report.pairs.to_parquet(out, index=False)
+        print(f"wrote {len(report.pairs):,} pairs to {args.pairs}")
     return 0
 
 

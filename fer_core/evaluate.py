@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fer_core._cli import cli_main
 from fer_core._validation import FERError
 from fer_core.constants import ENSEMBLE_MODES, TTA_MODES
 
@@ -181,34 +182,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(args: argparse.Namespace) -> int:
     from fer_core.datasets import load_faces
     from fer_core.predict import Predictor, parse_tta_views
 
-    try:
-        # The views are checked before the data set is read, which may take a while.
-        views = parse_tta_views(args.tta_views, tta_off=args.tta == "off")
-        table = load_faces(args.data, cache_dir=args.cache_dir)
-        if args.split:
-            table = table.split(args.split)
-            if len(table) == 0:
-                raise FERError(f"{args.data} has no faces in split {args.split!r}")
-        tta, mirror_gap = (None, None) if args.tta == "auto" else TTA_MODES[args.tta]
-        predictor = Predictor(args.weights, runtime=args.runtime, tta=tta, mirror_gap=mirror_gap,
-                              ensemble=ENSEMBLE_MODES[args.ensemble], tta_views=views)
-        metrics, arrays = evaluate_table(predictor, table, detect=args.detect, backend=args.backend)
-        print(format_report(metrics))
-        if args.json:
-            Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
-        if args.plots:
-            for path in save_plots(metrics, Path(args.plots)):
-                print(f"wrote {path}")
-        if args.export:
-            for path in export_features(Path(args.export), predictor, table, arrays):
-                print(f"wrote {path}")
-    except FERError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    # The views are checked before the data set is read, which may take a while.
+    views = parse_tta_views(args.tta_views, tta_off=args.tta == "off")
+    table = load_faces(args.data, cache_dir=args.cache_dir)
+    if args.split:
+        table = table.split(args.split)
+        if len(table) == 0:
+            raise FERError(f"{args.data} has no faces in split {args.split!r}")
+    tta, mirror_gap = (None, None) if args.tta == "auto" else TTA_MODES[args.tta]
+    predictor = Predictor(args.weights, runtime=args.runtime, tta=tta, mirror_gap=mirror_gap,
+                          ensemble=ENSEMBLE_MODES[args.ensemble], tta_views=views)
+    metrics, arrays = evaluate_table(predictor, table, detect=args.detect, backend=args.backend)
+    print(format_report(metrics))
+    if args.json:
+        Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")
+    if args.plots:
+        for path in save_plots(metrics, Path(args.plots)):
+            print(f"wrote {path}")
+    if args.export:
+        for path in export_features(Path(args.export), predictor, table, arrays):
+            print(f"wrote {path}")
     return 0
 
 

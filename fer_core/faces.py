@@ -78,6 +78,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from fer_core._cli import cli_main
+from fer_core._validation import FERError
+
 from .constants import IMAGE_SIZE
 from .images import ImageSource, load_image, to_grey
 
@@ -809,19 +812,18 @@ def _overlap_fraction(box: FaceBox, square: Sequence[int]) -> float:
     return iw * ih / max(1, box.area)
 
 
+@cli_main
 def main(args: argparse.Namespace) -> int:
-    """Run the command in ``args``; return the process exit status."""
+    """Run the command in ``args``; return the process exit status (2 on a user error, said on stderr)."""
     if args.command != "bench":
         raise ValueError(f"unknown command {args.command!r}; choose one of ['bench']")
     files = _list_face_files(args.faces) if args.faces.is_dir() else []
     if not files:
-        print(f"error: no face images (.png, .jpg) found under {str(args.faces)!r}; "
-              "pass --faces DIR, e.g. a FER2013 split folder", file=sys.stderr)
-        return 2
+        raise FERError(f"no face images (.png, .jpg) found under {str(args.faces)!r}; "
+                       "pass --faces DIR, e.g. a FER2013 split folder")
     lo, hi = args.faces_per_scene
     if not 1 <= lo <= hi:
-        print(f"error: --faces-per-scene needs 1 <= MIN <= MAX, got {lo} {hi}", file=sys.stderr)
-        return 2
+        raise FERError(f"--faces-per-scene needs 1 <= MIN <= MAX, got {lo} {hi}")
     rng = np.random.default_rng(args.seed)
     size = tuple(args.size)
     scenes = []

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -49,6 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fer_core._io import atomic_write, atomic_write_text
 from fer_core._validation import FERError
 from fer_core.images import pixels_sha256
 
@@ -93,22 +93,18 @@ def _command() -> str:
     return "python -m fer_core.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
 
 
+# Atomic writes with a temporary name unique per call: folds may run in parallel processes.
 def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")  # one per process: folds may run in parallel
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")  # one per process: folds may run in parallel
-    frame.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        frame.to_parquet(tmp, index=False)
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")  # one per process: folds may run in parallel
-    tmp.write_text("".join(f"{line}\n" for line in lines))
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in lines))
 
 
 def _check_out(out: Path, resume: bool, fold_index: int | None = None) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fer_core._io import atomic_write_bytes
 from fer_core._validation import FERError, check_face_batch
 from fer_core.calibration import softmax
 from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD, TTA_SHIFT, TTA_VIEWS
@@ -205,9 +206,7 @@ def _cached(name: str, make: Any) -> bytes:
     data = make()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        atomic_write_bytes(path, data)
     except OSError:
         pass  # a cache that cannot be written only costs start-up time
     return data

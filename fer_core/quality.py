@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from fer_core._cli import cli_main
 from fer_core._validation import FERError, check_face_batch
 from fer_core.constants import IMAGE_SIZE, QUALITY_WEIGHTS
 
@@ -481,36 +482,31 @@ def _bench(images: np.ndarray, *, repeats: int) -> str:
     return f"scored {len(images)} faces: median {median:.3f} s over {repeats} runs, {rate:,.0f} faces/s"
 
 
+@cli_main
 def main(args: argparse.Namespace) -> int:
     if args.out is None and not (args.bench or args.calibrate):
-        print("error: --out FILE is required unless --bench or --calibrate is given", file=sys.stderr)
-        return 2
+        raise FERError("--out FILE is required unless --bench or --calibrate is given")
     if args.bench_repeats < 1:
-        print(f"error: --bench-repeats must be at least 1, got {args.bench_repeats}", file=sys.stderr)
-        return 2
-    try:
-        from fer_core.datasets import load_faces, save_table, stratified_split
+        raise FERError(f"--bench-repeats must be at least 1, got {args.bench_repeats}")
+    from fer_core.datasets import load_faces, save_table, stratified_split
 
-        table = load_faces(args.data)
-        if args.split_stratified is not None:
-            table = stratified_split(table, args.split_stratified, seed=args.seed)
-        if args.calibrate:
-            print(_format_calibration(calibrate(table.images, progress=True)))
-        if args.bench:
-            print(_bench(table.images, repeats=args.bench_repeats))
-        if args.out is not None:
-            table = add_quality(table, progress=True)
-            path = save_table(table, args.out)
-            frame = table.frame
-            print(
-                f"wrote {len(frame)} faces to {path}; near_uniform: {int(frame['near_uniform'].sum())}, "
-                f"few_grey_levels: {int(frame['few_grey_levels'].sum())}"
-            )
-            with pd.option_context("display.float_format", "{:.3f}".format):
-                print(quality_percentiles(frame).to_string())
-    except FERError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    table = load_faces(args.data)
+    if args.split_stratified is not None:
+        table = stratified_split(table, args.split_stratified, seed=args.seed)
+    if args.calibrate:
+        print(_format_calibration(calibrate(table.images, progress=True)))
+    if args.bench:
+        print(_bench(table.images, repeats=args.bench_repeats))
+    if args.out is not None:
+        table = add_quality(table, progress=True)
+        path = save_table(table, args.out)
+        frame = table.frame
+        print(
+            f"wrote {len(frame)} faces to {path}; near_uniform: {int(frame['near_uniform'].sum())}, "
+            f"few_grey_levels: {int(frame['few_grey_levels'].sum())}"
+        )
+        with pd.option_context("display.float_format", "{:.3f}".format):
+            print(quality_percentiles(frame).to_string())
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import subprocess
 import sys
@@ -42,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fer_core._cli import cli_main
+from fer_core._io import atomic_write
 from fer_core._validation import FERError
 from fer_core.augment import AugmentConfig, augment_batch, mix_batch, mix_targets
 from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD
@@ -428,10 +429,10 @@ def save_checkpoint(out: Path, *, model: nn.Module, ema: nn.Module, optimizer: t
             if torch.is_tensor(value):
                 tensors[f"opt.{pid}.{name}"] = value.detach().cpu().contiguous()
     meta = {**state, "param_groups": opt_state["param_groups"]}
-    save_file(tensors, str(out / ".checkpoint.safetensors.part"))
-    (out / ".checkpoint.json.part").write_text(json.dumps(meta))
-    os.replace(out / ".checkpoint.safetensors.part", out / "checkpoint.safetensors")
-    os.replace(out / ".checkpoint.json.part", out / "checkpoint.json")
+    # Both written before either replaces its file; the weights are replaced first, then their JSON.
+    with atomic_write(out / "checkpoint.json") as meta_tmp, atomic_write(out / "checkpoint.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+        meta_tmp.write_text(json.dumps(meta))
 
 
 def load_checkpoint(out: Path, *, model: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer,
@@ -651,20 +652,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(args: argparse.Namespace) -> int:
-    try:
-        if args.folds is not None and args.time_budget is not None:
-            raise FERError("--time-budget plans one run's epochs; with --folds give each fold --epochs instead")
-        if args.fold_index is not None and args.folds is None:
-            raise FERError("--fold-index picks one fold of a --folds run: give --folds K too")
-        if args.folds is not None:
-            from fer_core.folds import train_folds
+    if args.folds is not None and args.time_budget is not None:
+        raise FERError("--time-budget plans one run's epochs; with --folds give each fold --epochs instead")
+    if args.fold_index is not None and args.folds is None:
+        raise FERError("--fold-index picks one fold of a --folds run: give --folds K too")
+    if args.folds is not None:
+        from fer_core.folds import train_folds
 
-            return train_folds(args)
-        return _train(args)
-    except FERError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return train_folds(args)
+    return _train(args)
 
 
 def _check_out(out: Path, resume: bool) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from fer_core._io import atomic_write
 from fer_core._validation import FERError
 from fer_core.config import ASSETS_DIR
 
@@ -46,9 +47,8 @@ def save_model(model: torch.nn.Module, path: str | Path, card: dict[str, Any], *
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if float_dtype is not None:
         state = {k: v.to(float_dtype) if v.is_floating_point() else v for k, v in state.items()}
-    tmp = path.with_name(f".{path.name}.part")
-    save_file(state, str(tmp), metadata={"format": "pt", "model": str(card.get("architecture", ""))})
-    tmp.replace(path)
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "model": str(card.get("architecture", ""))})
     card_path(path).write_text(json.dumps(card, indent=2, sort_keys=False) + "\n")
     return path
 

@@ -16,6 +16,7 @@ import time
 
 import numpy as np
 
+from fer_core._cli import cli_main
 from fer_core.browse import SORTS, BrowseQuery
 from fer_core.labels import EMOTIONS
 
@@ -51,6 +52,7 @@ def _rss_mb() -> float:
     return float("nan")
 
 
+@cli_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="data set to browse (any form fer_core.datasets reads)")
@@ -60,15 +62,10 @@ def main(argv: list[str] | None = None) -> int:
     import gradio as gr
 
     import app
-    from fer_core._validation import FERError
     from ui.browse_tab import Browser
 
     started = time.perf_counter()
-    try:
-        table = app.load_data(args.data)
-    except FERError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    table = app.load_data(args.data)
     loaded = time.perf_counter() - started
     app.build_demo(table)
     built = time.perf_counter() - started

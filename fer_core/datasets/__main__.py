@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fer_core._validation import FERError
+from fer_core._cli import cli_main
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -20,17 +20,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@cli_main
 def main(args: argparse.Namespace) -> int:
     import time
 
     from fer_core.datasets import load_faces, summary
 
     start = time.perf_counter()
-    try:
-        table = load_faces(args.data, cache_dir=args.cache_dir, use_cache=not args.no_cache)
-    except FERError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    table = load_faces(args.data, cache_dir=args.cache_dir, use_cache=not args.no_cache)
     print(f"{table.name}: {len(table)} faces, read in {time.perf_counter() - start:.2f} s")
     print(summary(table).to_string())
     if table.skipped:

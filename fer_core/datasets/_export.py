@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from fer_core._io import atomic_write
 from fer_core._validation import DatasetError
 
 from ._table import FaceTable
@@ -59,15 +60,11 @@ def save_table(table: FaceTable, path: str | Path) -> Path:
     if not out.parent.exists():
         raise DatasetError(f"cannot write {out}: the folder {out.parent} does not exist")
     frame = _plain_frame(table)
-    tmp = out.with_name(f".{out.name}.part")
-    try:
+    with atomic_write(out) as tmp:
         if kind == "parquet":
             _write_parquet_rows(table, frame, tmp)
         else:
             _write_text_rows(table, frame, tmp, kind)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out
 
 
