@@ -20,7 +20,6 @@ with the matching rows in order, and :func:`page_of` cuts a page out of them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -30,9 +29,8 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from fer_core._io import atomic_write
+from fer_core._cache import cache_key, cached, write_frame
 from fer_core._validation import FERError
-from fer_core.config import default_cache_dir
 from fer_core.datasets import FaceTable
 from fer_core.labels import EMOTIONS, normalise
 from fer_core.quality import COMPONENT_COLUMNS, QUALITY_COLUMNS, add_quality
@@ -71,17 +69,14 @@ Duplicates = Literal["any", "unique", "duplicated", "cross-split"]
 # --------------------------------------------------------------------------- enrichment
 
 
-def _content_key(table: FaceTable, weights: Path) -> str:
-    digest = hashlib.blake2b(digest_size=20)
-    digest.update(f"fer-browse-v{BROWSE_VERSION}\0".encode())
-    digest.update(np.ascontiguousarray(table.images).data)
-    digest.update("\0".join(table.frame["sample_id"].astype(str)).encode())
-    digest.update(table.frame["emotion"].to_numpy(dtype=np.int64).tobytes())
-    digest.update(table.frame["split"].astype(str).str.cat(sep="\0").encode())
-    digest.update(hashlib.sha256(weights.read_bytes()).digest())
-    has_quality = all(c in table.frame for c in ("quality_score", *COMPONENT_COLUMNS))
-    digest.update(b"carried" if has_quality else b"computed")
-    return digest.hexdigest()
+def _cache_key(table: FaceTable, weights: Path, has_quality: bool) -> str:
+    """What the derived columns depend on: faces, ids, labels, splits, weights, carried quality."""
+    frame = table.frame
+    return cache_key(
+        "browse", BROWSE_VERSION, table.images, "\0".join(frame["sample_id"].astype(str)),
+        frame["emotion"].to_numpy(dtype=np.int64), frame["split"].astype(str).str.cat(sep="\0"),
+        weights, "carried" if has_quality else "computed",
+    )
 
 
 #: Faces classified per step of the model-column progress bar.
@@ -131,33 +126,23 @@ def enrich(table: FaceTable, *, weights: str | Path | None = None, use_cache: bo
     from fer_core.weights import DEFAULT_WEIGHTS
 
     weights_path = Path(weights) if weights else DEFAULT_WEIGHTS
-    key = _content_key(table, weights_path)
-    entry = default_cache_dir() / "browse" / f"{key}.parquet"
-    if use_cache and entry.is_file():
-        try:
-            derived = pd.read_parquet(entry)
-            if len(derived) == len(table):
-                return table.with_columns(derived)
-        except (OSError, ValueError) as err:
-            log.warning("ignoring a damaged browse cache entry %s: %s", entry, err)
     has_quality = all(c in table.frame for c in ("quality_score", *COMPONENT_COLUMNS))
-    base = table if has_quality else add_quality(table, progress=progress)
-    parts = [] if has_quality else [base.frame[list(QUALITY_COLUMNS)]]
-    parts.append(_model_columns(table, get_predictor(str(weights_path) if weights else None), progress=progress))
-    parts.append(_duplicate_columns(table, progress=progress))
-    derived = pd.concat([p.reset_index(drop=True) for p in parts], axis=1)
-    if use_cache:
-        _write_atomic(derived, entry)
+
+    def derive() -> pd.DataFrame:
+        base = table if has_quality else add_quality(table, progress=progress)
+        parts = [] if has_quality else [base.frame[list(QUALITY_COLUMNS)]]
+        predictor = get_predictor(str(weights_path) if weights else None)
+        parts.append(_model_columns(table, predictor, progress=progress))
+        parts.append(_duplicate_columns(table, progress=progress))
+        return pd.concat([p.reset_index(drop=True) for p in parts], axis=1)
+
+    def read(path: Path) -> pd.DataFrame | None:
+        derived = pd.read_parquet(path)
+        return derived if len(derived) == len(table) else None
+
+    key = _cache_key(table, weights_path, has_quality)
+    derived, _ = cached("browse", key, derive, suffix=".parquet", read=read, write=write_frame, use_cache=use_cache)
     return table.with_columns(derived)
-
-
-def _write_atomic(frame: pd.DataFrame, path: Path) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as tmp:
-            frame.to_parquet(tmp, index=False)
-    except OSError as err:  # a cache that cannot be written only costs start-up time
-        log.warning("could not write the browse cache %s: %s", path, err)
 
 
 # --------------------------------------------------------------------------- queries

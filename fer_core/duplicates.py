@@ -96,10 +96,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from fer_core._cache import cache_key, cached, write_frame
 from fer_core._cli import cli_main
-from fer_core._io import atomic_write
 from fer_core._validation import FERError, check_face_batch
-from fer_core.config import default_cache_dir
 from fer_core.constants import IMAGE_SIZE
 
 if TYPE_CHECKING:
@@ -575,38 +574,21 @@ def _report(
 
 
 def _cache_key(table: FaceTable, max_distance: int, mirrors: bool) -> str:
-    digest = hashlib.blake2b(digest_size=20)
-    digest.update(f"fer-duplicates-v{DUPLICATES_VERSION}\0{max_distance}\0{int(mirrors)}\0".encode())
-    digest.update(np.ascontiguousarray(table.images).data)
-    digest.update("\0".join(table.frame["sample_id"].astype(str)).encode())
-    return digest.hexdigest()
+    """Pairs depend on the pixels, the rule and the row order (ids); labels and splits are not in the key."""
+    ids = "\0".join(table.frame["sample_id"].astype(str))
+    return cache_key("duplicates", DUPLICATES_VERSION, max_distance, mirrors, table.images, ids)
 
 
-def _read_cached(path: Path, n: int) -> pd.DataFrame | None:
-    try:
-        raw = pd.read_parquet(path)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as err:
-        log.warning("ignoring a damaged duplicates cache entry %s: %s", path, err)
-        return None
-    ok = list(raw.columns) == ["row_a", "row_b", "distance", "kind"] and (
+def _read_pairs(path: Path, n: int) -> pd.DataFrame | None:
+    """Raw pairs stored at ``path``, or None when they do not fit a table of ``n`` faces."""
+    raw = pd.read_parquet(path)
+    fits = list(raw.columns) == ["row_a", "row_b", "distance", "kind"] and (
         raw.empty or (int(raw[["row_a", "row_b"]].to_numpy().max()) < n and raw["kind"].isin(KINDS).all())
     )
-    if not ok:
+    if not fits:
         log.warning("ignoring a duplicates cache entry that does not fit the table: %s", path)
         return None
     return raw
-
-
-def _write_cached(raw: pd.DataFrame, path: Path) -> None:
-    """Write atomically; a cache that cannot be written only costs time, so failures warn and go on."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(path) as tmp:
-            raw.to_parquet(tmp, index=False)
-    except OSError as err:
-        log.warning("could not write the duplicates cache %s: %s", path, err)
 
 
 # --------------------------------------------------------------------------- public API
@@ -662,15 +644,12 @@ def find_duplicates(
     if table.images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):  # pragma: no cover - FaceTable checks it
         raise FERError(f"faces must be {IMAGE_SIZE}x{IMAGE_SIZE}, got {table.images.shape[1:]}")
 
-    entry = default_cache_dir() / "duplicates" / f"{_cache_key(table, max_distance, mirrors)}.parquet"
-    if use_cache:
-        raw = _read_cached(entry, len(table))
-        if raw is not None:
-            return _report(table, raw, max_distance=max_distance, mirrors=mirrors, from_cache=True)
-    raw = _compute_pairs(table.images, max_distance, mirrors)
-    if use_cache:
-        _write_cached(raw, entry)
-    return _report(table, raw, max_distance=max_distance, mirrors=mirrors, from_cache=False)
+    raw, from_cache = cached(
+        "duplicates", _cache_key(table, max_distance, mirrors),
+        lambda: _compute_pairs(table.images, max_distance, mirrors),
+        suffix=".parquet", read=lambda path: _read_pairs(path, len(table)), write=write_frame, use_cache=use_cache,
+    )
+    return _report(table, raw, max_distance=max_distance, mirrors=mirrors, from_cache=from_cache)
 
 
 # --------------------------------------------------------------------------- command line

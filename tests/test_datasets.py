@@ -338,7 +338,7 @@ class TestCache:
         _write_folder_tree(tmp_path / "data", images[:7], labels[:7], split="train")
         blocker = tmp_path / "cache"
         blocker.write_text("a file where the cache folder should be")
-        with pytest.warns(UserWarning, match="could not write the data set cache"):
+        with pytest.warns(UserWarning, match="could not write the cache entry"):
             table = load_faces(tmp_path / "data", cache_dir=blocker)
         assert len(table) == 7
 

@@ -17,6 +17,7 @@ from PIL import Image
 from conftest import needs_shared
 from fer_core import duplicates
 from fer_core._validation import FERError
+from fer_core.config import default_cache_dir
 from fer_core.datasets import FaceTable
 from fer_core.datasets._table import build_frame
 from fer_core.duplicates import (
@@ -251,7 +252,7 @@ class TestCache:
     def test_second_call_reads_the_cache(self, known, monkeypatch) -> None:
         first = find_duplicates(known)
         assert not first.from_cache
-        entries = list((Path(duplicates.default_cache_dir()) / "duplicates").glob("*.parquet"))
+        entries = list((default_cache_dir() / "duplicates").glob("*.parquet"))
         assert len(entries) == 1
 
         def fail(*args, **kwargs):
@@ -279,7 +280,7 @@ class TestCache:
 
     def test_damaged_entry_is_recomputed(self, known) -> None:
         find_duplicates(known)
-        entry = next((Path(duplicates.default_cache_dir()) / "duplicates").glob("*.parquet"))
+        entry = next((default_cache_dir() / "duplicates").glob("*.parquet"))
         entry.write_bytes(b"not parquet")
         report = find_duplicates(known)
         assert not report.from_cache and report.summary()["pairs"] == 8

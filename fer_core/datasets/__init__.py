@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fer_core._cache import cache_key, cached
 from fer_core._validation import DatasetError, check_path_exists
-from fer_core.config import default_cache_dir
 
-from ._cache import content_key, files_key, read_cached, write_cached
+from ._cache import CACHE_VERSION, SUFFIX, read_table, write_table
 from ._csv import read_csv
 from ._export import save_table, stratified_split
 from ._folder import list_folder, read_folder
@@ -71,7 +71,8 @@ def load_faces(
         A folder (Kaggle layout or Parquet files), a ``.csv``/``.jsonl``/``.parquet``
         file, or a hub id ``user/name`` when no such local path exists.
     cache_dir : path, optional
-        Where decoded tables are kept; default :func:`fer_core.config.default_cache_dir`.
+        The cache folder (decoded tables go to its ``datasets`` sub-folder); default
+        :func:`fer_core.config.default_cache_dir`.
     use_cache : bool, default=True
         Read from and write to the cache. The key is a hash of the files' content,
         so changed files are read again.
@@ -94,34 +95,34 @@ def load_faces(
     # The folder is listed once: its image files decide the form and are then read.
     files, skipped = list_folder(path, allow_outside_root=allow_outside_root) if path.is_dir() else ([], {})
     form = _form_of(path, files)
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
 
-    if not use_cache:
-        key = None
-    elif form == "folder":
-        key = "folder-" + files_key([(f"{f.sample_id}|{f.label}|{f.split}", f.path) for f in files]) if files else None
-    elif form == "csv":
-        key = "csv-" + content_key(path, kind=path.suffix.lower())
-    else:
-        key = "parquet-" + files_key([(p.relative_to(path).as_posix() if path.is_dir() else p.name, p)
-                                      for p in parquet_files(path)])
-        # A table read with paths outside the root must not answer a load that refuses them.
-        key += "-outside" if allow_outside_root else ""
-    if key is not None:
-        cached = read_cached(cache, key)
-        if cached is not None:
-            return cached
+    def read() -> FaceTable:
+        if form == "folder":
+            return read_folder(path, files=files, skipped=skipped, progress=progress,
+                               allow_outside_root=allow_outside_root)
+        if form == "csv":
+            return read_csv(path, progress=progress)
+        return read_parquet(path, progress=progress, allow_outside_root=allow_outside_root)
 
-    if form == "folder":
-        table = read_folder(path, files=files, skipped=skipped, progress=progress,
-                            allow_outside_root=allow_outside_root)
-    elif form == "csv":
-        table = read_csv(path, progress=progress)
-    else:
-        table = read_parquet(path, progress=progress, allow_outside_root=allow_outside_root)
-    if key is not None:
-        write_cached(cache, key, table)
+    key = _cache_key(path, form, files, allow_outside_root=allow_outside_root) if use_cache else None
+    if key is None:
+        return read()
+    table, _ = cached("datasets", key, read, suffix=SUFFIX, read=read_table, write=write_table, folder=cache_dir)
     return table
+
+
+def _cache_key(path: Path, form: str, files: list, *, allow_outside_root: bool) -> str | None:
+    """The cache key of a data set: a hash of its files' names and content; None for a folder with no image."""
+    if form == "csv":
+        return cache_key("csv", CACHE_VERSION, path.suffix.lower(), path)
+    if form == "folder":
+        if not files:
+            return None  # reading it raises the error that says why
+        named = [(f"{f.sample_id}|{f.label}|{f.split}", f.path) for f in files]
+        return cache_key("folder", CACHE_VERSION, *(part for pair in named for part in pair))
+    named = [(p.relative_to(path).as_posix() if path.is_dir() else p.name, p) for p in parquet_files(path)]
+    # A table read with paths outside the root must not answer a load that refuses them.
+    return cache_key("parquet", CACHE_VERSION, allow_outside_root, *(part for pair in named for part in pair))
 
 
 def summary(table: FaceTable) -> pd.DataFrame:
