@@ -241,12 +241,69 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
     with gr.Accordion(f"Data set {browser.table.name}: {len(browser.table):,} faces", open=False):
         gr.Dataframe(value=counts, label="Faces per emotion and split", interactive=False)
 
-    from fer_core._validation import FERError
-
     # The page opens on every face in the default order, computed once here.
     initial_rows = browser.select(BrowseQuery())
     initial_view = browser.page(initial_rows, 1, PAGE_SIZES[0])
-    initial_plots = browser.plots(initial_rows)
+    widgets = _Widgets(
+        **_filter_widgets(browser),
+        **_face_widgets(browser, initial_view),
+        **_plot_widgets(browser.plots(initial_rows)),
+        **_download_widgets(show_send=selection_state is not None),
+        rows_state=gr.State(initial_rows),
+        page_rows_state=gr.State(initial_view.rows),
+    )
+    _wire_filters(browser, widgets)
+    _wire_pages(browser, widgets)
+    _wire_selection(browser, widgets, selection_state)
+
+
+@dataclass
+class _Widgets:
+    """The tab's components that events read or write."""
+
+    split: Any
+    emotions: Any
+    sort: Any
+    seed: Any
+    q_min: Any
+    q_max: Any
+    label_status: Any
+    agreement: Any
+    duplicates: Any
+    component_sliders: list[Any]
+    count: Any
+    prev_button: Any
+    page_number: Any
+    next_button: Any
+    page_size: Any
+    gallery: Any
+    face_large: Any
+    face_probs: Any
+    face_history: Any
+    face_fields: Any
+    class_plot: Any
+    quality_plot: Any
+    quality_emotion_plot: Any
+    component_plot: Any
+    export_button: Any
+    csv_file: Any
+    parquet_file: Any
+    send_button: Any
+    rows_state: Any
+    page_rows_state: Any
+
+    @property
+    def filter_inputs(self) -> list[Any]:
+        """In the order :func:`_query_of` reads them."""
+        return [self.split, self.emotions, self.q_min, self.q_max, *self.component_sliders, self.label_status,
+                self.agreement, self.duplicates, self.sort, self.seed]
+
+
+# ------------------------------------------------------------------------------ layout
+
+
+def _filter_widgets(browser: Browser) -> dict[str, Any]:
+    import gradio as gr
 
     with gr.Row():
         split = gr.Dropdown([ALL, *browser.splits], value=ALL, label="Split", scale=1, min_width=120)
@@ -269,6 +326,15 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
                         component_sliders.append(gr.Slider(0, 1, value=value, step=0.01, label=f"{name} at {bound}",
                                                            elem_classes=[FILTER_SLIDER_CLASS]))
     gr.HTML("", js_on_load=FILTER_KEYS_JS, visible="hidden", elem_id="browse-filter-keys")
+    return {"split": split, "emotions": emotions, "sort": sort, "seed": seed, "q_min": q_min, "q_max": q_max,
+            "label_status": label_status, "agreement": agreement, "duplicates": duplicates,
+            "component_sliders": component_sliders}
+
+
+def _face_widgets(browser: Browser, initial_view: PageView) -> dict[str, Any]:
+    """The match count, the pager, the gallery and the selected face's details."""
+    import gradio as gr
+
     count = gr.Markdown(browser.count_text(initial_view))
     # The pager: buttons as tall as the labelled fields beside them (equal_height), so they line up.
     with gr.Row(equal_height=True, elem_id="browse-pager"):
@@ -286,58 +352,95 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
                                         interactive=False)
             face_fields = gr.Dataframe(pd.DataFrame(columns=["field", "value"]), label="Fields", interactive=False,
                                        max_height=400)
+    return {"count": count, "prev_button": prev_button, "page_number": page_number, "next_button": next_button,
+            "page_size": page_size, "gallery": gallery, "face_large": face_large, "face_probs": face_probs,
+            "face_history": face_history, "face_fields": face_fields}
+
+
+def _plot_widgets(plots: dict[str, pd.DataFrame]) -> dict[str, Any]:
+    import gradio as gr
+
     with gr.Accordion("Plots of the current selection", open=False):
         with gr.Row():
-            class_plot = gr.BarPlot(initial_plots["classes"], x="emotion", y="faces", title="Faces per emotion",
-                                    sort=None)
-            quality_plot = gr.BarPlot(initial_plots.get("quality"), x="bin", y="faces", title="Quality score",
+            class_plot = gr.BarPlot(plots["classes"], x="emotion", y="faces", title="Faces per emotion", sort=None)
+            quality_plot = gr.BarPlot(plots.get("quality"), x="bin", y="faces", title="Quality score",
                                       x_title="quality (bin start)")
         with gr.Row():
-            quality_emotion_plot = gr.BarPlot(initial_plots.get("quality_by_emotion"), x="bin", y="faces",
+            quality_emotion_plot = gr.BarPlot(plots.get("quality_by_emotion"), x="bin", y="faces",
                                               color="emotion", title="Quality score per emotion")
-            component_plot = gr.BarPlot(initial_plots.get("components"), x="bin", y="faces", color="component",
+            component_plot = gr.BarPlot(plots.get("components"), x="bin", y="faces", color="component",
                                         title="Component scores")
+    return {"class_plot": class_plot, "quality_plot": quality_plot, "quality_emotion_plot": quality_emotion_plot,
+            "component_plot": component_plot}
+
+
+def _download_widgets(*, show_send: bool) -> dict[str, Any]:
+    import gradio as gr
+
     with gr.Row():
         export_button = gr.Button("Prepare downloads of the selection", size="sm")
         csv_file = gr.DownloadButton("Download CSV", value=None, interactive=False)
         parquet_file = gr.DownloadButton("Download Parquet", value=None, interactive=False)
-        send_button = gr.Button("Send the selection to the relabel queue", size="sm",
-                                visible=selection_state is not None)
-    rows_state = gr.State(initial_rows)
-    page_rows_state = gr.State(initial_view.rows)
+        send_button = gr.Button("Send the selection to the relabel queue", size="sm", visible=show_send)
+    return {"export_button": export_button, "csv_file": csv_file, "parquet_file": parquet_file,
+            "send_button": send_button}
 
-    filter_inputs = [split, emotions, q_min, q_max, *component_sliders, label_status, agreement, duplicates,
-                     sort, seed]
 
-    def query_of(values: list[Any]) -> BrowseQuery:
-        split_v, emotions_v, qmin, qmax = values[:4]
-        bounds = values[4:4 + 2 * len(COMPONENT_COLUMNS)]
-        rest = values[4 + 2 * len(COMPONENT_COLUMNS):]
-        return query_from_inputs(split_v, emotions_v, qmin, qmax, bounds, *rest)
+# ------------------------------------------------------------------------------ events
 
-    def show(rows: np.ndarray, page: int, size: int):
-        view = browser.page(rows, page, int(size))
-        return view.faces, browser.count_text(view), view.page, view.rows
+
+def _query_of(values: list[Any]) -> BrowseQuery:
+    """The query of :attr:`_Widgets.filter_inputs`' values."""
+    split, emotions, q_min, q_max = values[:4]
+    bounds = values[4:4 + 2 * len(COMPONENT_COLUMNS)]
+    rest = values[4 + 2 * len(COMPONENT_COLUMNS):]
+    return query_from_inputs(split, emotions, q_min, q_max, bounds, *rest)
+
+
+def _show(browser: Browser, rows: np.ndarray, page: int, size: int) -> tuple[Any, str, int, np.ndarray]:
+    """Gallery faces, count text, page number and the page's rows."""
+    view = browser.page(rows, page, int(size))
+    return view.faces, browser.count_text(view), view.page, view.rows
+
+
+def _wire_filters(browser: Browser, w: _Widgets) -> None:
+    """Any filter, the order or the page size: select again, back to page 1, plots redrawn, downloads reset."""
+    import gradio as gr
+
+    from fer_core._validation import FERError
 
     def on_filter(*values):
         *filters, size = values
         try:
-            query = query_of(list(filters))
+            query = _query_of(list(filters))
         except FERError as err:
             raise gr.Error(str(err), print_exception=False) from None
         rows = browser.select(query)
-        faces, text, page, shown = show(rows, 1, size)
+        faces, text, page, shown = _show(browser, rows, 1, size)
         plots = browser.plots(rows)
         empty = pd.DataFrame({"bin": [], "faces": []})
         return (faces, text, page, rows, shown, plots["classes"], plots.get("quality", empty),
                 plots.get("quality_by_emotion", empty), plots.get("components", empty),
                 gr.update(value=None, interactive=False), gr.update(value=None, interactive=False))
 
+    outputs = [w.gallery, w.count, w.page_number, w.rows_state, w.page_rows_state, w.class_plot, w.quality_plot,
+               w.quality_emotion_plot, w.component_plot, w.csv_file, w.parquet_file]
+    # Sliders filter on release only (end of a drag, number box left or Enter, keys: FILTER_KEYS_JS),
+    # never on change or input, which fire at every step of a drag.
+    triggers = [w.split.change, w.emotions.change, w.sort.change, w.seed.submit, w.label_status.change,
+                w.agreement.change, w.duplicates.change, w.page_size.change, w.q_min.release, w.q_max.release,
+                *[s.release for s in w.component_sliders]]
+    gr.on(triggers, on_filter, [*w.filter_inputs, w.page_size], outputs, api_name="browse", show_progress="minimal")
+
+
+def _wire_pages(browser: Browser, w: _Widgets) -> None:
+    """Previous, next, a typed page number, and a face selected in the gallery."""
+    import gradio as gr
+
     def on_page(rows, page, size, step):
         if rows is None:
             rows = browser.select(BrowseQuery())
-        faces, text, page, shown = show(rows, int(page or 1) + step, size)
-        return faces, text, page, shown
+        return _show(browser, rows, int(page or 1) + step, size)
 
     def on_select(shown, evt: gr.SelectData):
         if shown is None or evt.index is None or not 0 <= evt.index < len(shown):
@@ -345,6 +448,22 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
         row = int(shown[evt.index])
         large, fields, probabilities = browser.details(row)
         return large, probabilities, fields, browser.history(row)
+
+    inputs = [w.rows_state, w.page_number, w.page_size]
+    outputs = [w.gallery, w.count, w.page_number, w.page_rows_state]
+    w.prev_button.click(lambda r, p, s: on_page(r, p, s, -1), inputs, outputs, api_visibility="private",
+                        show_progress="minimal")
+    w.next_button.click(lambda r, p, s: on_page(r, p, s, +1), inputs, outputs, api_name="next_page",
+                        show_progress="minimal")
+    w.page_number.submit(lambda r, p, s: on_page(r, p, s, 0), inputs, outputs, api_visibility="private",
+                         show_progress="minimal")
+    w.gallery.select(on_select, [w.page_rows_state], [w.face_large, w.face_probs, w.face_fields, w.face_history],
+                     api_visibility="private", show_progress="hidden")
+
+
+def _wire_selection(browser: Browser, w: _Widgets, selection_state) -> None:
+    """The whole selection: sent to the relabel queue, or written out for download."""
+    import gradio as gr
 
     def on_send(rows):
         rows = browser.select(BrowseQuery()) if rows is None else rows
@@ -357,26 +476,8 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
         return (gr.update(value=str(csv_path), interactive=True, label=f"Download CSV ({len(rows):,} faces)"),
                 gr.update(value=str(parquet_path), interactive=True, label=f"Download Parquet ({len(rows):,} faces)"))
 
-    filter_outputs = [gallery, count, page_number, rows_state, page_rows_state, class_plot, quality_plot,
-                      quality_emotion_plot, component_plot, csv_file, parquet_file]
-    # Sliders filter on release only (end of a drag, number box left or Enter, keys: FILTER_KEYS_JS),
-    # never on change or input, which fire at every step of a drag.
-    filter_triggers = [split.change, emotions.change, sort.change, seed.submit, label_status.change,
-                       agreement.change, duplicates.change, page_size.change, q_min.release, q_max.release,
-                       *[s.release for s in component_sliders]]
-    gr.on(filter_triggers, on_filter, [*filter_inputs, page_size], filter_outputs, api_name="browse",
-          show_progress="minimal")
-    page_outputs = [gallery, count, page_number, page_rows_state]
-    prev_button.click(lambda r, p, s: on_page(r, p, s, -1), [rows_state, page_number, page_size], page_outputs,
-                      api_visibility="private", show_progress="minimal")
-    next_button.click(lambda r, p, s: on_page(r, p, s, +1), [rows_state, page_number, page_size], page_outputs,
-                      api_name="next_page", show_progress="minimal")
-    page_number.submit(lambda r, p, s: on_page(r, p, s, 0), [rows_state, page_number, page_size], page_outputs,
-                       api_visibility="private", show_progress="minimal")
-    gallery.select(on_select, [page_rows_state], [face_large, face_probs, face_fields, face_history],
-                   api_visibility="private", show_progress="hidden")
     if selection_state is not None:
-        send_button.click(on_send, [rows_state], [selection_state], api_name="send_to_queue")
+        w.send_button.click(on_send, [w.rows_state], [selection_state], api_name="send_to_queue")
     # Writing a large selection takes memory: it shares the budget of the other heavy events.
-    export_button.click(on_export, [rows_state], [csv_file, parquet_file], api_name="export_selection",
-                        concurrency_id=HEAVY)
+    w.export_button.click(on_export, [w.rows_state], [w.csv_file, w.parquet_file], api_name="export_selection",
+                          concurrency_id=HEAVY)
