@@ -45,7 +45,8 @@ from .labels import NOT_A_FACE, UNSURE, VOTE_LABELS, check_annotator, check_data
 from .models import Annotator, Decision, Face
 from .store import Store, content_hash, open_store
 
-__all__ = ["FERPLUS_VOTE_COLUMNS", "VoteTable", "ImportReport", "read_vote_table", "import_votes", "main"]
+__all__ = ["FERPLUS_VOTE_COLUMNS", "VoteTable", "ImportReport", "read_vote_table", "rows_of_faces", "import_votes",
+           "main"]
 
 #: Count columns of the FER+ layout, and the vote label each one adds to.
 FERPLUS_VOTE_COLUMNS: dict[str, str] = {
@@ -164,8 +165,12 @@ def _raise_if(problems: list[str], what: str) -> None:
         raise AnnotateError(f"{what} has bad rows, nothing was imported: {shown}{more}")
 
 
-def _face_rows(votes: VoteTable, table: FaceTable, data_root: Path) -> np.ndarray:
-    """Row of ``table`` for each vote row; unknown faces raise :class:`AnnotateError` with their lines."""
+def rows_of_faces(votes: VoteTable, table: FaceTable, data_root: Path, *, missing_ok: bool = False) -> np.ndarray:
+    """Row of ``table`` for each vote row.
+
+    A vote row whose face ``table`` lacks raises :class:`AnnotateError` naming its line, or
+    with ``missing_ok`` gets -1 (e.g. the val rows of a table that holds only the train faces).
+    """
     by_name: dict[str, int] = {str(s): i for i, s in enumerate(table.frame["sample_id"])}
     if votes.layout == "ferplus":
         # The FER+ key is a file path relative to the data set's folder: match on the files the
@@ -182,9 +187,9 @@ def _face_rows(votes: VoteTable, table: FaceTable, data_root: Path) -> np.ndarra
         row = by_name.get(key)
         if row is None and votes.layout == "ferplus":
             row = by_name.get(Path(key).with_suffix("").as_posix())
-        if row is None:
+        if row is None and not missing_ok:
             problems.append(f"line {votes.lines[i]}: no face {key[:80]!r} in the data set")
-        else:
+        elif row is not None:
             rows[i] = row
     _raise_if(problems, "the vote table")
     return rows
@@ -214,7 +219,7 @@ def import_votes(
     tab names it). Faces the store does not know yet are registered with their pixels' hash.
     """
     dataset = check_dataset(dataset or table.name)
-    rows = _face_rows(votes, table, Path(data_root))
+    rows = rows_of_faces(votes, table, Path(data_root))
     names, per_face = _expand(votes.counts, annotator_prefix)
     sample_ids = [str(s) for s in table.frame["sample_id"].iloc[rows]]
     labels = table.labels[rows]

@@ -1,0 +1,122 @@
+"""annotate.campaign / annotate.simulate: a relabel campaign answered from FER+ votes, through the real store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from annotate.campaign import VoteAnswers, run_campaign
+from annotate.errors import AnnotateError
+from annotate.ferplus import majority_labels
+from annotate.labels import VOTE_LABELS
+from annotate.simulate import campaign_queue, parse_budgets, vote_counts
+from annotate.store import open_store
+from fer_core.datasets import load_faces
+from fer_core.labels import EMOTIONS
+from tests.conftest import REPO, SHARED_FER, needs_shared
+
+VOTES = REPO.parent / "shared" / "ferplus" / "fer2013_votes.csv"
+pytestmark = [needs_shared, pytest.mark.skipif(not VOTES.is_file(), reason="../shared/ferplus is not present")]
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Kaggle-layout copy of 40 real train faces per class and 10 val faces per class."""
+    root = tmp_path_factory.mktemp("sim") / "fer_small"
+    votes = pd.read_csv(VOTES)
+    emotion = votes["path"].str.split("/").str[1]
+    split = votes["path"].str.split("/").str[0]
+    picked = pd.concat([votes[split == "train"].groupby(emotion, group_keys=False).head(40),
+                        votes[split == "val"].groupby(emotion, group_keys=False).head(10)])
+    for rel in picked["path"]:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHARED_FER / rel, root / rel)
+    return root
+
+
+@pytest.fixture
+def campaign_parts(small_set: Path, tmp_path: Path):
+    table = load_faces(small_set, use_cache=False, progress=False)
+    train = table.select(table.frame["split"].to_numpy() == "train")
+    counts = vote_counts(train, VOTES, small_set)
+    store = open_store(str(tmp_path / "campaign.db"))
+    yield store, train, counts
+    store.close()
+
+
+def test_majority_answers_change_the_labels_as_the_votes_say(campaign_parts):
+    store, train, counts = campaign_parts
+    queue = campaign_queue(store, train, "fer_small", seed=0)
+    # The shipped out-of-fold probabilities cover these real training faces.
+    assert not np.isnan(queue.probabilities).any()
+    expected_order = [queue.sample_ids[r] for r in queue.order("likely_label_error")]
+    result = run_campaign(queue, VoteAnswers(counts, "majority", seed=0), strategy="likely_label_error",
+                          budget=25, progress=False)
+    assert result.faces_seen == 25 and result.answers == 25 and not result.exhausted
+    assert result.sample_ids == expected_order[:25]  # the queue's order, face by face
+
+    resolved = store.resolved_labels("fer_small").set_index("sample_id")
+    assert set(resolved.index) == set(result.sample_ids)
+    for sid in result.sample_ids:
+        row = queue.sample_ids.index(sid)
+        top = np.flatnonzero(counts[row] == counts[row].max())
+        answer = VOTE_LABELS[top[0]]
+        if len(top) == 1 and answer in EMOTIONS:
+            assert resolved.loc[sid, "resolved_label"] == answer
+            assert resolved.loc[sid, "changed"] == (answer != EMOTIONS[train.labels[row]])
+    # Every answer went through a lease and left none behind.
+    decisions = store.decisions("fer_small")
+    assert list(decisions["annotator"].unique()) == ["sim-1"] and len(decisions) == 25
+    assert len(store.leases("fer_small")) == 0
+
+
+def test_k_votes_per_face_are_drawn_from_that_faces_votes(campaign_parts):
+    store, train, counts = campaign_parts
+    queue = campaign_queue(store, train, "fer_small", seed=1)
+    result = run_campaign(queue, VoteAnswers(counts, "k", k=3, seed=1), strategy="random", budget=15, progress=False)
+    assert result.answers == 45
+    decisions = store.decisions("fer_small")
+    assert sorted(decisions["annotator"].unique()) == ["sim-1", "sim-2", "sim-3"]
+    for sid, answers in decisions.groupby("sample_id")["label"]:
+        row = queue.sample_ids.index(sid)
+        drawn = pd.Series(list(answers)).value_counts()
+        assert all(counts[row][VOTE_LABELS.index(label)] >= n for label, n in drawn.items())
+    # random: the seeded permutation, as the Relabel tab's random queue gives it.
+    assert result.sample_ids == [queue.sample_ids[r] for r in queue.order("random")[:15]]
+
+
+def test_one_vote_answers_are_real_votes_and_the_queue_can_run_dry(campaign_parts):
+    store, train, counts = campaign_parts
+    queue = campaign_queue(store, train, "fer_small", seed=0)
+    flagged = len(queue.order("model_disagrees"))
+    result = run_campaign(queue, VoteAnswers(counts, "one", seed=2), strategy="model_disagrees", budget=None,
+                          progress=False)
+    assert result.exhausted and result.faces_seen == flagged
+    for sid, label in store.decisions("fer_small")[["sample_id", "label"]].itertuples(index=False):
+        assert counts[queue.sample_ids.index(sid)][VOTE_LABELS.index(label)] > 0
+
+
+def test_ferplus_majority_leaves_out_ties_and_non_emotions():
+    votes = pd.DataFrame([
+        # neutral happiness surprise sadness anger disgust fear contempt unknown NF
+        [6, 4, 0, 0, 0, 0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 5, 5, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0, 0, 0, 6, 4, 0],
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 10],
+        [1, 0, 0, 0, 0, 0, 2, 0, 0, 0],
+    ], columns=["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt", "unknown",
+                "NF"])
+    assert majority_labels(votes).tolist() == [EMOTIONS.index("neutral"), -1, -1, -1, EMOTIONS.index("fear")]
+
+
+def test_budgets_parse_and_bad_ones_are_refused():
+    assert parse_budgets(["0,500", "all", "100"]) == [0, 100, 500, None]
+    for bad in (["-5"], ["lots"], [""]):
+        with pytest.raises(AnnotateError):
+            parse_budgets(bad)
+    with pytest.raises(AnnotateError, match="answer mode"):
+        VoteAnswers(np.ones((2, 9), dtype=int), "psychic")
