@@ -3,9 +3,8 @@
 The store (:mod:`annotate.store`) keeps annotators, faces, append-only decisions and leases in
 one database (:func:`open_store`, default :func:`default_db_url`); the queue
 (:mod:`annotate.queue`) ranks a data set's faces by a strategy and leases them to annotators;
-:mod:`annotate.export` writes the corrections. ``python -m annotate.bench --db FILE`` checks
-the store under concurrent writers and killed processes. The app's other tabs do not depend on
-this package.
+:mod:`annotate.export` writes the corrections. The app's other tabs do not depend on this
+package.
 """
 
 from __future__ import annotations

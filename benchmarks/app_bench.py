@@ -1,6 +1,6 @@
 """App-level benchmark: start ``python app.py``, then time the ``predict`` API and the webcam path.
 
-    python -m ui.bench [--requests 50] [--frames 100]
+    python -m benchmarks.app_bench [--requests 50] [--frames 100]
 
 Prints the start-up time (process start to the first answered ``predict``), the median and
 p95 latency of ``predict`` on a 640x480 photo with one face through ``gradio_client`` (as

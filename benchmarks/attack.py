@@ -1,6 +1,6 @@
 """Attack run: every abuse of a public deployment we know of, against a launched app, with its cost.
 
-    python -m ui.attack [--data PATH] [--leak-seconds 60] [--idle 150] [--json OUT]
+    python -m benchmarks.attack [--data PATH] [--leak-seconds 60] [--idle 150] [--json OUT]
 
 Starts ``python app.py`` on a free loopback port, with its own temp folder (``TMPDIR``, Gradio's
 upload folder inside it) and a temporary relabel database, then runs each case below and prints,
@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ui.bench import _free_port
+from benchmarks.app_bench import _free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -264,7 +264,7 @@ def flat_jpeg(side: int) -> bytes:
 
 
 def photo_jpeg() -> bytes:
-    from ui.bench import test_photo
+    from benchmarks.app_bench import test_photo
 
     buf = io.BytesIO()
     Image.fromarray(test_photo()).save(buf, "JPEG", quality=90)
@@ -408,7 +408,7 @@ def concurrent_worst(app: App, client: RawClient) -> Outcome:
 
 def big_photo(width: int, height: int) -> bytes:
     """The test photo enlarged to ``width`` x ``height``, as a JPEG of a few MB (slow to search for faces)."""
-    from ui.bench import test_photo
+    from benchmarks.app_bench import test_photo
 
     buf = io.BytesIO()
     Image.fromarray(test_photo()).resize((width, height), Image.Resampling.BILINEAR).save(buf, "JPEG", quality=92)

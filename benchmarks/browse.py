@@ -1,6 +1,6 @@
 """Browse-tab benchmark: start-up on a data set, then 50 fixed filter and page changes, timed.
 
-    python -m ui.browse_bench ../shared/fer2013 [--changes 50]
+    python -m benchmarks.browse ../shared/fer2013 [--changes 50]
 
 Loads and enriches the data set as ``python app.py --data`` does (reporting the time, from
 the cache when it is warm), builds the app, then replays a fixed list of filter and page

@@ -1,4 +1,4 @@
-"""Inference speed: ``python -m fer_core.bench`` prints per-face latency, throughput and photo latency.
+"""Inference speed: ``python -m benchmarks.inference`` prints per-face latency, throughput and photo latency.
 
 Measured on the CPU with ``--threads`` threads (default 2), on real faces (the bundled
 sample, or ``--faces DATA``) and on a 640x480 photo composed with one of them (160 px face).
@@ -77,9 +77,9 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
     import cv2
     import torch
 
+    from benchmarks.scenes import compose_scene
     from fer_core.config import SAMPLE_PATH
     from fer_core.datasets import load_faces
-    from fer_core.faces import compose_scene
     from fer_core.predict import Predictor, top_two_gap
 
     torch.set_num_threads(threads)
@@ -134,7 +134,7 @@ def run_bench(*, weights: str | None, runtime: str, threads: int, seconds: float
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m fer_core.bench", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--weights", default=None, help="weights to measure (default: the bundled model)")
     parser.add_argument("--runtime", default="auto", help="auto, torch or onnx")

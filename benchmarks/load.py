@@ -1,13 +1,13 @@
 """Load test: many ``gradio_client`` clients on a launched app at once, nothing dropped or lost.
 
-    python -m ui.load [--clients 16] [--calls 50] [--relabel-clients 8] [--answers 20]
+    python -m benchmarks.load [--clients 16] [--calls 50] [--relabel-clients 8] [--answers 20]
                       [--concurrency 1 2 4] [--timeout 600]
 
 Starts ``python app.py`` on a free loopback port with a temporary relabel database (as
-``python -m ui.bench`` starts it), then, all at the same moment:
+``python -m benchmarks.app_bench`` starts it), then, all at the same moment:
 
 - ``--clients`` clients each send ``--calls`` ``predict`` calls, one after another, on a 640x480
-  photo with one face (:func:`ui.bench.test_photo`); every answer must be one face with the
+  photo with one face (:func:`benchmarks.app_bench.test_photo`); every answer must be one face with the
   same box and label as the first answer, and none may fail;
 - ``--relabel-clients`` clients, each with its own annotator name, start the Relabel queue
   (``/relabel_start``, strategy ``random`` over the whole data set) and send ``--answers``
@@ -42,8 +42,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from benchmarks.app_bench import _free_port, _percentile, api_client, connect, start_app, test_photo
 from fer_core.hardware import cpu_description
-from ui.bench import _free_port, _percentile, api_client, connect, start_app, test_photo
 
 #: The Relabel endpoints' inputs after the name: scope, strategy, emotions, q_min, q_max, second opinion, N.
 RELABEL_SETTINGS = ["whole data set", "random", [], 0.0, 1.0, False, 3]

@@ -1,4 +1,4 @@
-"""Does the queue put label errors first? ``python -m annotate.rank_eval VAL [--fraction 0.05] [--seed 0]``.
+"""Does the queue put label errors first? ``python -m benchmarks.rank_eval VAL [--fraction 0.05] [--seed 0]``.
 
 The measurement plants errors whose truth is known. It loads the faces of VAL (its
 ``val`` split, else all of it), flips the labels of ``--fraction`` of them at random, each
@@ -55,12 +55,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from annotate import STRATEGIES, Queue, open_store
 from fer_core._cli import cli_main
 from fer_core._validation import FERError
 from fer_core.labels import EMOTIONS, NUM_CLASSES
-
-from .queue import STRATEGIES, Queue
-from .store import open_store
 
 __all__ = ["flip_labels", "ranking_metrics", "strategy_orders", "evaluate", "summarise", "format_report",
            "get_args_parser", "main"]
@@ -220,7 +218,7 @@ def _check_args(args: argparse.Namespace) -> list[int]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m annotate.rank_eval", description=__doc__.splitlines()[0],
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.rank_eval", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("val", help="faces the model did not train on (folder, CSV, Parquet); its val split, else all")
     parser.add_argument("--fraction", type=float, default=0.05, help="share of the labels flipped")

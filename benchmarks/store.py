@@ -1,4 +1,4 @@
-"""Reliability bench of the annotation store: ``python -m annotate.bench --db FILE``.
+"""Reliability bench of the annotation store: ``python -m benchmarks.store --db FILE``.
 
 Three checks against one SQLite file, each in fresh processes (multiprocessing, spawn):
 
@@ -39,11 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from annotate import LABELS, Queue, open_store
 from fer_core.hardware import cpu_description
-
-from .labels import LABELS
-from .queue import Queue
-from .store import open_store
 
 __all__ = ["ThroughputResult", "KillResult", "CollisionResult", "bench_throughput", "bench_kill",
            "bench_collisions", "get_args_parser", "main"]
@@ -280,7 +277,7 @@ def bench_collisions(path: str | Path, *, processes: int = 8, rounds: int = 10) 
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m annotate.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.store", description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", required=True, help="SQLite file to create and test (must not exist, see --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="delete FILE (and its -wal/-shm) first")
     parser.add_argument("--processes", type=int, default=8, help="concurrent writer and annotator processes (default 8)")
@@ -332,7 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Import the module by its name so that spawned workers pickle as annotate.bench.*, not __main__.*.
-    from annotate.bench import main as _main
+    # Import the module by its name so that spawned workers pickle as benchmarks.store.*, not __main__.*.
+    from benchmarks.store import main as _main
 
     sys.exit(_main())

@@ -1,11 +1,11 @@
-"""Frames per second of the webcam path in a real browser: ``python -m ui.webcam_bench``.
+"""Frames per second of the webcam path in a real browser: ``python -m benchmarks.webcam``.
 
 Launches the app over the bundled sample, opens it in Debian's headless Chromium
 (Playwright) whose camera is a fake device playing a 640x480 video of a photo with one
 face (``--use-file-for-fake-video-capture``), turns the camera on in the Webcam tab,
 presses Record, and counts how often the annotated frame shown to the user changes.
 This is the path a visitor's webcam takes (Gradio's streaming event, ``stream_every``
-and its concurrency), where ``python -m ui.bench`` measures the named API endpoint
+and its concurrency), where ``python -m benchmarks.app_bench`` measures the named API endpoint
 through ``gradio_client``. Loopback only; bounded by ``--seconds``.
 
 Needs ``playwright`` (requirements-test.txt) and Chromium at ``/usr/bin/chromium`` (or
@@ -28,8 +28,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from benchmarks.app_bench import numbered, test_photo
 from fer_core.hardware import cpu_description
-from ui.bench import numbered, test_photo
 
 CHROMIUM = Path(os.environ.get("FER_CHROMIUM", "/usr/bin/chromium"))
 #: No sandbox as root, and nothing that would reach for the network.

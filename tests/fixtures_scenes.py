@@ -12,7 +12,8 @@ import pytest
 import skimage.data
 from PIL import Image
 
-from fer_core.faces import FaceBox, box_iou, compose_scene, crop_square
+from benchmarks.scenes import box_iou, compose_scene
+from fer_core.faces import FaceBox, crop_square
 from fer_core.images import to_grey
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from annotate.bench import bench_collisions, bench_kill, bench_throughput, main
+from benchmarks.store import bench_collisions, bench_kill, bench_throughput, main
 from fer_core.hardware import cpu_description
 
 

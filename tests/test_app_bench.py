@@ -1,4 +1,4 @@
-"""A short run of the app-level bench (``python -m ui.bench``) against a launched ``python app.py``."""
+"""A short run of the app-level bench (``python -m benchmarks.app_bench``) against a launched ``python app.py``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import re
 
 import pytest
 
+from benchmarks.app_bench import main
 from fer_core.hardware import cpu_description
-from ui.bench import main
 
 pytestmark = pytest.mark.slow
 

@@ -132,7 +132,7 @@ def chromium():
     import os
 
     sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-test.txt)")
-    from ui.webcam_bench import CHROMIUM, CHROMIUM_ARGS
+    from benchmarks.webcam import CHROMIUM, CHROMIUM_ARGS
 
     if not os.access(CHROMIUM, os.X_OK):
         pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install -y chromium, or set FER_CHROMIUM)")

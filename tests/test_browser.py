@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.webcam import CHROMIUM, CHROMIUM_ARGS, face_video, fake_camera_args
 from conftest import REPO, free_port
-from ui.webcam_bench import CHROMIUM, CHROMIUM_ARGS, face_video, fake_camera_args
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -237,8 +237,8 @@ def test_relabel_tab_with_keyboard_shortcuts(page, launched) -> None:
 
 def test_the_webcam_streams_annotated_frames_back(browser) -> None:
     """The live path: Chromium's fake camera (a video of a face) streams through the launched app and the
-    annotated frames come back and change on screen (``python -m ui.webcam_bench`` measures the rate)."""
-    from ui.webcam_bench import measure
+    annotated frames come back and change on screen (``python -m benchmarks.webcam`` measures the rate)."""
+    from benchmarks.webcam import measure
 
     figures = measure(seconds=4, warmup=1, browser=browser)
     assert figures.processed >= 4, figures

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.scenes import box_iou, compose_scene
 from fer_core import faces as faces_module
 from fer_core._validation import ImageError
 from fer_core.faces import (
@@ -24,20 +25,16 @@ from fer_core.faces import (
     YUNET_SHA256,
     DetectorUnavailable,
     FaceBox,
-    box_iou,
     crop_square,
     detect,
-    get_args_parser,
     get_detector,
     is_face_crop,
-    main,
     prepare_faces,
     to_model_input,
     whole_image_as_face,
 )
 from fixtures_scenes import (
     ASTRONAUT_FACE,
-    FER_VAL,
     astronaut,
     astronaut_forms,
     exif_jpeg,
@@ -172,7 +169,7 @@ class TestDetectNoFace:
     @needs_fer
     def test_scene_backgrounds_only(self) -> None:
         for seed in range(5):
-            background, squares = faces_module.compose_scene([], seed=seed)
+            background, squares = compose_scene([], seed=seed)
             assert squares == []
             assert detect(background) == []
 
@@ -391,22 +388,3 @@ class TestFaceCrop:
         out = whole_image_as_face(wide)
         assert out.shape == (48, 48)
         assert np.abs(out.astype(int) - face).mean() < 6  # the side bands were cut off
-
-
-@needs_fer
-class TestBench:
-    def test_bench_runs_and_prints_figures(self, capsys: pytest.CaptureFixture[str]) -> None:
-        args = get_args_parser().parse_args(
-            ["bench", "--faces", str(FER_VAL / "happy"), "--scenes", "3", "--no-face", "3", "--backends", "yunet"]
-        )
-        assert main(args) == 0
-        out = capsys.readouterr().out
-        assert "IoU >= 0.3" in out
-        row = next(line for line in out.splitlines() if line.startswith("yunet"))
-        recall, precision = map(float, row.split()[2:4])
-        assert 0.0 <= recall <= 1.0 and 0.0 <= precision <= 1.0
-
-    def test_bench_without_faces_folder(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-        args = get_args_parser().parse_args(["bench", "--faces", str(tmp_path), "--scenes", "1"])
-        assert main(args) == 2
-        assert "no face images" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """The app exposed to the internet: paths, request sizes, queue places, sessions, temp files, start-up.
 
-Most tests speak to a launched app over raw HTTP, as an attacker would (:class:`ui.attack.RawClient`).
+Most tests speak to a launched app over raw HTTP, as an attacker would (:class:`benchmarks.attack.RawClient`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.attack import RawClient, _relabel_inputs, photo_jpeg, post_raw
 from conftest import REPO, free_port
 from fer_core.config import EXAMPLES_DIR, parse_auth
-from ui.attack import RawClient, _relabel_inputs, photo_jpeg, post_raw
 from ui.limits import (
     HEAVY,
     HEAVY_WAITING,
@@ -160,7 +160,7 @@ def test_every_heavy_event_is_in_one_group_of_two(launched) -> None:
 def test_a_burst_of_predict_calls_leaves_relabel_its_places(tmp_path: Path) -> None:
     # The app runs in a process of its own: 66 client threads in the server's process would
     # compete with it for the interpreter lock and measure the test, not the app.
-    from ui.attack import App, burst_case
+    from benchmarks.attack import App, burst_case
 
     app = App(tmp_path)
     try:
@@ -342,7 +342,7 @@ def test_uploads_stop_at_the_quota(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_uploads_and_downloads_go_when_the_app_is_stopped(tmp_path: Path) -> None:
-    from ui.attack import App
+    from benchmarks.attack import App
 
     app = App(tmp_path)
     try:

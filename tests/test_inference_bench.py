@@ -1,4 +1,4 @@
-"""``python -m fer_core.bench``, briefly: every figure is printed, and ``--tta`` reaches the predictor."""
+"""``python -m benchmarks.inference``, briefly: every figure is printed, and ``--tta`` reaches the predictor."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from fer_core.bench import get_args_parser, main, run_bench
+from benchmarks.inference import get_args_parser, main, run_bench
 from fer_core.hardware import cpu_description
 from fer_core.predict import Predictor
 from fer_core.weights import DEFAULT_WEIGHTS, member_paths
@@ -163,7 +163,7 @@ def test_an_untrained_design_is_measured_with_its_own_widths(capsys: pytest.Capt
 
 
 def test_untrained_weights_carry_the_widths_asked_for(tmp_path: Path) -> None:
-    from fer_core.bench import untrained_weights
+    from benchmarks.inference import untrained_weights
     from fer_core.weights import load_model
 
     model, card = load_model(untrained_weights("fer_vgg", (16, 32, 48, 64), tmp_path))

@@ -1,4 +1,4 @@
-"""A small run of the load command (``python -m ui.load``): concurrent ``predict`` and relabel
+"""A small run of the load command (``python -m benchmarks.load``): concurrent ``predict`` and relabel
 clients on a launched ``python app.py``; nothing dropped, no decision lost."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ui.load import check_store, main, run_load
+from benchmarks.load import check_store, main, run_load
 
 pytestmark = pytest.mark.slow
 

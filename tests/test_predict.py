@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.scenes import box_iou, compose_scene
 from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import load_faces
-from fer_core.faces import box_iou, compose_scene
 from fer_core.model import create_model
 from fer_core.predict import SINGLE_THREAD_BATCH, Predictor, top_two_gap
 from fer_core.weights import WeightsError, load_model, save_model

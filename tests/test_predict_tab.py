@@ -120,7 +120,7 @@ def test_bundled_examples_have_faces() -> None:
 @pytest.fixture(scope="module")
 def launched():
     import app
-    from ui.bench import api_client
+    from benchmarks.app_bench import api_client
 
     demo = app.build_demo(app.load_data(None))
     port = free_port()

@@ -1,4 +1,4 @@
-"""``python -m annotate.rank_eval``: planted label errors on real val faces, ranked by the queue's strategies."""
+"""``python -m benchmarks.rank_eval``: planted label errors on real val faces, ranked by the queue's strategies."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from annotate.rank_eval import flip_labels, format_report, main, ranking_metrics, summarise
+from benchmarks.rank_eval import flip_labels, format_report, main, ranking_metrics, summarise
 from conftest import SHARED_FER, needs_shared
 
 CELL = re.compile(r"^(-?\d+(?:\.\d+)?)(?: ± (\d+(?:\.\d+)?))?$")

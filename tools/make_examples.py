@@ -4,7 +4,7 @@
 
 - ``astronaut.jpg``: scikit-image's astronaut photo (NASA, public domain), one face;
 - ``group_of_three.jpg`` and ``pair.jpg``: FER2013 faces from the bundled sample (one per emotion
-  picked by a fixed seed) pasted on a background by :func:`fer_core.faces.compose_scene`;
+  picked by a fixed seed) pasted on a background by :func:`benchmarks.scenes.compose_scene`;
 - ``fer2013_face.png``: one 48x48 FER2013 face as it is, which the app classifies whole.
 
 Same command, same files. Needs scikit-image (``requirements-test.txt``).
@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from benchmarks.scenes import compose_scene
 from fer_core.config import EXAMPLES_DIR, SAMPLE_PATH
 from fer_core.datasets import load_faces
-from fer_core.faces import compose_scene
 from fer_core.labels import EMOTIONS
 
 

@@ -77,8 +77,8 @@ def take(out: Path, *, width: int = 1280, height: int = 800) -> list[Path]:
 
     import app
     from annotate import open_store
-    from ui.bench import _free_port
-    from ui.webcam_bench import CHROMIUM, CHROMIUM_ARGS
+    from benchmarks.app_bench import _free_port
+    from benchmarks.webcam import CHROMIUM, CHROMIUM_ARGS
 
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
