@@ -125,7 +125,7 @@ class TestWeightsSetting:
         monkeypatch.setattr(signal, "signal", lambda *args: None)
         assert app.main([]) == 0
         predict = next(f for f in launched["demo"].fns.values() if f.api_name == "predict")
-        answer = predict.fn(str(EXAMPLES_DIR / "fer2013_face.png"), True)
+        answer = predict.fn({"path": str(EXAMPLES_DIR / "fer2013_face.png")}, True)
         from fer_core.predict import get_predictor
 
         predictor = get_predictor(str(weights))

@@ -465,29 +465,46 @@ def _photo_handlers(empty_table: pd.DataFrame, predictor: Predictor) -> dict[str
     return {"photo": on_photo, "pick": on_pick, "click": on_click, "frame": on_frame}
 
 
-def _build_api(predictor: Predictor) -> None:
-    """Hidden components carrying the named API endpoints ``predict`` and ``annotate_frame``."""
+def _api_upload(payload: Any) -> str | bytes:
+    """An image sent to a ``gr.api`` endpoint (a file dict, unprocessed): checked as a ``gr.Image`` upload is."""
     import gradio as gr
+    from gradio.data_classes import ImageData
+    from pydantic import ValidationError
 
-    with gr.Row(visible=False):
-        api_image = image_input(type="filepath", label="image")
-        api_whole = gr.Checkbox(False, label="whole_image")
-        api_result = gr.JSON(label="result")
-        api_frame_out = gr.Image(label="annotated frame", format="jpeg")
-        predict_button = gr.Button("predict")
-        frame_button = gr.Button("annotate_frame")
+    if payload is None:
+        raise gr.Error("no image was sent", print_exception=False)
+    try:
+        image = ImageData.model_validate(payload)
+    except ValidationError:
+        raise gr.Error("send the image as a file (for example with gradio_client.handle_file)",
+                       print_exception=False) from None
+    return _undecoded_upload(image)
 
-    def predict(image, whole_image) -> dict[str, Any]:
+
+def _build_api(predictor: Predictor) -> None:
+    """The API-only endpoints ``predict`` and ``annotate_frame``."""
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    def predict(image: ImageData | None, whole_image: bool = False) -> dict[str, Any]:
         """Every face of one image: box [x, y, w, h], top label, confidence and the seven probabilities.
 
         ``whole_image=True`` classifies the whole image as one face (for face crops).
         """
-        if image is None:
-            raise gr.Error("no image was sent", print_exception=False)
+        source = _api_upload(image)
         try:
-            return predict_json(image, predictor=predictor, whole_image=bool(whole_image))
+            return predict_json(source, predictor=predictor, whole_image=bool(whole_image))
         except FERError as err:
-            raise _as_gradio_error(err, image) from None
+            raise _as_gradio_error(err, source) from None
+
+    gr.api(predict, api_name="predict", concurrency_id=HEAVY)
+
+    # annotate_frame answers with an image: a hidden gr.Image encodes it and registers the file for
+    # delete_cache, which a gr.api endpoint (raw output) would leave to this code.
+    with gr.Row(visible=False):
+        api_image = image_input(type="filepath", label="image")
+        api_frame_out = gr.Image(label="annotated frame", format="jpeg")
+        frame_button = gr.Button("annotate_frame")
 
     def frame(image) -> np.ndarray:
         """One camera frame with its faces boxed and labelled (the webcam path, callable for benchmarks)."""
@@ -498,5 +515,4 @@ def _build_api(predictor: Predictor) -> None:
         except FERError as err:
             raise _as_gradio_error(err, image) from None
 
-    predict_button.click(predict, [api_image, api_whole], [api_result], api_name="predict", concurrency_id=HEAVY)
     frame_button.click(frame, [api_image], [api_frame_out], api_name="annotate_frame", concurrency_id=HEAVY)
