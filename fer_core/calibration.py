@@ -8,8 +8,9 @@ on held-out faces; it changes confidences, never the predicted class.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
-import torch
 
 __all__ = ["fit_temperature", "expected_calibration_error", "softmax"]
 
@@ -23,22 +24,42 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray, *, max_iter: int = 200) -> float:
-    """The temperature T minimising the NLL of ``softmax(logits / T)`` on ``labels`` (LBFGS on log T)."""
-    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    y = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    """The temperature T minimising the NLL of ``softmax(logits / T)`` on ``labels``.
+
+    The NLL is convex in b = 1 / T (a log-sum-exp of linear functions of b, minus one): its
+    derivative ``mean(E_p[z] - z_y)`` grows with b, and Newton steps on it, kept inside a
+    bracket that halves where a step would leave it, find its zero to float64 precision.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels)
     if z.ndim != 2 or len(z) != len(y) or len(y) == 0:
-        raise ValueError(f"logits must be (N, K) with N = len(labels) > 0, got {tuple(z.shape)} and {len(y)} labels")
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([log_t], lr=0.1, max_iter=max_iter, line_search_fn="strong_wolfe")
+        raise ValueError(f"logits must be (N, K) with N = len(labels) > 0, got {z.shape} and {len(y)} labels")
+    given = z[np.arange(len(y)), y.astype(np.int64)]
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
-        loss.backward()
-        return loss
+    def slope_and_curvature(b: float) -> tuple[float, float]:
+        scaled = b * z
+        p = np.exp(scaled - scaled.max(axis=1, keepdims=True))
+        p /= p.sum(axis=1, keepdims=True)
+        mean = (p * z).sum(axis=1)
+        return float(np.mean(mean - given)), float(np.mean((p * z * z).sum(axis=1) - mean**2))
 
-    optimizer.step(closure)
-    return float(log_t.exp().item())
+    low, high = 0.0, 1.0
+    while slope_and_curvature(high)[0] < 0 and high < 1e6:  # the zero lies beyond: widen the bracket
+        low, high = high, high * 2
+    b = (low + high) / 2
+    for _ in range(max_iter):
+        slope, curvature = slope_and_curvature(b)
+        if slope > 0:
+            high = b
+        else:
+            low = b
+        step = b - slope / curvature if curvature > 0 else math.nan
+        b_next = step if low < step < high else (low + high) / 2
+        if abs(b_next - b) <= 1e-12 * max(b, 1e-12):
+            b = b_next
+            break
+        b = b_next
+    return float(1.0 / max(b, 1e-12))
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, *, n_bins: int = 15) -> float:

@@ -3,7 +3,10 @@
 Every model maps ``(N, 1, 48, 48)`` float inputs (grey levels scaled by
 :data:`fer_core.constants.INPUT_MEAN`/``INPUT_STD``) to ``(N, 7)`` logits, and
 exposes ``forward_features`` (the last feature map, for saliency) and
-``forward_head`` (pooling and classifier) so features are reachable without surgery.
+``forward_head`` (global average pooling, dropout, one linear layer) so features are
+reachable without surgery. That head makes the class activation map of the last feature
+map equal to its Grad-CAM (:mod:`fer_core.explain`). Needs PyTorch (``requirements-train.txt``):
+serving runs the exported ONNX file instead (:mod:`fer_core.export`).
 """
 
 from __future__ import annotations
@@ -124,11 +127,10 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
     # A plain VGG-style CNN like the reference baseline (about 1.2M parameters).
     "fer_cnn_small": dict(stem=32, widths=(64, 128, 256), depths=(2, 2, 2), block="vgg"),
     # VGG-style down to 3x3 (like the published FER2013 VGG variants), with a thin 16-channel
-    # stem so the 48x48 layers stay cheap: int8 inference keeps ~3,900 faces/s on two cores.
+    # stem so the 48x48 layers stay cheap.
     "fer_vgg": dict(stem=16, widths=(64, 128, 256, 512), depths=(1, 2, 2, 2), block="vgg"),
-    # fer_vgg at half the widths (1.2M parameters, about a quarter of the computation):
-    # ~3,900 faces/s in int8 with flip TTA on two cores. Distilled from the bundled fer_vgg it
-    # reached only 68.5% on val (69.1% with flip): too small for the 71% target (README).
+    # fer_vgg at half the widths (1.2M parameters, about a quarter of the computation); how it
+    # fared is in docs/experiments.md.
     "fer_vgg_slim": dict(stem=16, widths=(32, 64, 128, 256), depths=(1, 2, 2, 2), block="vgg"),
     # Residual, wider and deeper at low resolution where computation is cheap.
     "fer_resnet": dict(stem=32, widths=(64, 128, 256), depths=(2, 2, 2), block="res"),

@@ -26,6 +26,25 @@ class TestTemperature:
         assert t > 2
         assert expected_calibration_error(softmax(overconfident, t), labels) < expected_calibration_error(softmax(overconfident), labels) / 3
 
+    def test_the_temperature_minimises_the_nll(self) -> None:
+        # Real-looking logits of a seven-class model, overconfident, with labels that disagree often.
+        rng = np.random.default_rng(2)
+        logits = rng.normal(0, 4, size=(3000, 7))
+        labels = np.where(rng.random(3000) < 0.6, logits.argmax(1), rng.integers(0, 7, 3000))
+
+        def nll(t: float) -> float:
+            z = logits / t
+            z = z - z.max(axis=1, keepdims=True)
+            return float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(z)), labels]))
+
+        t = fit_temperature(logits, labels)
+        assert nll(t) <= min(nll(t * 1.001), nll(t / 1.001))
+        grid = np.exp(np.linspace(np.log(t) - 1, np.log(t) + 1, 201))
+        assert nll(t) <= min(nll(g) for g in grid) + 1e-12
+
+    def test_logits_without_information_keep_the_temperature_finite(self) -> None:
+        assert fit_temperature(np.zeros((3, 7)), np.zeros(3, dtype=int)) == pytest.approx(1.0)
+
     def test_bad_shapes(self) -> None:
         with pytest.raises(ValueError, match="logits must be"):
             fit_temperature(np.zeros((3, 7)), np.zeros(4, dtype=int))

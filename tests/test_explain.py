@@ -1,4 +1,5 @@
-"""Grad-CAM saliency and the drawing of predictions on photos."""
+"""Saliency (CAM of the ONNX model's last feature maps, equal to Grad-CAM) and the drawing of
+predictions on photos."""
 
 from __future__ import annotations
 
@@ -6,33 +7,47 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import needs_shared, read_grey, real_face_paths
 from fer_core.draw import EMOTION_COLOURS, draw_predictions, fit_for_display, overlay_saliency
-from fer_core.explain import grad_cam, heatmap_overlay
+from fer_core.explain import class_activation_maps, grad_cam, heatmap_overlay
 from fer_core.model import create_model
 from fer_core.predict import FacePrediction, Predictor
+from fer_core.weights import load_model
 
 
 @pytest.fixture(scope="module")
-def torch_predictor() -> Predictor:
-    return Predictor(runtime="torch")
+def predictor() -> Predictor:
+    """The app's predictor: the bundled model as served (int8 ONNX, no PyTorch)."""
+    return Predictor()
 
 
-class TestGradCam:
-    def test_maps_are_48x48_in_unit_range(self, torch_predictor: Predictor, val_faces) -> None:
+@pytest.fixture(scope="module")
+def float_predictor() -> Predictor:
+    """The bundled model in float32 ONNX (exported on load with PyTorch)."""
+    return Predictor(runtime="onnx")
+
+
+@pytest.fixture(scope="module")
+def torch_model() -> torch.nn.Module:
+    return load_model()[0]
+
+
+class TestSaliency:
+    def test_maps_are_48x48_in_unit_range(self, predictor: Predictor, val_faces) -> None:
         faces, _, _ = val_faces
-        maps = grad_cam(torch_predictor.model, faces[:8])
+        maps = grad_cam(predictor.model, faces[:8])
         assert maps.shape == (8, 48, 48) and maps.dtype == np.float32
         assert maps.min() >= 0.0 and maps.max() <= 1.0 + 1e-6
         # Each map is scaled by its own peak.
         assert np.allclose(maps.reshape(8, -1).max(1), 1.0, atol=1e-5)
 
-    def test_salient_pixels_matter_more_than_the_rest(self, torch_predictor: Predictor, val_faces) -> None:
+    def test_salient_pixels_matter_more_than_the_rest(self, predictor: Predictor, val_faces) -> None:
         """Occluding the quarter of the face the map marks hottest lowers the predicted class's
         probability more than occluding its coldest quarter (a deletion test, Petsiuk et al. 2018)."""
         faces, _, _ = val_faces
-        probs = torch_predictor.predict_faces(faces)
+        probs = predictor.predict_faces(faces)
         top = probs.argmax(1)
-        maps = grad_cam(torch_predictor.model, faces, top)
+        maps = grad_cam(predictor.model, faces, top)
 
         def occluded(hottest: bool) -> np.ndarray:
             out = faces.copy()
@@ -40,18 +55,53 @@ class TestGradCam:
                 order = np.argsort(-maps[i].ravel() if hottest else maps[i].ravel())[: 48 * 48 // 4]
                 flat = out[i].ravel()
                 flat[order] = int(faces[i].mean())
-            after = torch_predictor.predict_faces(out)
+            after = predictor.predict_faces(out)
             return probs[np.arange(len(faces)), top] - after[np.arange(len(faces)), top]
 
         assert occluded(hottest=True).mean() > occluded(hottest=False).mean() + 0.03
 
-    def test_target_class_changes_the_map(self, torch_predictor: Predictor, val_faces) -> None:
+    def test_target_class_changes_the_map(self, predictor: Predictor, val_faces) -> None:
         faces, _, _ = val_faces
-        happy = grad_cam(torch_predictor.model, faces[:4], [3, 3, 3, 3])
-        angry = grad_cam(torch_predictor.model, faces[:4], [0, 0, 0, 0])
+        happy = grad_cam(predictor.model, faces[:4], [3, 3, 3, 3])
+        angry = grad_cam(predictor.model, faces[:4], [0, 0, 0, 0])
         assert not np.allclose(happy, angry)
 
-    def test_model_is_left_as_it_was(self) -> None:
+    def test_the_default_target_is_the_plain_passs_top_class(self, predictor: Predictor, val_faces) -> None:
+        faces, _, _ = val_faces
+        plain = Predictor(tta=False).logits(faces[:8]).argmax(1)
+        np.testing.assert_array_equal(grad_cam(predictor.model, faces[:8]), grad_cam(predictor.model, faces[:8], plain))
+
+    @needs_shared
+    @pytest.mark.parametrize("split", ["train", "val"])
+    def test_onnx_cam_is_the_grad_cam_of_the_pytorch_model(self, float_predictor: Predictor, predictor: Predictor,
+                                                           torch_model: torch.nn.Module, split: str) -> None:
+        """On real faces, for the top class and for every other: the CAM of the float32 ONNX model's
+        feature maps and classifier weights equals Grad-CAM computed by backpropagation; the int8
+        model the app serves gives nearly the same maps."""
+        faces = np.stack([read_grey(path) for path, _ in real_face_paths(split, 4)])
+        top = float_predictor.predict_faces(faces).argmax(1)
+        reference = grad_cam(torch_model, faces, top)
+        np.testing.assert_allclose(grad_cam(float_predictor.model, faces, top), reference, atol=1e-4)
+        other = (top + 1 + np.arange(len(faces)) % 6) % 7  # another class for each face
+        np.testing.assert_allclose(grad_cam(float_predictor.model, faces, other), grad_cam(torch_model, faces, other),
+                                   atol=1e-4)
+        served = grad_cam(predictor.model, faces, top)
+        assert np.mean([np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(served, reference)]) > 0.99
+        assert np.abs(served - reference).max() < 0.1
+
+    def test_cam_by_hand(self) -> None:
+        # Two channels on a 2x2 grid; class 0 weighs channel 0 up and channel 1 down.
+        maps = np.array([[[[1.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 2.0]]]], dtype=np.float32)
+        classifier = np.array([[1.0, -1.0], [0.0, 1.0]], dtype=np.float32)
+        cam = class_activation_maps(maps, classifier, np.array([0]))
+        assert cam.shape == (1, 48, 48) and cam[0, 0, 0] == pytest.approx(1.0) and cam[0, -1, -1] == 0.0
+        assert class_activation_maps(maps, classifier, np.array([1]))[0, -1, -1] == pytest.approx(1.0)
+        # A map no region pushes up is all zero, not NaN.
+        assert (class_activation_maps(-maps, np.abs(classifier), np.array([1])) == 0).all()
+        with pytest.raises(ValueError, match="must share C"):
+            class_activation_maps(maps, classifier[:, :1], np.array([0]))
+
+    def test_pytorch_model_is_left_as_it_was(self) -> None:
         model = create_model("fer_tiny").train()
         before = {k: v.clone() for k, v in model.state_dict().items()}
         grad_cam(model, np.random.default_rng(0).integers(0, 256, (3, 48, 48), dtype=np.uint8))
@@ -61,11 +111,14 @@ class TestGradCam:
         # BatchNorm statistics are untouched: the map is computed in eval mode.
         assert all(torch.equal(before[k], after[k]) for k in before)
 
-    def test_bad_targets_and_sizes_are_refused(self) -> None:
-        model = create_model("fer_tiny")
+    @pytest.mark.parametrize("source", ["onnx", "torch"])
+    def test_bad_targets_and_sizes_are_refused(self, source: str, predictor: Predictor) -> None:
+        model = predictor.model if source == "onnx" else create_model("fer_tiny")
         faces = np.zeros((2, 48, 48), dtype=np.uint8)
         with pytest.raises(ValueError, match="one class index"):
             grad_cam(model, faces, [0, 9])
+        with pytest.raises(ValueError, match="one class index"):
+            grad_cam(model, faces, [0])
         with pytest.raises(ValueError, match="48x48"):
             grad_cam(model, np.zeros((2, 32, 32), dtype=np.uint8))
         assert grad_cam(model, np.zeros((0, 48, 48), dtype=np.uint8)).shape == (0, 48, 48)

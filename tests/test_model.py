@@ -32,6 +32,15 @@ class TestArchitectures:
         torch.testing.assert_close(model.forward_head(features), model(x))
         assert model.forward_head(features, pre_logits=True).shape == (3, model.num_features)
 
+    def test_the_head_is_global_average_pooling_then_one_linear_layer(self, name: str) -> None:
+        """What makes the CAM of the last feature map its Grad-CAM (fer_core.explain): in eval mode
+        the logits are ``fc(mean over cells of the last feature map)``, nothing else."""
+        model = create_model(name).eval()
+        features = model.forward_features(torch.randn(3, 1, 48, 48))
+        linear = features.mean(dim=(2, 3)) @ model.fc.weight.T + model.fc.bias
+        torch.testing.assert_close(model.forward_head(features), linear, rtol=1e-5, atol=1e-5)
+        assert model.fc.weight.shape == (7, model.num_features)
+
 
 def test_every_architecture_trains_on_odd_batches_in_channels_last() -> None:
     """Training runs channels-last, and an epoch's last batch can have any size. Some PyTorch
