@@ -71,7 +71,10 @@ def load_data(path: str | None, *, allow_outside_root: bool = False, weights: st
 
 
 def open_annotations(db: str | None = None):
-    """The relabel store: ``db`` (path or URL), else ``/data`` or beside the app (see :func:`open_annotations_saying`)."""
+    """The relabel store: ``db`` (path or URL), else ``/data`` or beside the app.
+
+    See :func:`open_annotations_saying`.
+    """
     return open_annotations_saying(db)[0]
 
 
@@ -79,15 +82,16 @@ def open_annotations_saying(db: str | None = None):
     """The relabel store (as :func:`open_annotations`), and a warning when its answers will not be kept.
 
     ``db`` is the ``--db`` flag or ``$FER_DB_URL`` as :class:`~fer_core.config.Settings` read it; the
-    environment is not read again here. Logs which database is used and why; the warning (``/data`` exists but cannot be written) is
-    logged too, loudly, and is for the page.
+    environment is not read again here. Logs which database is used and why; the warning (``/data``
+    exists but cannot be written) is logged too, loudly, and is for the page.
     """
     from annotate import open_store
     from annotate.engine import choose_default_db, to_url
 
     if db:
         store = open_store(db)
-        print(f"relabel store: using {to_url(db).render_as_string(hide_password=True)} (--db or FER_DB_URL)", file=sys.stderr)
+        shown = to_url(db).render_as_string(hide_password=True)
+        print(f"relabel store: using {shown} (--db or FER_DB_URL)", file=sys.stderr)
         return store, None
     choice = choose_default_db({}, cwd=APP_DIR)  # $FER_DB_URL was read by Settings and given as ``db``
     print(f"relabel store: {choice.reason}", file=sys.stderr)
@@ -219,7 +223,8 @@ def get_args_parser(settings: Settings) -> argparse.ArgumentParser:
     """The app's command line; each flag defaults to its setting from the environment."""
     parser = argparse.ArgumentParser(description=TITLE, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", default=settings.data,
-                        help="data set to open (folder, fer2013.csv, Parquet, hub id); default: $FER_DATA or the bundled sample")
+                        help="data set to open (folder, fer2013.csv, Parquet, hub id); "
+                             "default: $FER_DATA or the bundled sample")
     parser.add_argument("--weights", default=settings.weights, metavar="FILE",
                         help="model to serve: a .safetensors file with its .json card beside it ($FER_WEIGHTS); "
                              "default: the bundled weights")

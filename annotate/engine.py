@@ -197,7 +197,9 @@ def create_store_engine(url: str | os.PathLike[str] | URL) -> Engine:
     if database and database != ":memory:" and not database.startswith("file:"):
         folder = Path(database).expanduser().resolve().parent
         if not folder.is_dir():
-            raise AnnotateError(f"cannot create the annotation database {database!r}: folder {str(folder)!r} does not exist")
+            raise AnnotateError(
+                f"cannot create the annotation database {database!r}: folder {str(folder)!r} does not exist"
+            )
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)

@@ -241,7 +241,9 @@ class Queue:
         if images is not None:
             images = np.asarray(images)
             if images.ndim != 3 or len(images) != len(self.candidates):
-                raise AnnotateError(f"images must be (N, H, W) with N = {len(self.candidates)} rows, got {images.shape}")
+                raise AnnotateError(
+                    f"images must be (N, H, W) with N = {len(self.candidates)} rows, got {images.shape}"
+                )
             hashes = [content_hash(image) for image in images]
         self.face_ids = store.register_faces(self.dataset, self.sample_ids, self.labels, hashes)
         self._row_of = {sid: i for i, sid in enumerate(self.sample_ids)}
@@ -339,7 +341,9 @@ class Queue:
             scores = np.full(len(self), np.nan)
             rows = np.flatnonzero(~np.isnan(self.probabilities).any(axis=1))
             if len(rows):
-                scores[rows] = get_label_quality_scores(self.labels[rows], self.probabilities[rows], method="self_confidence")
+                scores[rows] = get_label_quality_scores(
+                    self.labels[rows], self.probabilities[rows], method="self_confidence"
+                )
             self._label_quality = scores
         return self._label_quality
 
@@ -457,7 +461,8 @@ class Queue:
             total, done = int((votes >= 1).sum()), int((votes >= opinions_needed).sum())
         else:
             total, done = len(face_ids), int((votes >= 1).sum())
-        remaining = int(_eligible_mask(face_ids, state, bool(second_opinion), int(opinions_needed), ignore_leases=True).sum())
+        eligible = _eligible_mask(face_ids, state, bool(second_opinion), int(opinions_needed), ignore_leases=True)
+        remaining = int(eligible.sum())
         leased = int(np.isin(face_ids, _ids(state.leased)).sum())
         answered = int(np.isin(face_ids, _ids(state.my_votes)).sum())
         skipped = int(np.isin(face_ids, _ids(state.mine - state.my_votes)).sum())
@@ -478,7 +483,8 @@ def _labels(column: pd.Series) -> np.ndarray:
         raise AnnotateError("the emotion column must hold FER2013 label ids 0..6 for every face")
     labels = values.to_numpy(dtype=np.int64)
     if len(labels) and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
-        raise AnnotateError(f"emotion ids must be in 0..{NUM_CLASSES - 1}, got {sorted(set(labels.tolist()) - set(range(7)))}")
+        unknown = sorted(set(labels.tolist()) - set(range(NUM_CLASSES)))
+        raise AnnotateError(f"emotion ids must be in 0..{NUM_CLASSES - 1}, got {unknown}")
     return labels
 
 
@@ -515,7 +521,9 @@ def _emotion_ids(emotions: Any) -> list[int]:
             continue
         name = normalise(item) if isinstance(item, str) else None
         if name is None:
-            raise AnnotateError(f"unknown emotion {item!r} in the filter; use names from {', '.join(EMOTIONS)} or ids 0..6")
+            raise AnnotateError(
+                f"unknown emotion {item!r} in the filter; use names from {', '.join(EMOTIONS)} or ids 0..6"
+            )
         ids.append(EMOTIONS.index(name))
     return ids
 

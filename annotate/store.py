@@ -292,12 +292,15 @@ class Store:
         if len(set(ids)) != len(ids):
             dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[:5].tolist()
             raise AnnotateError(f"sample_id must be unique within a data set; repeated: {dup}")
-        if len(labels) and (not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= NUM_CLASSES):
+        integer = np.issubdtype(labels.dtype, np.integer)
+        if len(labels) and (not integer or labels.min() < 0 or labels.max() >= NUM_CLASSES):
             raise AnnotateError(f"original labels must be FER2013 ids 0..{NUM_CLASSES - 1}")
         labels = labels.astype(np.int64)
         hash_list: list[str | None] = [None] * len(ids) if hashes is None else list(hashes)
 
-        known_query = select(Face.sample_id, Face.id, Face.original_label, Face.content_sha256).where(Face.dataset == dataset)
+        known_query = select(Face.sample_id, Face.id, Face.original_label, Face.content_sha256).where(
+            Face.dataset == dataset
+        )
 
         def plan(known: dict[str, tuple[int, int, str | None]]) -> tuple[list[int], list[int]]:
             missing, fill = [], []
@@ -314,8 +317,9 @@ class Store:
                     fill.append(i)
             if conflicts:
                 raise AnnotateError(
-                    f"{len(conflicts)} faces of data set {dataset!r} differ from the ones the store holds under the same "
-                    f"sample_id (label or pixels), e.g. {conflicts[:5]}; open this copy under another data set name"
+                    f"{len(conflicts)} faces of data set {dataset!r} differ from the ones the store holds under the "
+                    f"same sample_id (label or pixels), e.g. {conflicts[:5]}; open this copy under another data set "
+                    "name"
                 )
             return missing, fill
 
@@ -346,7 +350,9 @@ class Store:
     def _face(self, conn: Connection, dataset: str, sample_id: str) -> int:
         face_id = conn.scalar(select(Face.id).where(Face.dataset == dataset, Face.sample_id == sample_id))
         if face_id is None:
-            raise UnknownFaceError(f"unknown face: no sample_id {sample_id!r} in data set {dataset!r} of the annotation store")
+            raise UnknownFaceError(
+                f"unknown face: no sample_id {sample_id!r} in data set {dataset!r} of the annotation store"
+            )
         return face_id
 
     # -- decisions --------------------------------------------------------------------------
@@ -519,7 +525,9 @@ class Store:
         """
         if dataset is not None:
             dataset = check_dataset(dataset)
-        faces_query = select(Face.id, Face.dataset, Face.sample_id, Face.content_sha256, Face.original_label).order_by(Face.id)
+        faces_query = select(
+            Face.id, Face.dataset, Face.sample_id, Face.content_sha256, Face.original_label
+        ).order_by(Face.id)
         if dataset is not None:
             faces_query = faces_query.where(Face.dataset == dataset)
 
@@ -527,8 +535,8 @@ class Store:
             return conn.execute(faces_query).all(), self._votes(conn, dataset)
 
         face_rows, votes = self._read(read)
-        faces = pd.DataFrame([tuple(r) for r in face_rows],
-                             columns=["face_id", "dataset", "sample_id", "content_sha256", "original_label"], dtype=object)
+        columns = ["face_id", "dataset", "sample_id", "content_sha256", "original_label"]
+        faces = pd.DataFrame([tuple(r) for r in face_rows], columns=columns, dtype=object)
         return _resolve(faces, votes, include_undecided=include_undecided)
 
     def agreement(self, dataset: str | None = None) -> Agreement:
@@ -609,7 +617,9 @@ class Store:
 
         return self._write(take)
 
-    def lease_face(self, annotator: str, dataset: str, sample_id: str, *, lease_minutes: float = 10.0) -> datetime | None:
+    def lease_face(
+        self, annotator: str, dataset: str, sample_id: str, *, lease_minutes: float = 10.0
+    ) -> datetime | None:
         """Lease one given face to ``annotator`` (e.g. after an undo); ``None`` if someone else holds it."""
         dataset = check_dataset(dataset)
         _check_lease_args(False, 2, lease_minutes)
@@ -646,8 +656,8 @@ class Store:
         if dataset is not None:
             query = query.where(Face.dataset == check_dataset(dataset))
         rows = self._read(lambda conn: conn.execute(query, {"now": self.now()}).all())
-        return pd.DataFrame([tuple(r) for r in rows], columns=["dataset", "sample_id", "annotator", "leased_at", "expires_at"],
-                            dtype=object)
+        columns = ["dataset", "sample_id", "annotator", "leased_at", "expires_at"]
+        return pd.DataFrame([tuple(r) for r in rows], columns=columns, dtype=object)
 
     def count_since(self, annotator: str, since: datetime, *, dataset: str | None = None) -> int:
         """Answers (not ``skip``, not undone) ``annotator`` gave at or after ``since``."""
@@ -738,7 +748,9 @@ def _resolve(faces: pd.DataFrame, votes: pd.DataFrame, *, include_undecided: boo
     matrix = counts.to_numpy()
     top = matrix.max(axis=1, initial=0)
     n_top = (matrix == top[:, None]).sum(axis=1)
-    plurality = [VOTE_LABELS[int(np.argmax(row))] if t > 0 and k == 1 else None for row, t, k in zip(matrix, top, n_top)]
+    plurality = [
+        VOTE_LABELS[int(np.argmax(row))] if t > 0 and k == 1 else None for row, t, k in zip(matrix, top, n_top)
+    ]
     original = [EMOTIONS[int(i)] for i in table["original_label"]]
     # "unsure" is an opinion, not a label: a face judged unsure keeps the label it came with.
     judged_unsure = [r == UNSURE for r in plurality]

@@ -18,7 +18,7 @@ EXAMPLES_DIR: Path = ASSETS_DIR / "examples"
 
 
 def default_cache_dir() -> Path:
-    """Where loaded data sets are cached: ``$FER_CACHE_DIR``, else ``$XDG_CACHE_HOME/fer_tool``, else ``~/.cache/fer_tool``."""
+    """The cache folder: ``$FER_CACHE_DIR``, else ``$XDG_CACHE_HOME/fer_tool``, else ``~/.cache/fer_tool``."""
     if os.environ.get("FER_CACHE_DIR"):
         return Path(os.environ["FER_CACHE_DIR"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"

@@ -225,7 +225,10 @@ class RelabelDesk:
 
     def undo(self, session: Session, selection: np.ndarray | None = None, *,
              who: str | None = None) -> QueuedFace | None:
-        """Undo this session's latest answer (never another session's) and give its face back; ``None``: nothing to undo."""
+        """Undo this session's latest answer (never another session's) and give its face back.
+
+        ``None``: nothing to undo.
+        """
         if session.annotator is None or not session.decisions:
             return None
         annotator = self._bound(session, who)

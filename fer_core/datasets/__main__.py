@@ -11,7 +11,8 @@ from fer_core._cli import cli_main
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m fer_core.datasets",
-        description="Read a FER data set (class folders, fer2013.csv, Parquet or hub id) and print its faces per emotion and split.",
+        description="Read a FER data set (class folders, fer2013.csv, Parquet or hub id) "
+                    "and print its faces per emotion and split.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("data", help="folder, .csv, .jsonl, .parquet file, or hub id user/name")

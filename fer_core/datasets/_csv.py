@@ -134,7 +134,8 @@ def read_csv(path: Path, *, progress: bool = True) -> FaceTable:
     if len(frame) == 0:
         raise DatasetError(f"{path.name}: none of its {len(table)} rows holds a valid face")
     # Extra columns (quality fields of an enhanced CSV) ride along.
-    extra = [c for c in table.columns if c not in ("emotion", "pixels", "usage", "sample_id", "split", "source", "emotion_name")]
+    own = ("emotion", "pixels", "usage", "sample_id", "split", "source", "emotion_name")
+    extra = [c for c in table.columns if c not in own]
     rows = frame["source"].str.rsplit(":", n=1).str[1].astype(int).to_numpy() - 1
     for column in extra:
         original = table[column].iloc[rows]

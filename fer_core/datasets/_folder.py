@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 _CV2_BYTES_PER_PIXEL = 32
 _CV2_JPEG_BYTES_PER_PIXEL = 4
 #: OpenCV's flags for a JPEG decoded reduced by libjpeg (orientation ignored, as IMREAD_UNCHANGED does).
-_REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8}
+_REDUCED_FLAGS = {
+    2: cv2.IMREAD_REDUCED_GRAYSCALE_2, 4: cv2.IMREAD_REDUCED_GRAYSCALE_4, 8: cv2.IMREAD_REDUCED_GRAYSCALE_8,
+}
 
 
 @dataclass(frozen=True)
@@ -171,7 +173,9 @@ def _read_and_decode(path: Path) -> np.ndarray | str:
 
 def read_folder(root: Path, *, files: list[FolderFile] | None = None, skipped: dict[str, int] | None = None,
                 progress: bool = True, allow_outside_root: bool = False) -> FaceTable:
-    """Decode a folder data set (see :func:`list_folder`); corrupt, non-image or too large files are skipped and counted.
+    """Decode a folder data set (see :func:`list_folder`).
+
+    Corrupt, non-image or too large files are skipped and counted.
 
     ``allow_outside_root`` is passed to :func:`list_folder` when ``files`` is not given.
     """
@@ -191,7 +195,8 @@ def read_folder(root: Path, *, files: list[FolderFile] | None = None, skipped: d
     # file at a time, so the memory bound holds per thread.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         decoded = pool.map(_read_and_decode, (f.path for f in files), chunksize=256)
-        for i, face in enumerate(progress_bar(decoded, total=len(files), desc=f"decoding {root.name}", enable=progress)):
+        bar = progress_bar(decoded, total=len(files), desc=f"decoding {root.name}", enable=progress)
+        for i, face in enumerate(bar):
             if isinstance(face, str):
                 reasons[face].append(i)
             else:

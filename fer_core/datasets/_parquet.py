@@ -134,13 +134,18 @@ def _label_ids(dataset: Any, column: str) -> tuple[np.ndarray, pd.Series]:
     if names:
         # A ClassLabel: its integer codes follow the copy's own order (often
         # alphabetical), so map through the names, never assume FER2013 order.
-        values = values.map(lambda code: names[code] if isinstance(code, (int, np.integer)) and 0 <= code < len(names) else code)
+        values = values.map(
+            lambda code: names[code] if isinstance(code, (int, np.integer)) and 0 <= code < len(names) else code
+        )
     return labels_to_ids(values)
 
 
 def _from_dataset(dataset: Any, *, split: str, where: str, progress: bool, root: Path | None = None,
                   allow_outside_root: bool = False) -> tuple[np.ndarray, pd.DataFrame, dict[str, int]]:
-    """Faces of one ``datasets.Dataset`` split; image file paths are read relative to ``root`` (see :func:`_image_paths`)."""
+    """Faces of one ``datasets.Dataset`` split; image file paths are read relative to ``root``.
+
+    See :func:`_image_paths`.
+    """
     columns = {c.lower(): c for c in dataset.column_names}
     label_col = next((columns[c] for c in LABEL_COLUMNS if c in columns), None)
     image_col = next((columns[c] for c in IMAGE_COLUMNS if c in columns), None)
@@ -184,7 +189,8 @@ def _from_dataset(dataset: Any, *, split: str, where: str, progress: bool, root:
     rows = np.flatnonzero(keep)
     split_col = next((columns[c] for c in SPLIT_COLUMNS if c in columns), None)
     if split_col is not None:
-        raw = pd.Series(dataset[split_col]).astype("string").str.strip().str.lower().str.replace(r"[\s_-]", "", regex=True)
+        raw = pd.Series(dataset[split_col]).astype("string").str.strip().str.lower()
+        raw = raw.str.replace(r"[\s_-]", "", regex=True)
         splits = raw.map(lambda s: SPLIT_ALIASES.get(s, s) if isinstance(s, str) else split).tolist()
     else:
         splits = [split] * len(labels)
