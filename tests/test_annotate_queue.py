@@ -354,7 +354,8 @@ def test_unsure_is_exported_as_kept_not_as_a_correction(store: Store, tmp_path: 
     for name, sid, label in [("a", "f0", "unsure"), ("b", "f0", "unsure"), ("a", "f1", "happy")]:
         q.submit(name, sid, label)
     csv = pd.read_csv(export_corrections(store, tmp_path / "corr.csv", "fer"))
-    assert csv[["sample_id", "original_label", "resolved_label", "changed", "judged_unsure", "votes_unsure"]].values.tolist() == [
+    columns = ["sample_id", "original_label", "resolved_label", "changed", "judged_unsure", "votes_unsure"]
+    assert csv[columns].values.tolist() == [
         ["f0", "angry", "angry", False, True, 2], ["f1", "disgust", "happy", True, False, 0]]
     assert corrections(store, "fer", only_changed=True)["sample_id"].tolist() == ["f1"]
     assert ferplus_votes(store, "fer")["unsure"].tolist() == [2, 0]  # the votes themselves are kept
@@ -378,7 +379,8 @@ def test_export_corrections_csv_and_parquet(store: Store, tmp_path: Path) -> Non
 def test_ferplus_votes(store: Store, tmp_path: Path) -> None:
     table = ferplus_votes(voted_store(store), "fer")
     assert tuple(table.columns) == FERPLUS_COLUMNS
-    assert table.set_index("sample_id").loc[:, ["happy", "sad", "disgust", "fear", "not_a_face", "unsure"]].values.tolist() == [
+    columns = ["happy", "sad", "disgust", "fear", "not_a_face", "unsure"]
+    assert table.set_index("sample_id").loc[:, columns].values.tolist() == [
         [2, 1, 0, 0, 0, 0], [0, 0, 1, 0, 0, 0], [0, 0, 0, 1, 1, 0]]
     back = pd.read_csv(export_ferplus(store, tmp_path / "ferplus.csv"))
     assert back[list(FERPLUS_COLUMNS[3:])].to_numpy().sum(axis=1).tolist() == [3, 1, 2]

@@ -46,7 +46,8 @@ def test_default_db_url_env_data_and_cwd(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     assert default_db_url({}, data_dir=data) == f"sqlite:///{data / 'fer_annotations.db'}"
-    assert default_db_url({}, data_dir=tmp_path / "absent", cwd=tmp_path) == f"sqlite:///{tmp_path / 'fer_annotations.db'}"
+    expected = f"sqlite:///{tmp_path / 'fer_annotations.db'}"
+    assert default_db_url({}, data_dir=tmp_path / "absent", cwd=tmp_path) == expected
 
 
 def test_open_store_sets_sqlite_safety_pragmas(store: Store) -> None:
@@ -121,8 +122,8 @@ def test_upgrade_from_0001_keeps_every_decision(tmp_path: Path, clock: Clock) ->
                      {"a": "ann", "b": "bo'b", "t": when})
         conn.execute(text("INSERT INTO faces (id, dataset, sample_id, content_sha256, original_label, created_at) "
                           "VALUES (1, 'fer', 's1', NULL, 0, :t), (2, 'fer', 's2', NULL, 3, :t)"), {"t": when})
-        conn.execute(text("INSERT INTO decisions (id, annotator_id, face_id, created_at, label, model_version, strategy, "
-                          "note, reverses_id) VALUES (1, 1, 1, :t, 'happy', 'v0', 'random', NULL, NULL), "
+        conn.execute(text("INSERT INTO decisions (id, annotator_id, face_id, created_at, label, model_version, "
+                          "strategy, note, reverses_id) VALUES (1, 1, 1, :t, 'happy', 'v0', 'random', NULL, NULL), "
                           "(2, 2, 1, :t, 'happy', 'v0', 'random', 'sure', NULL), "
                           "(3, 1, 2, :t, 'sad', 'v0', 'random', NULL, NULL), (4, 1, 2, :t, NULL, NULL, NULL, NULL, 3)"),
                      {"t": when})

@@ -20,7 +20,8 @@ def _wait_for_config(url: str, process: subprocess.Popen | None = None, timeout:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise AssertionError(f"app exited with {process.returncode}: {process.stdout.read() if process.stdout else ''}")
+            output = process.stdout.read() if process.stdout else ""
+            raise AssertionError(f"app exited with {process.returncode}: {output}")
         try:
             with urllib.request.urlopen(f"{url}/config", timeout=5) as response:
                 return json.loads(response.read())
@@ -140,4 +141,5 @@ class TestWeightsSetting:
         monkeypatch.setattr(app, "load_data", lambda *args, **kwargs: pytest.fail("the data set was loaded"))
         assert app.main([]) == 2
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
-        assert errors == [f"error: --weights (or FER_WEIGHTS): weights file not found: {str(tmp_path / 'missing.safetensors')!r}"]
+        missing = str(tmp_path / "missing.safetensors")
+        assert errors == [f"error: --weights (or FER_WEIGHTS): weights file not found: {missing!r}"]

@@ -69,7 +69,8 @@ class TestFilters:
         frame = known_frame()
         assert ids(frame, filter_faces(frame, BrowseQuery(agreement="disagrees"))) == ["f6", "f2"]
         corrected = {"f1", "f6"}
-        assert ids(frame, filter_faces(frame, BrowseQuery(label_status="corrected"), corrected=corrected)) == ["f6", "f1"]
+        rows = filter_faces(frame, BrowseQuery(label_status="corrected"), corrected=corrected)
+        assert ids(frame, rows) == ["f6", "f1"]
         assert len(filter_faces(frame, BrowseQuery(label_status="original"), corrected=corrected)) == 6
 
     def test_duplicates_shown_side_by_side(self) -> None:

@@ -1,4 +1,5 @@
-"""The keyed disk cache (fer_core._cache): keys follow their inputs; damaged entries and unwritable folders only cost time."""
+"""The keyed disk cache (fer_core._cache): keys follow their inputs; damaged entries and unwritable folders cost
+only time."""
 
 from __future__ import annotations
 

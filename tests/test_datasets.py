@@ -17,7 +17,8 @@ from fer_core.datasets import DatasetError, FaceTable, load_faces, save_table, s
 from fer_core.labels import EMOTIONS
 
 
-def _write_folder_tree(root: Path, images: np.ndarray, labels: np.ndarray, *, split: str | None, names: dict[str, str] | None = None, ext: str = ".png") -> None:
+def _write_folder_tree(root: Path, images: np.ndarray, labels: np.ndarray, *, split: str | None,
+                       names: dict[str, str] | None = None, ext: str = ".png") -> None:
     """A Kaggle-style tree; ``names`` renames emotion folders (``angry`` -> ``Anger``)."""
     names = names or {}
     for i, (face, label) in enumerate(zip(images, labels)):
@@ -50,7 +51,8 @@ class TestFolderLayout:
 
     def test_single_split_with_synonym_folders_and_an_unknown_class(self, tmp_path: Path, val_faces) -> None:
         images, labels, _ = val_faces
-        _write_folder_tree(tmp_path, images, labels, split=None, names={"angry": "Anger", "happy": "happiness", "surprise": "Surprised"})
+        names = {"angry": "Anger", "happy": "happiness", "surprise": "Surprised"}
+        _write_folder_tree(tmp_path, images, labels, split=None, names=names)
         contempt = tmp_path / "contempt"
         contempt.mkdir()
         for i in range(3):
@@ -113,7 +115,8 @@ class TestFolderLayout:
         table = load_faces(tmp_path)
         assert len(table) == 3
         assert table.frame["sample_id"].is_unique
-        assert set(table.frame["sample_id"]) == {"train/fear/Training_1", "train/sad/Training_1.jpg", "train/sad/Training_1.png"}
+        expected = {"train/fear/Training_1", "train/sad/Training_1.jpg", "train/sad/Training_1.png"}
+        assert set(table.frame["sample_id"]) == expected
 
 
 class TestBadInput:
@@ -169,7 +172,8 @@ class TestCsv:
         _write_csv(path, images[:6], labels[:6], ["Training"] * 6)
         frame = pd.read_csv(path, dtype=str)
         frame.loc[1, "pixels"] = " ".join(["7"] * 2303)  # one number short
-        frame.loc[3, "pixels"] = frame.loc[3, "pixels"].replace("1", "x", 1) if "1" in frame.loc[3, "pixels"] else "x " * 2304
+        pixels = frame.loc[3, "pixels"]
+        frame.loc[3, "pixels"] = pixels.replace("1", "x", 1) if "1" in pixels else "x " * 2304
         frame.loc[4, "pixels"] = " ".join(["300"] * 2304)  # out of range
         frame.to_csv(path, index=False)
         with pytest.warns(UserWarning, match=r"skipped 3 rows whose pixels are not 2304 numbers .*\(rows 2, 4, 5\)"):
@@ -223,7 +227,8 @@ class TestParquet:
             Image.fromarray(face).save(buffer, format="PNG")
             pngs.append({"bytes": buffer.getvalue(), "path": None})
         features = hf.Features({"image": hf.Image(), "label": hf.ClassLabel(names=alphabetical)})
-        dataset = hf.Dataset.from_dict({"image": pngs, "label": [alphabetical.index(EMOTIONS[label]) for label in labels]}, features=features)
+        hub_labels = [alphabetical.index(EMOTIONS[label]) for label in labels]
+        dataset = hf.Dataset.from_dict({"image": pngs, "label": hub_labels}, features=features)
         (tmp_path / "data").mkdir()
         dataset.to_parquet(str(tmp_path / "data" / "train-00000-of-00001.parquet"))
         dataset.select(range(5)).to_parquet(str(tmp_path / "data" / "test-00000-of-00001.parquet"))
@@ -295,7 +300,8 @@ class TestStratifiedSplit:
     def test_proportions_per_class_and_seed(self, tmp_path: Path) -> None:
         rng = np.random.default_rng(0)
         labels = np.repeat(np.arange(7), [40, 20, 40, 60, 40, 40, 60])
-        table = FaceTable(images=rng.integers(0, 255, (len(labels), 48, 48), dtype=np.uint8), frame=load_faces_frame(labels))
+        images = rng.integers(0, 255, (len(labels), 48, 48), dtype=np.uint8)
+        table = FaceTable(images=images, frame=load_faces_frame(labels))
         split = stratified_split(table, (0.7, 0.15, 0.15), seed=3)
         counts = pd.crosstab(split.frame["emotion"], split.frame["split"])
         assert counts.loc[3, "train"] == 42 and counts.loc[3, "val"] == 9 and counts.loc[3, "test"] == 9
@@ -350,7 +356,8 @@ class TestSharedFer2013:
         table = load_faces(SHARED_FER, cache_dir=tmp_path, progress=False)
         assert table.split_counts() == {"train": 28486, "val": 3578}
         counts = table.split("train").frame["emotion_name"].astype(str).value_counts().to_dict()
-        assert counts == {"happy": 7173, "neutral": 4926, "sad": 4790, "fear": 4069, "angry": 3965, "surprise": 3128, "disgust": 435}
+        assert counts == {"happy": 7173, "neutral": 4926, "sad": 4790, "fear": 4069, "angry": 3965,
+                          "surprise": 3128, "disgust": 435}
         assert table.frame["sample_id"].is_unique
         start = time.perf_counter()
         again = load_faces(SHARED_FER, cache_dir=tmp_path, progress=False)

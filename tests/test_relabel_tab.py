@@ -153,7 +153,8 @@ class TestDesk:
                                "you answered **0** and skipped **0**")
         assert f"2 of {total:,} faces answered by anyone" in text and "newcomer: **0** answers today" in text
         text = desk.progress_text("ana", settings)
-        assert text.startswith(f"**3** done, **{total - 3:,}** left for you") and "you answered **2** and skipped **1**" in text
+        assert text.startswith(f"**3** done, **{total - 3:,}** left for you")
+        assert "you answered **2** and skipped **1**" in text
 
     def test_a_one_emotion_selection_is_ranked_by_self_confidence(self, desk: RelabelDesk) -> None:
         """Real faces of one given label, sent from Browse: cleanlab cannot rank them, the model's confidence does."""
@@ -168,7 +169,8 @@ class TestDesk:
             "ana", settings, rows)
         second = desk.answer(session, "sad", settings, rows)
         assert second.label_quality >= face.label_quality
-        assert "probability of their given label" not in desk.progress_text("ana", settings)  # the whole data set: cleanlab
+        # the whole data set: cleanlab
+        assert "probability of their given label" not in desk.progress_text("ana", settings)
 
     def test_who_is_answering_by_identity(self) -> None:
         assert annotator_for("name", "  Ana ") == "Ana"
