@@ -1,6 +1,7 @@
 # The FER tool as a Hugging Face Docker Space (README front matter: sdk: docker, app_port: 7860),
 # or on any Docker host:
-#   docker build -t fer-tool .
+#   docker build -t fer-tool .                                  # serving (no PyTorch)
+#   docker build -t fer-tool-train --build-arg WITH_TRAINING=1 .  # + PyTorch, for training
 #   docker run -p 7860:7860 -v fer-data:/data fer-tool
 # The relabel database goes to /data/fer_annotations.db when the app can write /data (a Space with
 # persistent storage, or the volume above), else beside app.py, lost with the container: the app
@@ -9,9 +10,12 @@
 # needs `chown 1000 /host/dir`.
 FROM python:3.11-slim
 
-# torch and torchvision from PyTorch's CPU index: a few hundred MB instead of several GB of CUDA
-# libraries. The app runs its model with ONNX Runtime on the CPU (torch only builds it at
-# start-up), so a GPU does not speed it up. Another index: --build-arg TORCH_INDEX_URL=...
+# The image serves the app: requirements.txt has no PyTorch (the model runs in ONNX Runtime from
+# the ONNX file bundled in fer_core/assets). --build-arg WITH_TRAINING=1 adds requirements-train.txt
+# (PyTorch, to train or export weights in the container), with torch and torchvision from
+# PyTorch's CPU index: a few hundred MB instead of several GB of CUDA libraries. Another index:
+# --build-arg TORCH_INDEX_URL=...
+ARG WITH_TRAINING=0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -21,13 +25,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 
-# Dependencies first: this layer is rebuilt only when requirements.txt changes.
-COPY requirements.txt /tmp/requirements.txt
+# Dependencies first: this layer is rebuilt only when the requirements change.
+COPY requirements.txt requirements-train.txt /tmp/
 RUN python -m venv /opt/venv \
- && grep -E '^(torch|torchvision)==' /tmp/requirements.txt > /tmp/torch.txt \
- && pip install --index-url "$TORCH_INDEX_URL" -r /tmp/torch.txt \
  && pip install -r /tmp/requirements.txt \
- && rm /tmp/requirements.txt /tmp/torch.txt
+ && if [ "$WITH_TRAINING" = "1" ]; then \
+        grep -E '^(torch|torchvision)==' /tmp/requirements-train.txt > /tmp/torch.txt \
+        && pip install --index-url "$TORCH_INDEX_URL" -r /tmp/torch.txt \
+        && pip install -r /tmp/requirements-train.txt; \
+    fi \
+ && rm -f /tmp/requirements.txt /tmp/requirements-train.txt /tmp/torch.txt
 
 # Spaces run the container as uid 1000; the app and its caches live in that user's home.
 RUN useradd --create-home --uid 1000 user \

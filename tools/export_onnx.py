@@ -20,6 +20,7 @@ from pathlib import Path
 
 from fer_core._cli import cli_main
 from fer_core._io import atomic_write_bytes, atomic_write_text
+from fer_core._torch import require_torch
 from fer_core.export import ONNX_RUNTIMES, OUTPUTS, export_onnx
 from fer_core.weights import DEFAULT_WEIGHTS, WeightsError, card_path, file_sha256, read_card
 
@@ -42,9 +43,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 @cli_main
 def main(args: argparse.Namespace) -> int:
+    torch = require_torch("exporting weights to ONNX")
     import onnx
     import onnxruntime
-    import torch
 
     from fer_core.predict import Predictor
 
