@@ -1,5 +1,9 @@
 """Exports of the store: the corrections table (CSV or Parquet) and FER+-style vote counts.
 
+The corrections file is what training reads (``python -m fer_core.train DATA --corrections
+corrections.csv``, see :mod:`fer_core.training.corrections`); ``python -m annotate.corrections``
+writes it from the command line, the Relabel tab's exports are the same files.
+
 Corrections: one row per face with at least one vote, ``sample_id``, the original and
 resolved labels, whether the votes judged it ``unsure`` (it then keeps its original label
 and is not ``changed``), the vote counts per label and the annotators (see
@@ -35,6 +39,7 @@ __all__ = [
     "ferplus_votes",
     "export_corrections",
     "export_ferplus",
+    "open_existing_store",
 ]
 
 #: Columns of :func:`corrections`, in order.
@@ -95,3 +100,33 @@ def export_ferplus(store: Store, path: str | os.PathLike[str], dataset: str | No
                    fmt: str | None = None) -> Path:
     """Write :func:`ferplus_votes` to ``path`` (``.csv`` or ``.parquet``, or ``fmt``); returns the path."""
     return _write(ferplus_votes(store, dataset), path, fmt)
+
+
+def open_existing_store(db: str) -> Store:
+    """The annotation store at ``db`` (path or SQLAlchemy URL), upgraded to this version's schema.
+
+    Unlike :func:`annotate.store.open_store`, never creates one: raises :class:`AnnotateError`
+    when there is no database at ``db`` or it is not an annotation store.
+    """
+    from sqlalchemy.exc import DBAPIError
+
+    from .engine import create_store_engine, to_url
+    from .migrate import current_revision, upgrade
+
+    url = to_url(db)
+    where = url.render_as_string(hide_password=True)
+    database = url.database or ""
+    on_disk = url.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:")
+    if on_disk and not Path(database).expanduser().is_file():
+        raise AnnotateError(f"no annotation database at {database!r}")
+    engine = create_store_engine(url)
+    try:
+        revision = current_revision(engine)
+    except DBAPIError as exc:
+        engine.dispose()
+        raise AnnotateError(f"cannot read {where} as an annotation database ({exc.orig})") from None
+    if revision is None:
+        engine.dispose()
+        raise AnnotateError(f"{where} is not an annotation store (it has no annotate schema)")
+    upgrade(engine)  # a store written by an older version reads like the app reads it
+    return Store(engine)

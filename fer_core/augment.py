@@ -11,11 +11,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AugmentConfig", "augment_batch", "mix_batch", "mix_targets"]
+__all__ = ["AugmentConfig", "augment_batch"]
 
 
 @dataclass(frozen=True)
@@ -80,38 +79,3 @@ def augment_batch(x: torch.Tensor, config: AugmentConfig, generator: torch.Gener
         noise = torch.randn(out.shape, generator=dev_gen, device=device, dtype=out.dtype)
         out = torch.where(mask, noise, out)
     return out
-
-
-def mix_batch(
-    x: torch.Tensor, *, mixup: float, cutmix: float, rng: np.random.Generator, generator: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Mixup or CutMix of a batch with a shuffled copy of itself (one of the two at random when both are on).
-
-    ``mixup`` and ``cutmix`` are the Beta(alpha, alpha) parameters (0 turns one off).
-    Returns the mixed batch, the partner of each face (a permutation) and the weight
-    ``lam`` of each face's own targets (for CutMix, the share of its pixels kept).
-    torchvision's v2 ``MixUp``/``CutMix`` take class indices only; training also mixes
-    probability targets (``--soft-labels``, ``--distill``), and draws from the run's
-    own seeded generators so that a resumed run mixes exactly as the first one would.
-    """
-    n, _, h, w = x.shape
-    perm = torch.randperm(n, generator=generator, device=x.device)
-    use_cutmix = cutmix > 0 and (mixup <= 0 or rng.random() < 0.5)
-    if not use_cutmix:
-        lam = float(rng.beta(mixup, mixup))
-        return x * lam + x[perm] * (1 - lam), perm, lam
-    lam = float(rng.beta(cutmix, cutmix))
-    cut_h, cut_w = int(h * math.sqrt(1 - lam)), int(w * math.sqrt(1 - lam))
-    cy, cx = int(rng.integers(h)), int(rng.integers(w))
-    top, bottom = max(cy - cut_h // 2, 0), min(cy + cut_h // 2, h)
-    left, right = max(cx - cut_w // 2, 0), min(cx + cut_w // 2, w)
-    out = x.clone()
-    out[:, :, top:bottom, left:right] = x[perm][:, :, top:bottom, left:right]
-    return out, perm, 1.0 - (bottom - top) * (right - left) / (h * w)
-
-
-def mix_targets(targets: torch.Tensor, perm: torch.Tensor, lam: float, num_classes: int) -> torch.Tensor:
-    """Probability targets of a mixed batch: ``lam`` of each face's own, the rest of its partner's."""
-    if targets.ndim == 1:
-        targets = F.one_hot(targets, num_classes).to(torch.float32)
-    return targets * lam + targets[perm] * (1 - lam)

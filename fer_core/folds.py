@@ -4,7 +4,7 @@ The training faces are split into K folds, stratified by the label they came wit
 (scikit-learn's ``StratifiedKFold``, shuffled with ``--seed``; the labels as given, not
 as corrected, so that new decisions in the store between a killed run and its
 ``--resume`` do not move faces between folds). Model ``k`` trains on the other K-1
-folds, with every option of a single run (corrections, ``--merge``, quality filter), in
+folds, with every option of a single run (corrections, ``--merge``), in
 ``DIR/fold_k/`` by the single-run machinery: it checkpoints every epoch, keeps its best
 epoch on the validation faces (VAL, the same for every fold, never the held-out fold),
 and writes its model and card there, with the sample ids it trained on in
@@ -33,6 +33,9 @@ Outputs:
 time in K processes (on one GPU, or on several machines sharing ``DIR``); every such
 process writes or checks the same plan. A final ``--folds K --resume`` without it finds
 every fold finished and writes the combined files.
+
+This module holds the pieces; :func:`fer_core.train.train_folds` runs them, training each
+fold with :func:`fer_core.train.train_model`. ``--time-budget`` is off for a fold run.
 """
 
 from __future__ import annotations
@@ -40,10 +43,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shlex
-import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -51,8 +52,29 @@ import pandas as pd
 from fer_core._io import atomic_write, atomic_write_text
 from fer_core._validation import FERError
 from fer_core.images import pixels_sha256
+from fer_core.training.card import code_version, command_line
+from fer_core.training.utils import predict_logits, warn
 
-__all__ = ["assign_folds", "fold_digest", "train_folds", "OOF_FILE", "SUMMARY_FILE", "PLAN_FILE"]
+if TYPE_CHECKING:
+    from fer_core.training.data import LabelMap, TrainingData
+
+__all__ = [
+    "OOF_FILE",
+    "SUMMARY_FILE",
+    "PLAN_FILE",
+    "TRAIN_IDS_FILE",
+    "assign_folds",
+    "fold_digest",
+    "check_fold_args",
+    "check_out",
+    "make_plan",
+    "check_plan",
+    "fold_trained",
+    "write_train_ids",
+    "fold_oof",
+    "read_fold_oof",
+    "combine",
+]
 
 OOF_FILE = "oof_probabilities.parquet"
 SUMMARY_FILE = "folds.json"
@@ -89,10 +111,6 @@ def fold_digest(sample_ids: Any, folds: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _command() -> str:
-    return "python -m fer_core.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
 # Atomic writes with a temporary name unique per call: folds may run in parallel processes.
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
@@ -103,11 +121,15 @@ def _write_parquet(path: Path, frame: pd.DataFrame) -> None:
         frame.to_parquet(tmp, index=False)
 
 
-def _write_lines(path: Path, lines: list[str]) -> None:
-    atomic_write_text(path, "".join(f"{line}\n" for line in lines))
+def check_fold_args(k: int, fold_index: int | None) -> None:
+    """``--folds K`` needs K >= 2, and ``--fold-index`` one of its folds."""
+    if k < 2:
+        raise FERError(f"--folds needs at least 2 folds (each model trains on K-1 of them), got {k}")
+    if fold_index is not None and not 0 <= fold_index < k:
+        raise FERError(f"--fold-index must be between 0 and {k - 1} with --folds {k}, got {fold_index}")
 
 
-def _check_out(out: Path, resume: bool, fold_index: int | None = None) -> None:
+def check_out(out: Path, resume: bool, fold_index: int | None = None) -> None:
     """Before loading anything: ``--resume`` needs a fold run in ``out``, a new run needs none there.
 
     With ``fold_index`` the run may already be there (the other folds' processes started
@@ -125,7 +147,15 @@ def _check_out(out: Path, resume: bool, fold_index: int | None = None) -> None:
         raise FERError(f"{out} already holds a run: add --resume to continue it, or choose another --out")
 
 
-def _check_plan(out: Path, plan: dict[str, Any], resume: bool) -> None:
+def make_plan(args: argparse.Namespace, data: TrainingData, label_map: LabelMap, folds: np.ndarray) -> dict[str, Any]:
+    """What identifies a fold run: K, seed, classes, faces and the digest of the fold assignment."""
+    sample_ids = data.table.frame["sample_id"].astype(str).to_numpy()
+    return {"folds": args.folds, "seed": args.seed, "classes": label_map.names, "faces": len(data),
+            "assignment_sha256": fold_digest(sample_ids, folds), "corrections": data.corrections,
+            "command": command_line()}
+
+
+def check_plan(out: Path, plan: dict[str, Any], resume: bool) -> None:
     """Write the plan of a new run; on ``--resume``, check that it is the same run."""
     path = out / PLAN_FILE
     if not resume:
@@ -139,13 +169,11 @@ def _check_plan(out: Path, plan: dict[str, Any], resume: bool) -> None:
             raise FERError(f"--resume: {what} differ from the fold run in {out} ({saved.get(key)!r} there, "
                            f"{plan[key]!r} now); resume with the same data and options, or choose another --out")
     if saved.get("corrections") != plan["corrections"]:
-        from fer_core.train import _warn
-
-        _warn("the corrections differ from those the run started with (new decisions in the store?); "
-              "folds finished before keep theirs")
+        warn("the corrections differ from those the run started with (a new corrections file?); "
+             "folds finished before keep theirs")
 
 
-def _fold_trained(fold_dir: Path) -> bool:
+def fold_trained(fold_dir: Path) -> bool:
     """True when the fold's model and card were written completely."""
     card = fold_dir / "model.json"
     if not ((fold_dir / "model.safetensors").is_file() and card.is_file()):
@@ -157,10 +185,16 @@ def _fold_trained(fold_dir: Path) -> bool:
     return True
 
 
+def write_train_ids(fold_dir: Path, subset: TrainingData) -> None:
+    """The sample ids a fold's model trains on, one a line, in ``fold_dir/train_ids.txt``."""
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    ids = subset.table.frame["sample_id"].astype(str).to_numpy()[subset.keep].tolist()
+    atomic_write_text(fold_dir / TRAIN_IDS_FILE, "".join(f"{sid}\n" for sid in ids))
+
+
 def _predict_fold(fold_dir: Path, images: np.ndarray, device: Any) -> tuple[np.ndarray, dict[str, Any]]:
     """Calibrated probabilities (float64, rows summing to 1) of the fold's model on ``images``, and its card."""
     from fer_core.calibration import softmax
-    from fer_core.train import predict_logits
     from fer_core.weights import load_model
 
     model, card = load_model(fold_dir / "model.safetensors", device=device)
@@ -169,7 +203,8 @@ def _predict_fold(fold_dir: Path, images: np.ndarray, device: Any) -> tuple[np.n
     return probs / probs.sum(axis=1, keepdims=True), card
 
 
-def _fold_oof(fold_dir: Path, data: Any, rows: np.ndarray, fold: int, names: list[str], device: Any) -> pd.DataFrame:
+def fold_oof(fold_dir: Path, data: TrainingData, rows: np.ndarray, fold: int, names: list[str],
+             device: Any) -> pd.DataFrame:
     """The held-out rows' probabilities from fold ``fold``'s model, written to the fold's folder."""
     probs, _ = _predict_fold(fold_dir, data.table.images[rows], device)
     frame = pd.DataFrame({"row": rows, "sample_id": data.table.frame["sample_id"].astype(str).to_numpy()[rows]})
@@ -183,6 +218,11 @@ def _fold_oof(fold_dir: Path, data: Any, rows: np.ndarray, fold: int, names: lis
     return frame
 
 
+def read_fold_oof(fold_dir: Path) -> pd.DataFrame:
+    """A finished fold's out-of-fold rows, as :func:`fold_oof` wrote them."""
+    return pd.read_parquet(fold_dir / OOF_FILE)
+
+
 def _fold_summary(fold: int, fold_dir: Path, held_out: int) -> dict[str, Any]:
     card = json.loads((fold_dir / "model.json").read_text())
     metrics = card["val_metrics"]
@@ -193,60 +233,10 @@ def _fold_summary(fold: int, fold_dir: Path, held_out: int) -> dict[str, Any]:
             "temperature": card["calibration"]["temperature"], "wall_seconds": card["training"]["wall_seconds"]}
 
 
-def train_folds(args: argparse.Namespace) -> int:
-    """``--folds K``: K models, each on K-1 folds, and the out-of-fold probabilities of every training face."""
-    from fer_core.train import (
-        LabelMap,
-        _code_version,
-        fit,
-        load_training_data,
-        prepare_training_data,
-        resolve_device,
-    )
-
+def combine(out: Path, parts: list[pd.DataFrame], data: TrainingData, label_map: LabelMap, folds: np.ndarray,
+            args: argparse.Namespace, plan: dict[str, Any]) -> None:
+    """Write the run's out-of-fold file and its summary from every fold's rows."""
     k = args.folds
-    if k < 2:
-        raise FERError(f"--folds needs at least 2 folds (each model trains on K-1 of them), got {k}")
-    only = getattr(args, "fold_index", None)
-    if only is not None and not 0 <= only < k:
-        raise FERError(f"--fold-index must be between 0 and {k - 1} with --folds {k}, got {only}")
-    out = Path(args.out)
-    _check_out(out, args.resume, only)
-    device = resolve_device(args.device)
-    label_map = LabelMap(args.merge)
-    train, val = load_training_data(args)
-    data = prepare_training_data(args, train, label_map)
-    sample_ids = data.table.frame["sample_id"].astype(str).to_numpy()
-    folds = assign_folds(train.labels, k, args.seed)
-    plan = {"folds": k, "seed": args.seed, "classes": label_map.names, "faces": len(data),
-            "assignment_sha256": fold_digest(sample_ids, folds), "corrections": data.corrections,
-            "command": _command()}
-    _check_plan(out, plan, args.resume or (only is not None and (out / PLAN_FILE).is_file()))
-
-    parts = []
-    for fold in range(k) if only is None else [only]:
-        fold_dir = out / f"fold_{fold}"
-        held_out = np.flatnonzero(folds == fold)
-        if (fold_dir / OOF_FILE).is_file():
-            print(f"fold {fold + 1}/{k}: finished, skipped", flush=True)
-            parts.append(pd.read_parquet(fold_dir / OOF_FILE))
-            continue
-        if not _fold_trained(fold_dir):
-            resume = (fold_dir / "checkpoint.json").is_file()
-            print(f"fold {fold + 1}/{k}: {'resuming' if resume else 'training on'} {int((folds != fold).sum())} faces, "
-                  f"holding out {len(held_out)}", flush=True)
-            subset = data.subset(folds != fold)
-            fold_dir.mkdir(parents=True, exist_ok=True)
-            _write_lines(fold_dir / TRAIN_IDS_FILE,
-                         subset.table.frame["sample_id"].astype(str).to_numpy()[subset.keep].tolist())
-            fit(argparse.Namespace(**{**vars(args), "out": str(fold_dir), "resume": resume}), fold_dir, subset, val,
-                label_map, resume=resume, card_extra={"fold": fold, "folds": k, "held_out_faces": len(held_out)})
-        parts.append(_fold_oof(fold_dir, data, held_out, fold, label_map.names, device))
-    if only is not None:
-        print(f"fold {only + 1}/{k} finished; once every fold is, `--folds {k} --resume` (without --fold-index) "
-              f"writes the combined files in {out}", flush=True)
-        return 0
-
     oof = pd.concat(parts, ignore_index=True).sort_values("row")
     if not np.array_equal(oof["row"].to_numpy(), np.arange(len(data))):
         raise FERError(f"the folds' out-of-fold files in {out} do not cover every training face once; "
@@ -267,10 +257,9 @@ def train_folds(args: argparse.Namespace) -> int:
         "oof_accuracy_vs_given_label": float((oof[label_map.names].to_numpy().argmax(1) == given).mean()),
         "probabilities": {"file": OOF_FILE, "calibrated": "each fold's temperature, fitted on val",
                           "columns": ["sample_id", *label_map.names, "emotion", "fold", "content_hash"]},
-        "code_version": _code_version(),
+        "code_version": code_version(),
     }
     _write_json(out / SUMMARY_FILE, summary)
     print(f"{k} folds: val accuracy {summary['val_accuracy_mean']:.4f} ± {summary['val_accuracy_sd']:.4f}, "
           f"out-of-fold accuracy {summary['oof_accuracy_vs_given_label']:.4f} against the given labels; "
           f"wrote {out / OOF_FILE} ({len(oof)} faces)", flush=True)
-    return 0

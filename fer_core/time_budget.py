@@ -4,9 +4,9 @@ With a budget, ``--epochs`` is the longest schedule the run may take. After each
 epoch the run measures what an epoch costs on this machine (training steps and
 the val pass, over the last few epochs) and plans how many epochs fit in the time
 left, keeping back what the end of the run needs (the best epoch's val passes,
-calibration, the model file). The learning-rate schedule, the self-distillation
-ramp and a quality curriculum are then laid over the planned epochs, so the
-cosine still decays to zero at the last one.
+calibration, the model file). The learning-rate schedule and the
+self-distillation ramp are then laid over the planned epochs, so the cosine
+still decays to zero at the last one.
 
 Planning after every epoch, rather than once, keeps the budget when the machine
 slows down mid-run (another job on the cores) and gives back epochs when it
@@ -24,7 +24,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["parse_duration", "EpochCost", "estimate_epoch_seconds", "finish_reserve", "plan_epochs"]
+__all__ = ["parse_duration", "parse_time_budget", "EpochCost", "estimate_epoch_seconds", "finish_reserve", "plan_epochs"]
 
 _DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m(?:in)?)?(?:(?P<s>\d+(?:\.\d+)?)s)?")
 _SECONDS = re.compile(r"\d+(?:\.\d+)?")
@@ -56,6 +56,13 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
+def parse_time_budget(text: str) -> float | None:
+    """``--time-budget``: seconds of a duration (:func:`parse_duration`), or None for ``none`` / ``off`` (no budget)."""
+    if str(text).strip().lower() in ("none", "off"):
+        return None
+    return parse_duration(text)
+
+
 @dataclass(frozen=True)
 class EpochCost:
     """What one finished epoch took: its optimisation steps, their seconds, and the val pass's seconds."""
@@ -72,8 +79,8 @@ def _mean_val_seconds(recent: Sequence[EpochCost]) -> float:
 def estimate_epoch_seconds(costs: Sequence[EpochCost], steps_per_epoch: int) -> float:
     """Seconds a full epoch of ``steps_per_epoch`` steps should take, from the last few epochs' costs.
 
-    Per step rather than per epoch, so that the short epochs of a quality curriculum's
-    early stages do not make a full epoch look cheap.
+    Per step rather than per epoch, so that a short epoch (a last batch left out, a
+    capped epoch) does not make a full epoch look cheap.
     """
     if not costs:
         raise ValueError("no epoch measured yet")

@@ -1,8 +1,9 @@
-"""Training on real faces: the loss falls, a killed run resumes exactly, options behave."""
+"""Training on real faces: the loss falls, a killed run resumes exactly, the defaults are the shipped recipe."""
 
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -11,13 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import REPO
 from fer_core.config import SAMPLE_PATH
-from fer_core.train import LabelMap, class_weights, curriculum_threshold, get_args_parser, main
-from fer_core.weights import load_model
+from fer_core.datasets import load_faces
+from fer_core.model import create_model
+from fer_core.train import get_args_parser, main
+from fer_core.training.data import LabelMap
+from fer_core.training.optim import class_weights
+from fer_core.training.utils import predict_logits, to_input
+from fer_core.weights import DEFAULT_WEIGHTS, card_path, load_model
 
-TINY = ["--model", "fer_tiny", "--batch-size", "32", "--no-progress", "--warmup-epochs", "0.5", "--lr", "0.005"]
+#: A tiny plain run: no time budget, no self-distillation (both are tested on their own).
+TINY = ["--model", "fer_tiny", "--batch-size", "32", "--no-progress", "--warmup-epochs", "0.5", "--lr", "0.005",
+        "--time-budget", "none", "--self-kd", "0"]
 
 
 def _run(tmp_path: Path, *extra: str, out: str = "run") -> tuple[int, Path]:
@@ -39,8 +48,10 @@ class TestTraining:
         model, card = load_model(out / "model.safetensors")
         assert card["architecture"] == "fer_tiny" and card["labels"][0] == "angry"
         assert card["training"]["best_epoch"] == max(range(1, 7), key=lambda e: (log[e - 1]["val_accuracy"], -e))
+        assert card["training"]["processes"] == 1
         assert card["calibration"]["temperature"] > 0
         assert {"plain", "flip_tta"} <= set(card["val_metrics"])
+        assert len(card["val_metrics"]["plain"]["val_recall"]) == 7
         assert (out / "curve.png").stat().st_size > 1000
         assert (out / "log.csv").read_text().startswith("epoch,train_loss,val_accuracy,val_macro_f1,lr,seconds")
 
@@ -86,10 +97,51 @@ class TestTraining:
         assert card["labels"] == ["angry", "fear", "happy", "sad", "surprise", "neutral"]
         assert card["fer2013_id_to_class"][1] == 0
 
-    def test_min_quality_trains_on_fewer_faces(self, tmp_path: Path) -> None:
-        code, out = _run(tmp_path, "--epochs", "1", "--min-quality", "0.5")
-        assert code == 0
-        assert 100 < _log(out)[0]["train_faces"] < 250  # about half of the 350 sample faces
+
+class TestDefaults:
+    """The defaults are the bundled model's recipe: the short command trains it again."""
+
+    def test_the_bundled_models_command_sets_nothing_but_data_and_output(self) -> None:
+        card = json.loads(card_path(DEFAULT_WEIGHTS).read_text())
+        argv = shlex.split(card["training"]["command"])[3:]  # after "python -m fer_core.train"
+        recorded = vars(get_args_parser().parse_args(argv))
+        defaults = vars(get_args_parser().parse_args(["DATA", "--out", "DIR"]))
+        where = {"data", "val", "out", "no_progress"}  # where the data and the run live; not the recipe
+        assert {k: v for k, v in recorded.items() if k not in where} == {k: v for k, v in defaults.items() if k not in where}
+
+    def test_the_recipe(self) -> None:
+        args = get_args_parser().parse_args(["DATA", "--out", "DIR"])
+        assert (args.model, args.epochs, args.time_budget, args.seed) == ("fer_vgg", 86, 7200, 0)
+        assert (args.self_kd, args.kd_temperature, args.dropout, args.weight_decay) == (0.7, 2.0, 0.5, 0.1)
+        assert str(args.time_budget) == "2h"  # as --help shows it
+
+    @pytest.mark.parametrize("text", ["none", "off", "None"])
+    def test_no_time_budget(self, text: str) -> None:
+        assert get_args_parser().parse_args(["DATA", "--out", "DIR", "--time-budget", text]).time_budget is None
+
+    @pytest.mark.parametrize(("extra", "message"), [
+        (["--self-kd", "1.5"], "--self-kd must be in (0, 1]"),
+        (["--self-kd", "0.5", "--ema-decay", "0"], "needs --ema-decay above 0"),
+        (["--ema-decay", "0"], "needs --ema-decay above 0 (or --self-kd 0)"),  # the default self-distils
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--fold-index", "0"], "give --folds K too"),
+    ])
+    def test_options_that_cannot_work_are_refused_before_reading_data(self, tmp_path: Path, extra: list[str],
+                                                                       message: str, capsys: pytest.CaptureFixture) -> None:
+        args = get_args_parser().parse_args([str(tmp_path / "no_data"), "--out", str(tmp_path / "x"), *extra])
+        assert main(args) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "x").exists()
+
+    @pytest.mark.parametrize(("option", "value", "choices"), [("--opt", "adam", "adamw, sgd"),
+                                                             ("--class-weighting", "balanced", "sqrt, none"),
+                                                             ("--device", "tpu", "auto, cpu, cuda")])
+    def test_an_unknown_name_lists_the_choices(self, option: str, value: str, choices: str,
+                                               capsys: pytest.CaptureFixture) -> None:
+        with pytest.raises(SystemExit):
+            get_args_parser().parse_args(["DATA", "--out", "DIR", option, value])
+        err = capsys.readouterr().err
+        assert f"{option}: invalid choice: '{value}'" in err and all(name in err for name in choices.split(", "))
 
 
 class TestOptions:
@@ -100,28 +152,20 @@ class TestOptions:
         with pytest.raises(ValueError, match="SOURCE=TARGET"):
             LabelMap(["contempt=angry"])
 
-    def test_class_weights_favour_rare_classes_and_average_one(self) -> None:
-        labels = np.array([0] * 90 + [1] * 10)
-        w = class_weights(labels, 2, "sqrt").numpy()
-        assert w[1] > w[0]
-        assert (w[labels]).mean() == pytest.approx(1.0)
-        with pytest.raises(ValueError, match="choose none, sqrt or balanced"):
-            class_weights(labels, 2, "inverse")
-
-    def test_curriculum_stages(self) -> None:
-        stages = [0.8, 0.5, 0.0]
-        assert [curriculum_threshold(e, 9, stages) for e in range(9)] == [0.8] * 3 + [0.5] * 3 + [0.0] * 3
-        assert curriculum_threshold(3, 9, []) == -np.inf
+    def test_class_weights_are_inverse_square_root_frequencies_averaging_one_per_face(self) -> None:
+        labels = np.array([0] * 90 + [1] * 10 + [2] * 40)
+        w = class_weights(labels, 4, "sqrt").numpy()
+        assert w[1] > w[2] > w[0]
+        np.testing.assert_allclose(w[:3] / w[0], np.sqrt(90 / np.array([90, 10, 40])), rtol=1e-6)
+        assert w[labels].mean() == pytest.approx(1.0)
+        assert w[3] > 0  # a class without faces: a weight that never reaches the loss
+        np.testing.assert_array_equal(class_weights(labels, 4, "none").numpy(), np.ones(4))
+        with pytest.raises(ValueError, match="choose one of sqrt, none"):
+            class_weights(labels, 4, "balanced")
 
 
 def test_validation_flip_tta_averages_the_logits_of_each_face_and_its_mirror() -> None:
     """``predict_logits`` runs faces and mirrors in one call; each face keeps its own pair, across batches."""
-    import torch
-
-    from fer_core.datasets import load_faces
-    from fer_core.model import create_model
-    from fer_core.train import predict_logits, to_input
-
     torch.manual_seed(0)
     model = create_model("fer_tiny").eval()
     images = load_faces(SAMPLE_PATH, progress=False).images[:40]
@@ -133,3 +177,19 @@ def test_validation_flip_tta_averages_the_logits_of_each_face_and_its_mirror() -
     np.testing.assert_allclose(both, expected, atol=1e-5, rtol=1e-4)
     plain = predict_logits(model, images, device=cpu, batch_size=16)
     assert not np.allclose(plain, both, atol=1e-4)  # the mirror does change a face's logits
+
+
+@pytest.mark.slow
+def test_torchrun_processes_share_the_batches_of_one_run(tmp_path: Path) -> None:
+    """``torchrun --nproc-per-node 2``: one run, one set of files, written by the first process."""
+    out = tmp_path / "ddp"
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2", "-m",
+         "fer_core.train", str(SAMPLE_PATH), "--val", str(SAMPLE_PATH), "--out", str(out), *TINY, "--epochs", "2",
+         "--max-steps", "3", "--device", "cpu"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.count("best epoch") == 1  # the first process alone evaluates and writes
+    assert [r["epoch"] for r in _log(out)] == [1, 2] and all(r["steps"] == 3 for r in _log(out))
+    _, card = load_model(out / "model.safetensors")
+    assert card["training"]["processes"] == 2

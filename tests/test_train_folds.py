@@ -73,6 +73,7 @@ class TestFoldRun:
             assert trained_on | held_out == set(oof["sample_id"])
             _, card = load_model(out / f"fold_{fold}" / "model.safetensors")
             assert card["training"]["fold"] == fold and card["training"]["faces_trained_on"] == len(trained_on)
+            assert card["training"]["time_budget"] is None  # the default budget is for one run, not per fold
         # The fold models are not all the same model: their predictions differ.
         assert not np.allclose(probs[oof["fold"] == 0].mean(0), probs[oof["fold"] == 1].mean(0))
 
@@ -103,17 +104,17 @@ class TestFoldRun:
         class Killed(Exception):
             pass
 
-        write_logs = train_module._write_logs
+        write_logs = train_module.write_logs
 
         def dying(out: Path, log: list) -> None:
             write_logs(out, log)
             if out.name == "fold_1" and len(log) == 1:
                 raise Killed
 
-        monkeypatch.setattr(train_module, "_write_logs", dying)
+        monkeypatch.setattr(train_module, "write_logs", dying)
         with pytest.raises(Killed):
             _run(killed, "--folds", "3", "--epochs", "2")
-        monkeypatch.setattr(train_module, "_write_logs", write_logs)
+        monkeypatch.setattr(train_module, "write_logs", write_logs)
         assert (killed / "fold_0" / "oof_probabilities.parquet").is_file()
         assert not (killed / "fold_1" / "model.safetensors").is_file() and not (killed / "fold_2").exists()
         assert not (killed / "oof_probabilities.parquet").exists()

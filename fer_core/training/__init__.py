@@ -1,0 +1,13 @@
+"""The parts of ``python -m fer_core.train`` that are not the training loop itself.
+
+- :mod:`~fer_core.training.utils`: devices, torchrun processes, the model's input, logits;
+- :mod:`~fer_core.training.data`: the training and val faces, ``--merge``, corrections, soft labels;
+- :mod:`~fer_core.training.corrections`: the corrections file the annotation tool exports;
+- :mod:`~fer_core.training.optim`: optimizer, learning-rate schedule, weight EMA, class weights,
+  the self-distillation loss;
+- :mod:`~fer_core.training.checkpoint`: the resumable checkpoint (safetensors + JSON);
+- :mod:`~fer_core.training.card`: the model card, the logs and the training curve.
+
+The loop (``train_one_epoch``, ``evaluate``, ``main``) is :mod:`fer_core.train`, and the
+``--folds`` helpers are :mod:`fer_core.folds`; nothing here imports either.
+"""

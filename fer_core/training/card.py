@@ -1,0 +1,126 @@
+"""What a run writes besides its checkpoint: the model card, ``log.jsonl``/``log.csv`` and ``curve.png``."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from fer_core.augment import AugmentConfig
+from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD
+from fer_core.training.utils import device_name
+
+if TYPE_CHECKING:
+    from fer_core.training.data import LabelMap, TrainingData
+
+__all__ = ["command_line", "code_version", "card_base", "model_card", "write_logs", "plot_curve"]
+
+#: The columns of ``log.csv`` (``log.jsonl`` holds every field of each epoch).
+LOG_COLUMNS = ("epoch", "train_loss", "val_accuracy", "val_macro_f1", "lr", "seconds")
+
+
+def command_line() -> str:
+    """The command that started this process, as ``python -m fer_core.train ...``."""
+    return "python -m fer_core.train " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def code_version() -> str:
+    """The repository's short commit, or ``unknown``."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def card_base(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
+    """What is needed to rebuild the model from its weights."""
+    return {"architecture": args.model, "model_kwargs": {} if args.dropout is None else {"dropout": args.dropout},
+            "labels": list(names)}
+
+
+def _training(args: argparse.Namespace, data: TrainingData, val_faces: int, state: dict[str, Any],
+              device: torch.device, world_size: int) -> dict[str, Any]:
+    """The card's ``training`` block: data, command, epochs, time, machine and recipe."""
+    return {
+        "data": args.data, "val": args.val or f"{args.data} (val split)",
+        "train_faces": int(len(data)), "faces_trained_on": int(data.keep.sum()), "val_faces": int(val_faces),
+        "command": command_line(),
+        "epochs": state["epoch"], "best_epoch": state["best_epoch"], "seed": args.seed,
+        "wall_seconds": round(state["seconds"], 1),
+        "time_budget": ({"seconds": args.time_budget, "max_epochs": args.epochs,
+                         "wall_seconds_used": round(state.get("wall_seconds_used", 0.0), 1)}
+                        if args.time_budget else None),
+        "device": str(device), "device_name": device_name(device), "processes": world_size,
+        "augment": asdict(AugmentConfig()) if not args.no_augment else None,
+        "self_kd": ({"weight": args.self_kd, "temperature": args.kd_temperature, "teacher": "weight EMA",
+                     "ramp": "linear from 0 over the run"} if args.self_kd else None),
+        "label_smoothing": args.label_smoothing,
+        "corrections": data.corrections,
+        "soft_labels": data.targets is not None,
+    }
+
+
+def model_card(args: argparse.Namespace, *, label_map: LabelMap, data: TrainingData, val_faces: int,
+               state: dict[str, Any], device: torch.device, world_size: int, n_params: int,
+               val_metrics: dict[str, Any], inference: dict[str, Any], calibration: dict[str, Any],
+               extra: dict[str, Any]) -> dict[str, Any]:
+    """The model card written beside ``model.safetensors`` (``extra`` merged into its ``training`` block)."""
+    from fer_core.model import MODEL_CONFIGS
+
+    base = card_base(args, label_map.names)
+    return {
+        **base,
+        "config": {k: list(v) if isinstance(v, tuple) else v
+                   for k, v in {**MODEL_CONFIGS[args.model], **base["model_kwargs"]}.items()},
+        "parameters": n_params,
+        "fer2013_id_to_class": label_map.index.tolist(),
+        "input": {"size": [IMAGE_SIZE, IMAGE_SIZE], "channels": 1, "scale": "grey level / 255",
+                  "mean": INPUT_MEAN, "std": INPUT_STD, "crop": "whole 48x48 face, FER2013 framing"},
+        "training": {**_training(args, data, val_faces, state, device, world_size), **extra},
+        "val_metrics": val_metrics,
+        "inference": inference,
+        "calibration": calibration,
+        "code_version": code_version(),
+        "torch": torch.__version__,
+    }
+
+
+def write_logs(out: Path, log: list[dict[str, Any]]) -> None:
+    """Every epoch so far as ``log.jsonl`` (all fields) and ``log.csv`` (:data:`LOG_COLUMNS`)."""
+    with (out / "log.jsonl").open("w") as handle:
+        for row in log:
+            handle.write(json.dumps(row) + "\n")
+    with (out / "log.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(LOG_COLUMNS)
+        for row in log:
+            writer.writerow([row["epoch"], f"{row['train_loss']:.5f}", f"{row['val_accuracy']:.5f}",
+                             f"{row['val_macro_f1']:.5f}", f"{row['lr']:.6g}", row["seconds"]])
+
+
+def plot_curve(log: list[dict[str, Any]], path: Path) -> None:
+    """Training loss, val accuracy and macro-F1 per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in log]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    ax1.plot(epochs, [r["train_loss"] for r in log], label="train loss")
+    ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
+    ax2.plot(epochs, [r["val_accuracy"] for r in log], label="val accuracy")
+    ax2.plot(epochs, [r["val_macro_f1"] for r in log], label="val macro-F1")
+    ax2.set_xlabel("epoch"), ax2.legend(), ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
