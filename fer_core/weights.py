@@ -118,7 +118,8 @@ def read_tensor(path: str | Path, name: str) -> np.ndarray:
     return tensor.astype(np.float32) if np.issubdtype(tensor.dtype, np.floating) else tensor
 
 
-def load_model(path: str | Path | None = None, *, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_model(path: str | Path | None = None, *,
+               device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the model named in the weights' model card and load the weights (safetensors only).
 
     Returns the model in eval mode and its card. Needs PyTorch (``requirements-train.txt``):
@@ -158,7 +159,8 @@ def bundled_onnx(path: str | Path, card: dict[str, Any], runtime: str) -> Path |
         return None
     name = entry.get("file") if isinstance(entry, dict) else None
     if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
-        raise WeightsError(f"{card_path(path).name}: an ONNX file must be named by a file name beside it, got {entry!r}")
+        raise WeightsError(f"{card_path(path).name}: an ONNX file must be named by a file name beside it, "
+                           f"got {entry!r}")
     onnx_file = path.parent / name
     if not onnx_file.is_file():
         raise WeightsError(f"{card_path(path).name} names {name}, which is missing beside {path.name}; "

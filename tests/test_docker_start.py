@@ -11,8 +11,9 @@ The ``RUN`` lines before ``USER`` must give ``/data`` to uid 1000, so that a vol
 is writable by the app; :func:`annotate.engine.choose_default_db` must say when it is not.
 
 The virtual environment (``python -m venv`` then ``pip install -r requirements.txt``: the serving
-set, without PyTorch, as the image installs by default; about 1.2 GB) is kept under ``$FER_DOCKER_VENV_DIR`` (default ``<tmp>/fer_docker_venvs``), keyed by
-the hash of requirements.txt and the Python version, so only the first run installs.
+set, without PyTorch, as the image installs by default; about 1.2 GB) is kept under
+``$FER_DOCKER_VENV_DIR`` (default ``<tmp>/fer_docker_venvs``), keyed by the hash of requirements.txt
+and the Python version, so only the first run installs.
 """
 
 from __future__ import annotations
@@ -198,7 +199,8 @@ def fresh_venv() -> Path:
         if not done.is_file():
             shutil.rmtree(venv, ignore_errors=True)
             subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=300)
-            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+            subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+                            "--disable-pip-version-check",
                             "-r", str(REPO / "requirements.txt")], check=True, timeout=3600)
             done.write_bytes(requirements)
     return venv
@@ -396,7 +398,8 @@ def test_the_images_start_command_serves_the_app(tmp_path: Path) -> None:
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    pytest.fail(f"no answer within {START_TIMEOUT:.0f} s:\n{(tmp_path / 'app.log').read_text()[-4000:]}")
+                    log_tail = (tmp_path / "app.log").read_text()[-4000:]
+                    pytest.fail(f"no answer within {START_TIMEOUT:.0f} s:\n{log_tail}")
                 time.sleep(0.5)
         first_answer = time.monotonic() - started
         assert status == 200 and "gradio" in body.lower()

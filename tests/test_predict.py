@@ -126,7 +126,8 @@ class TestFaces:
                                    atol=1e-4)
 
     @pytest.mark.parametrize("runtime", ["onnx", "onnx-int8"])
-    def test_flip_tta_averages_the_face_and_its_mirror(self, weights: Path, sample_faces: np.ndarray, runtime: str) -> None:
+    def test_flip_tta_averages_the_face_and_its_mirror(self, weights: Path, sample_faces: np.ndarray,
+                                                       runtime: str) -> None:
         # Faces and mirrors go through the model in one call: the halves must not get mixed up.
         plain = Predictor(weights, runtime=runtime, tta=False)
         mirrored = sample_faces[:, :, ::-1].copy()
@@ -191,7 +192,8 @@ class TestFaces:
 
     def test_a_card_naming_another_runtime_is_refused(self, weights: Path, tmp_path: Path) -> None:
         old = with_card(weights, tmp_path, "torch_runtime", inference={"runtime": "torch"})
-        with pytest.raises(WeightsError, match=r"names the runtime 'torch'; this version serves \['onnx', 'onnx-int8'\]"):
+        with pytest.raises(WeightsError,
+                           match=r"names the runtime 'torch'; this version serves \['onnx', 'onnx-int8'\]"):
             Predictor(old)
 
     def test_top_two_gap(self) -> None:
@@ -252,7 +254,8 @@ class TestBundledOnnx:
         copy = self._copy(weights, tmp_path)
         onnx_file = tmp_path / "tiny.int8.onnx"
         onnx_file.write_bytes(onnx_file.read_bytes()[:-4] + bytes(4))
-        with pytest.raises(WeightsError, match=r"tiny.int8.onnx is not the file tiny.json names \(its sha256 differs\)"):
+        with pytest.raises(WeightsError,
+                           match=r"tiny.int8.onnx is not the file tiny.json names \(its sha256 differs\)"):
             Predictor(copy, runtime="onnx-int8")
         onnx_file.unlink()
         with pytest.raises(WeightsError, match=r"names tiny.int8.onnx, which is missing beside tiny.safetensors; "

@@ -153,7 +153,8 @@ class TestRequirements:
     def test_the_image_serves_by_default_and_trains_on_request(self) -> None:
         dockerfile = (REPO / "Dockerfile").read_text()
         assert re.search(r"^ARG WITH_TRAINING=0$", dockerfile, re.MULTILINE)
-        assert re.search(r'if \[ "\$WITH_TRAINING" = "1" \]; then.*-r /tmp/requirements-train.txt', dockerfile, re.DOTALL)
+        training = r'if \[ "\$WITH_TRAINING" = "1" \]; then.*-r /tmp/requirements-train.txt'
+        assert re.search(training, dockerfile, re.DOTALL)
 
 
 def test_served_and_exported_logits_agree_on_real_faces(val_faces) -> None:
