@@ -163,8 +163,8 @@ def bundled_onnx(path: str | Path, card: dict[str, Any], runtime: str) -> Path |
                            f"got {entry!r}")
     onnx_file = path.parent / name
     if not onnx_file.is_file():
-        raise WeightsError(f"{card_path(path).name} names {name}, which is missing beside {path.name}; "
-                           f"export it again with `python -m tools.export_onnx {path}`")
+        raise WeightsError(f"{card_path(path).name} names {name}, which is missing beside {path.name}: copy it "
+                           f"there, or export it again with `python -m tools.export_onnx {path}`")
     if file_sha256(onnx_file) != entry.get("sha256"):
         raise WeightsError(f"{name} is not the file {card_path(path).name} names (its sha256 differs); "
                            f"export it again with `python -m tools.export_onnx {path}`")

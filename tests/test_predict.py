@@ -258,8 +258,8 @@ class TestBundledOnnx:
                            match=r"tiny.int8.onnx is not the file tiny.json names \(its sha256 differs\)"):
             Predictor(copy, runtime="onnx-int8")
         onnx_file.unlink()
-        with pytest.raises(WeightsError, match=r"names tiny.int8.onnx, which is missing beside tiny.safetensors; "
-                                               r"export it again with `python -m tools.export_onnx"):
+        with pytest.raises(WeightsError, match=r"names tiny.int8.onnx, which is missing beside tiny.safetensors: "
+                                               r"copy it there, or export it again with `python -m tools.export_onnx"):
             Predictor(copy, runtime="onnx-int8")
         assert Predictor(copy, runtime="onnx").onnx_file == tmp_path / "tiny.onnx"  # the other file still serves
 
