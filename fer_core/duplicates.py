@@ -1,81 +1,43 @@
 """Exact, near and mirrored duplicate faces of a data set, within and across splits.
 
-FER2013 holds the same face more than once: byte-identical copies, copies re-encoded,
-re-cropped by a pixel or two or brightened, and a few mirror images, some of them across
-splits (a known source of test leakage). Notation: ``N`` faces, each ``(48, 48)`` uint8.
+FER2013 holds the same face more than once (byte-identical copies, re-encoded, re-cropped by a
+pixel or two, brightened, a few mirrored), some across splits. Notation: ``N`` faces, each
+``(48, 48)`` uint8; a pair is two faces ``row_a < row_b``.
 
-Kinds of pairs (a pair is two faces, ``row_a < row_b``):
+Kinds of pairs:
 
 ``exact``: the same 2,304 bytes (equal blake2b digests of the pixels).
 ``near``: not exact, perceptual hashes at Hamming distance ``<= max_distance``.
 ``mirrored``: neither of the above, and each face's hash is within ``max_distance`` of the
-    hash of the other face's mirror image (left-right flip); the distance of such a pair is
-    the larger of the two, ``max(d(h_a, m_b), d(m_a, h_b))``, so that it is symmetric.
+    hash of the other face's mirror image (left-right flip). One direction is not enough
+    (frontal faces are nearly symmetric); the pair's distance is the larger of the two,
+    ``max(d(h_a, m_b), d(m_a, h_b))``, so that it is symmetric.
 
-Perceptual hash. The 64-bit pHash of ``imagehash.phash`` (hash_size 8): the face resized to
-32x32 (Lanczos, Pillow), 2-D DCT-II, the 8x8 lowest frequencies compared with their median.
-:func:`perceptual_hashes` computes it for all faces at once (a Pillow resize per face, the DCT
-as two products with an 8x32 matrix) and gives the same bits as ``imagehash.phash`` on all
-32,064 faces of ``../shared/fer2013`` (train + val) and on their mirror images (bits could
-only differ where a coefficient ties with the median, as in a blank frame). The hash of the
-mirror image needs no second resize: Lanczos resizing commutes with the flip, and flipping a
-row negates its DCT coefficients of odd frequency. Half of the 64 bits are set (the median
-splits them), so distances between faces are even.
+Perceptual hash: the 64-bit pHash of ``imagehash.phash`` (the face resized to 32x32 with
+Lanczos, 2-D DCT-II, the 8x8 lowest frequencies compared with their median), bit for bit.
+:func:`perceptual_hashes` computes it for all faces at once: one Pillow resize per face, the
+DCT as two products with an 8x32 matrix. The mirror image's hash needs no second resize:
+resizing commutes with the flip, and flipping negates the DCT coefficients of odd horizontal
+frequency. The median splits the 64 bits in half, so distances between faces are even.
 
-Threshold, measured on ``../shared/fer2013`` (32,064 faces): pixel correlation (Pearson, over
-the 2,304 grey levels) and mean absolute difference (MAD, grey levels) of every pair at each
-pHash distance, and contact sheets of random and of the least correlated pairs looked at:
+:data:`MAX_DISTANCE` (4) was chosen on ``../shared/fer2013`` by pixel correlation and contact
+sheets at each distance: at 4 nearly every pair is the same face, at 6 about one pair in eight
+is two people (``docs/experiments.md``, "Duplicate faces").
 
-==========  =======  ===========  ===========  ==========  ================================
-distance    pairs    corr p5      corr p50     MAD p50     same face (contact sheets)
-==========  =======  ===========  ===========  ==========  ================================
-0           1,987    1.000        1.000        0.0         all (1,835 byte-exact)
-2           455      0.885        0.965        9.3         all
-4           972      0.826        0.936        12.8        all of 16 random; of the 29 under
-                                                           corr 0.8, about 6 are other faces
-6           1,270    0.671        0.901        15.9        14 of 16 random; about half of
-                                                           the pairs under corr 0.8
-8           2,381    0.488        0.770        34.1        8 of 16 random
-10          10,381   0.351        0.643        46.0        few; random faces: corr p50 0.5
-==========  =======  ===========  ===========  ==========  ================================
+Groups: connected components over all pairs, so a face and its copy's copy share a group even
+when their own distance is larger. ``dup_group`` numbers the groups 0, 1, ... by their first
+face, -1 for a face with no duplicate (``dup_group_size`` 1, ``dup_kind`` ""); ``dup_kind``
+is the closest kind of pair the face is in (``exact``, then ``near``, then ``mirrored``);
+``cross_split`` marks faces whose group holds more than one split.
 
-so :data:`MAX_DISTANCE` is 4: the largest distance where pairs are still the same face
-(re-encoded, shifted or re-cropped by a few pixels, brightened), about 99 % of them; at 6 one
-pair in eight or so is two different people with a similar pose and lighting.
-
-Mirrored copies exist: with both directions within the distance (the rule above), 4 pairs at
-distance 2 and 7 at distance 4, all the same face mirrored (corr with the flipped face 0.87 to
-0.98); at 6, 42 pairs, mostly different frontal faces (corr p50 0.79). A single direction is
-not enough: frontal faces are nearly symmetric, so ``d(h_a, m_b) <= 4`` alone gives 45 pairs,
-about half of them other people. The same :data:`MAX_DISTANCE` therefore serves both kinds.
-No face of the data set is the byte-exact mirror of another (no mirrored pair at distance 0).
-
-Groups. Faces are grouped by connected components over all pairs (a face and its copy's copy
-are in one group even when their own distance is larger): ``dup_group`` numbers the groups
-0, 1, ... in the order of their first face, -1 for a face with no duplicate
-(``dup_group_size`` 1, ``dup_kind`` ""). ``dup_kind`` is the closest kind of pair the face is
-in (``exact`` before ``near`` before ``mirrored``); ``cross_split`` marks faces whose group
-holds more than one split.
-
-Speed. Pairs within ``k`` bits are found by bands (multi-index hashing): the 64 bits are cut
+Search: pairs within ``k`` bits are found by bands (multi-index hashing): the 64 bits are cut
 into ``k + 1`` bands, two hashes within ``k`` bits agree exactly on at least one band, so only
-faces sharing a band's value are compared (3.8 million candidates on FER2013 at ``k = 4``).
-When that would exceed :data:`_BAND_LIMIT` candidates (8 million; ``k = 6`` gives 40 million on
-FER2013) the search falls back to brute force over all pairs above the diagonal, vectorised in
-blocks of 256 x 4,096 faces (``numpy.bitwise_count`` of the XOR). Both give the same pairs.
-On the full data, 2 CPU cores shared with a training job: hashes 1.8 s (1.1 s of it Pillow's
-resizes), pairs 0.16 s by bands (brute force: 2.5 s), 2.5 to 3.3 s in all (three runs); a
-second call reads the pairs back from the cache in 0.2 s.
+faces sharing a band's value are compared. When that would mean more than :data:`_BAND_LIMIT`
+candidate pairs (a large ``k``) the search checks every pair instead, in blocks of 256 x 4,096
+faces. Both give the same pairs.
 
-Full data (``python -m fer_core.duplicates ../shared/fer2013``, ``k = 4``): 3,425 pairs (1,835
-exact, 1,579 near, 11 mirrored) in 1,697 groups holding 4,069 faces (largest 22, one baby's
-face under three labels); 645 train-val pairs (357 exact, 288 near, 0 mirrored), 1,064 faces
-in groups spanning both splits; 376 pairs disagree on the label (77 exact, 297 near, 2
-mirrored), in 135 groups.
-
-Cache. The pairs (rows, distance, kind) are stored as Parquet under
-:func:`fer_core.config.default_cache_dir` ``/ "duplicates"``, keyed by a hash of the faces'
-pixels and sample ids, ``max_distance``, ``mirrors`` and :data:`DUPLICATES_VERSION`. Groups,
+Cache: the pairs (rows, distance, kind) are kept by :mod:`fer_core._cache`, keyed by the
+faces' pixels and ids, ``max_distance``, ``mirrors`` and :data:`DUPLICATES_VERSION`. Groups,
 splits and labels are rebuilt from the table on each call, so a relabelled copy of the same
 faces reuses the entry.
 """
@@ -123,7 +85,7 @@ log = logging.getLogger(__name__)
 
 #: Bump when the pairs found for the same faces change (hash, rule), so old cache entries are not reused.
 DUPLICATES_VERSION: int = 1
-#: Largest pHash Hamming distance of a near or mirrored pair, measured on FER2013 (module docstring).
+#: Largest pHash Hamming distance of a near or mirrored pair, chosen on FER2013 (docs/experiments.md).
 MAX_DISTANCE: int = 4
 #: Pair kinds, closest first.
 KINDS: tuple[str, ...] = ("exact", "near", "mirrored")
@@ -615,7 +577,7 @@ def find_duplicates(
         The faces; their ``sample_id``, ``split`` and ``emotion`` fill the report.
     max_distance : int, default=MAX_DISTANCE (4)
         Largest pHash Hamming distance (0 to 64) of a near or mirrored pair; measured on
-        FER2013 (module docstring). Exact pairs are found at any setting.
+        FER2013 (docs/experiments.md). Exact pairs are found at any setting.
     mirrors : bool, default=True
         Also look for mirror-image copies.
     use_cache : bool, default=True
