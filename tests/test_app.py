@@ -104,6 +104,8 @@ class TestWeightsSetting:
         card = json.loads(card_path(DEFAULT_WEIGHTS).read_text())
         card["code_version"] = "copy-under-test"  # so that the model name tells the copy from the bundled one
         card_path(weights).write_text(json.dumps(card))
+        for export in card.get("onnx", {}).values():  # the ONNX files the card names go beside it
+            shutil.copyfile(DEFAULT_WEIGHTS.parent / export["file"], folder / export["file"])
         return weights
 
     def test_app_serves_the_weights_named_in_fer_weights(self, tmp_path: Path,
@@ -130,7 +132,7 @@ class TestWeightsSetting:
         from fer_core.predict import get_predictor
 
         predictor = get_predictor(str(weights))
-        assert predictor.weights_files[0] == weights
+        assert predictor.weights == weights
         assert answer["model"] == predictor.model_name and answer["model"].endswith("@copy-under-test")
 
     def test_missing_weights_file_is_one_error_line(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
