@@ -20,7 +20,7 @@ import pandas as pd
 
 from fer_core._cli import cli_main
 from fer_core._validation import FERError
-from fer_core.constants import ENSEMBLE_MODES, TTA_MODES
+from fer_core.constants import TTA_MODES
 
 __all__ = ["evaluate_table", "compute_metrics", "get_args_parser", "main"]
 
@@ -158,6 +158,8 @@ def export_features(path: Path, predictor, table, arrays: dict[str, np.ndarray])
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    from fer_core.predict import RUNTIMES
+
     parser = argparse.ArgumentParser(prog="python -m fer_core.evaluate", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("data", help="labelled faces: class folders, fer2013.csv, Parquet or hub id")
@@ -168,16 +170,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", default=None, help="write the metrics to this JSON file")
     parser.add_argument("--plots", default=None, help="write confusion.png into this folder")
     parser.add_argument("--export", default=None, help="write features, logits and probabilities to FILE.npz (+ FILE.csv)")
-    parser.add_argument("--runtime", default="auto", help="auto, torch or onnx")
+    parser.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                        help="auto: as the model card says; onnx: float32; onnx-int8: int8 (ONNX Runtime)")
     parser.add_argument("--tta", default="auto", choices=["auto", *TTA_MODES],
-                        help="test-time augmentation (the mirror, or the views the card names): as the model "
-                             "card says, on with the card's gate, off, or on for every face")
-    parser.add_argument("--tta-views", default=None, metavar="VIEW,VIEW,...",
-                        help="the test-time views instead of the card's: names of fer_core.constants.TTA_VIEWS "
-                             "(flip, left, right_flip, ...: the face moved 2 pixels, mirrored or not)")
-    parser.add_argument("--ensemble", default="card", choices=list(ENSEMBLE_MODES),
-                        help="the other models the card bundles for unclear faces: as the card says, or off "
-                             "(this model alone)")
+                        help="test-time augmentation (the mirror): as the model card says, on with the card's "
+                             "gate, off, or on for every face")
     parser.add_argument("--cache-dir", default=None, help="data set cache folder")
     return parser
 
@@ -185,18 +182,15 @@ def get_args_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(args: argparse.Namespace) -> int:
     from fer_core.datasets import load_faces
-    from fer_core.predict import Predictor, parse_tta_views
+    from fer_core.predict import Predictor
 
-    # The views are checked before the data set is read, which may take a while.
-    views = parse_tta_views(args.tta_views, tta_off=args.tta == "off")
     table = load_faces(args.data, cache_dir=args.cache_dir)
     if args.split:
         table = table.split(args.split)
         if len(table) == 0:
             raise FERError(f"{args.data} has no faces in split {args.split!r}")
     tta, mirror_gap = (None, None) if args.tta == "auto" else TTA_MODES[args.tta]
-    predictor = Predictor(args.weights, runtime=args.runtime, tta=tta, mirror_gap=mirror_gap,
-                          ensemble=ENSEMBLE_MODES[args.ensemble], tta_views=views)
+    predictor = Predictor(args.weights, runtime=args.runtime, tta=tta, mirror_gap=mirror_gap)
     metrics, arrays = evaluate_table(predictor, table, detect=args.detect, backend=args.backend)
     print(format_report(metrics))
     if args.json:

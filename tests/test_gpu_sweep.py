@@ -1,4 +1,4 @@
-"""``python -m tools.gpu_sweep --plan chain``: teachers, then students of both, inside one budget (here on the CPU)."""
+"""``python -m tools.gpu_sweep``: the folds and the recipe's seeds side by side, inside one budget (here on the CPU)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from conftest import REPO
@@ -16,37 +17,34 @@ from fer_core.weights import load_model
 
 
 @pytest.mark.slow
-def test_chain_trains_teachers_then_their_students(tmp_path: Path) -> None:
+def test_sweep_trains_the_folds_and_two_seeds_of_the_recipe(tmp_path: Path) -> None:
     work, back = tmp_path / "work", tmp_path / "back"
     done = subprocess.run(
         [sys.executable, "-m", "tools.gpu_sweep", str(SAMPLE_PATH), "--val", str(SAMPLE_PATH),
-         "--work", str(work), "--results", str(back), "--budget", "400", "--plan", "chain",
-         "--max-steps", "2", "--max-epochs", "2", "--keep-models", "4"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
+         "--work", str(work), "--results", str(back), "--budget", "500", "--folds", "2",
+         "--probe-steps", "2", "--max-steps", "2", "--max-epochs", "2", "--keep-models", "2"],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     summary = json.loads((back / "sweep.json").read_text())
-    assert summary["plan"] == "chain"
     runs = summary["runs"]
-    assert sorted(runs) == ["student_s0", "student_s1", "teacher_s0", "teacher_s1"]
+    assert sorted(runs) == ["base_s0", "base_s1"]
     assert all(run["finished"] and run["epochs_done"] == 2 for run in runs.values())
-    for name, seed in (("teacher_s0", "0"), ("teacher_s1", "1")):
-        assert f"--seed {seed}" in runs[name]["command"] and "--teacher" not in runs[name]["command"]
-        assert "--time-budget" in runs[name]["command"]
-    # Each student learnt from both teachers' trained weights, under its own seed.
-    for name, seed in (("student_s0", "0"), ("student_s1", "1")):
-        command = runs[name]["command"]
-        assert f"--teacher {work / 'teacher_s0' / 'model.safetensors'}" in command
-        assert f"--teacher {work / 'teacher_s1' / 'model.safetensors'}" in command
-        assert f"--seed {seed} --kd-weight 0.7 --kd-temperature 2" in command
+    for name, seed in (("base_s0", "0"), ("base_s1", "1")):
+        assert f"--seed {seed}" in runs[name]["command"] and "--time-budget none" in runs[name]["command"]
         _, card = load_model(work / name / "model.safetensors")
-        assert len(card["training"]["teachers"]) == 2
+        assert card["architecture"] == "fer_vgg" and card["training"]["self_kd"]["weight"] == 0.7  # the recipe
+    # The folds' out-of-fold file covers every training face.
+    assert summary["folds"]["folds"] == 2
+    oof = pd.read_parquet(work / "oof2" / "oof_probabilities.parquet")
+    assert len(oof) == 350 and sorted(oof["fold"].unique()) == [0, 1]
 
-    # What comes back: one archive in pieces of at most 15 MB, with the four models and their cards.
+    # What comes back: one archive in pieces of at most 15 MB, with both models and their cards.
     pieces = sorted(back.glob("results.tar.*"))
     assert len(pieces) > 1 and all(piece.stat().st_size <= 15_000_000 for piece in pieces)
     (tmp_path / "results.tar").write_bytes(b"".join(piece.read_bytes() for piece in pieces))
     with tarfile.open(tmp_path / "results.tar") as tar:
         names = tar.getnames()
+    assert "sweep/oof_probabilities.parquet" in names
     for name in runs:
         assert f"sweep/models/{name}.safetensors" in names and f"sweep/models/{name}.json" in names
