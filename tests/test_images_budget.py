@@ -178,7 +178,8 @@ def _issue_cases() -> dict[str, bytes]:
 
 
 ISSUE_REFUSALS = {
-    "tiff-float32-7071": r"7,071 x 7,071 pixels \(as a 32-bit float grey image it would take about \d+\.\d MB of memory",
+    "tiff-float32-7071": (r"7,071 x 7,071 pixels \(as a 32-bit float grey image it would take about "
+                          r"\d+\.\d MB of memory"),
     "ico-png-13000": r"13,000 x 13,000 pixels \(169 megapixels, more than the 50 megapixel limit\)",
     "png-40000000x1": r"40,000,000 x 1 pixels: its long side is more than 100 times its short side",
     "png-20000": r"more than 178,956,970 pixels|400 megapixels",
@@ -232,7 +233,8 @@ class TestRefusedFromTheHeader:
 class TestDecodeCost:
     @pytest.mark.parametrize(
         ("mode", "per_pixel"),
-        [("1", 4), ("L", 4), ("P", 6), ("I;16", 4), ("I", 5), ("F", 5), ("RGB", 7), ("RGBA", 7), ("CMYK", 7), ("LA", 5)],
+        [("1", 4), ("L", 4), ("P", 6), ("I;16", 4), ("I", 5), ("F", 5), ("RGB", 7), ("RGBA", 7), ("CMYK", 7),
+         ("LA", 5)],
     )
     def test_bytes_per_pixel_of_each_mode(self, mode: str, per_pixel: int) -> None:
         # The larger of Pillow's storage (1, 2 or 4 bytes) plus the uint8 result (1 or 3), and
@@ -346,11 +348,13 @@ def worst_cases() -> dict[str, Callable[[], bytes]]:
         "png-grey": lambda: zero_png(7_064, 7_064, colour_type=0),
         "png-1bit": lambda: zero_png(7_064, 7_064, colour_type=0, bit_depth=1),
         "tiff-float32-one-strip": lambda: float_tiff(s_tiff, one_strip=True),
-        "tiff-rgb-lzw": lambda: encode(Image.new("RGB", (s_rgb - 64,) * 2, (10, 20, 30)), "TIFF", compression="tiff_lzw"),
+        "tiff-rgb-lzw": lambda: encode(Image.new("RGB", (s_rgb - 64,) * 2, (10, 20, 30)), "TIFF",
+                                       compression="tiff_lzw"),
         "jpeg-rgb-baseline": lambda: encode(smooth_rgb(s_rgb, s_rgb), "JPEG", quality=90),
         "jpeg-rgb-progressive-444": lambda: encode(smooth_rgb(s_prog, s_prog), "JPEG", progressive=True, subsampling=0),
         "jpeg-cmyk": lambda: encode(Image.new("CMYK", (s_rgb, s_rgb), (10, 20, 30, 40)), "JPEG"),
-        "webp-rgba": lambda: encode(Image.new("RGBA", (side("RGBA", "WEBP"),) * 2, (1, 2, 3, 4)), "WEBP", lossless=True),
+        "webp-rgba": lambda: encode(Image.new("RGBA", (side("RGBA", "WEBP"),) * 2, (1, 2, 3, 4)), "WEBP",
+                                    lossless=True),
         "bmp-rgb": lambda: encode(Image.new("RGB", (2_880, 2_880), (1, 2, 3)), "BMP"),  # 24.9 MB: max_bytes
         "tga-rgba-rle": lambda: encode(Image.new("RGBA", (s_rgb, s_rgb), (1, 2, 3, 4)), "TGA", compression="tga_rle"),
         "ppm-grey16": lambda: encode(Image.new("I;16", (3_528, 3_528), 300), "PPM"),  # 24.9 MB: max_bytes
@@ -396,8 +400,8 @@ def main() -> None:
             except ImageError:
                 estimate = "-"
             extra, seconds, result = peak_extra(data, Path(tmp))
-            print(f"{name:28s} {len(data) / 1e3:7.0f}kB {estimate:>9s} {extra / MB:6.0f} MB {seconds:8.2f}  {result[:110]}",
-                  flush=True)
+            print(f"{name:28s} {len(data) / 1e3:7.0f}kB {estimate:>9s} {extra / MB:6.0f} MB {seconds:8.2f}  "
+                  f"{result[:110]}", flush=True)
 
 
 if __name__ == "__main__":
