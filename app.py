@@ -146,11 +146,11 @@ def build_demo(table, store=None, *, identity: str = "name", notice: str | None 
 def launch(demo: gr.Blocks, *, host: str, port: int, **kwargs) -> None:
     """Start serving ``demo`` with the app's limits (upload and request size, queues, sessions, temp files).
 
-    Queue (chosen with ``python -m ui.load``, figures in the README's "Load"): events that decode
+    Queue (chosen with ``python -m benchmarks.load``, figures in the README's "Load"): events that decode
     images and run the model share one group (``ui.limits.HEAVY``) of ``concurrency`` calls at a
     time and at most ``HEAVY_WAITING`` waiting; every other event runs at most ``concurrency``
     calls at a time (Gradio's ``GRADIO_DEFAULT_CONCURRENCY_LIMIT`` overrides it, as
-    ``ui.load --concurrency`` does). Beyond the places, a caller is told at once that the queue
+    ``benchmarks.load --concurrency`` does). Beyond the places, a caller is told at once that the queue
     is full instead of waiting minutes, and a burst of one kind leaves the others their places.
     """
     from starlette.middleware import Middleware

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from annotate import AnnotateError, open_store
+from annotate.probabilities import oof_probabilities
 from conftest import free_port
 from fer_core.browse import enrich
 from fer_core.config import SAMPLE_PATH
@@ -23,7 +24,6 @@ from ui.relabel_tab import (
     Settings,
     annotator_for,
     check_name,
-    oof_probabilities,
 )
 
 

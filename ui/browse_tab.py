@@ -2,7 +2,7 @@
 duplicates, paged in a crisp gallery, with plots of the current selection and downloads.
 
 The work is in :class:`Browser` (plain Python over an enriched :class:`FaceTable`), tested
-without a browser and replayed by ``python -m ui.browse_bench``. Gradio is imported only in
+without a browser and replayed by ``python -m benchmarks.browse``. Gradio is imported only in
 :func:`build_browse_tab`.
 """
 

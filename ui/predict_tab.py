@@ -154,7 +154,7 @@ def analyse_photo(
     if explain and predictions:
         faces = np.stack([p.face for p in predictions])
         labels = [predictor.labels.index(p.label) for p in predictions]
-        with predictor._lock:  # the torch model is shared by the app's threads
+        with predictor._lock:  # the predictor is shared by the app's threads
             analysis.saliency = list(grad_cam(predictor.model, faces, labels))
     return analysis
 
@@ -173,7 +173,7 @@ def predict_json(source: Any, *, predictor: Predictor | None = None, **settings:
 
 
 #: Longest side of the copy of a webcam frame searched for faces; the Photo tab searches the full image.
-#: 400 px: 5 ms a 640x480 frame instead of 11, and the live view (``python -m ui.webcam_bench``)
+#: 400 px: 5 ms a 640x480 frame instead of 11, and the live view (``python -m benchmarks.webcam``)
 #: shows 17-20 frames/s on a 2-core machine where searching the full frame shows 14-15. It keeps
 #: every face of the example photos, and 32 of the 37 small, blurry faces of the seeded test scenes
 #: (upscaled 48 px FER2013 crops; 35 at full size, 28 at 320 px): the Photo tab is for those.

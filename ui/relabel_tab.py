@@ -18,19 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from annotate import STRATEGIES, AnnotateError, Queue, QueuedFace, Store, StoreBusyError
 from annotate.export import export_corrections, export_ferplus
-from fer_core.browse import PROBABILITY_COLUMNS
-from fer_core.config import ASSETS_DIR
+from annotate.probabilities import oof_probabilities
 from fer_core.datasets import FaceTable
-from fer_core.images import pixels_sha256
 from fer_core.labels import DISPLAY_NAMES, EMOTIONS
 from ui.limits import TempFiles
 
 __all__ = ["RelabelDesk", "Settings", "Session", "ANSWERS", "IDENTITIES", "KEYBOARD_JS", "annotator_for",
-           "build_relabel_tab", "oof_probabilities"]
+           "build_relabel_tab"]
 
 #: The answers, in button order, with their keyboard shortcut.
 ANSWERS: tuple[tuple[str, str, str], ...] = (
@@ -40,7 +37,6 @@ ANSWERS: tuple[tuple[str, str, str], ...] = (
     ("skip", "Skip", "s"),
 )
 #: Out-of-fold probabilities of the bundled model's training faces (``python -m fer_core.train --folds``).
-OOF_PATH: Path = ASSETS_DIR / "fer2013_train_oof.parquet"
 FACE_SCALE = 8
 #: The Relabel exports: one folder per state of the answers, deleted 15 minutes after it was last handed out.
 EXPORTS = TempFiles("relabel_exports", ttl_s=900)
@@ -68,33 +64,6 @@ KEYBOARD_JS = """
   });
 }
 """ % ", ".join([f'"{key}": "relabel-{answer}"' for answer, _, key in ANSWERS] + ['"Backspace": "relabel-undo"'])  # noqa: UP031 - %s keeps the JavaScript's braces literal
-
-
-def oof_probabilities(frame: pd.DataFrame, images: np.ndarray | None = None,
-                      path: Path = OOF_PATH) -> tuple[np.ndarray | None, int]:
-    """Probabilities for the queue: out-of-fold ones where shipped, else the bundled model's.
-
-    Returns the ``(N, 7)`` array aligned with ``frame`` (FER2013 order) and how many rows came
-    from the out-of-fold file. A model is overconfident on its own training faces, which hides
-    their label errors; the out-of-fold file holds what a model that never saw each face thought.
-    Where the file carries ``content_hash`` and ``images`` are given, a row counts only when
-    the face under that ``sample_id`` has the same pixels (another data set may reuse the names).
-    """
-    probs = frame[list(PROBABILITY_COLUMNS)].to_numpy(dtype=np.float64) if PROBABILITY_COLUMNS[0] in frame else None
-    if not path.is_file():
-        return probs, 0
-    oof = pd.read_parquet(path)
-    oof = oof.drop_duplicates("sample_id").set_index("sample_id")
-    hit = frame["sample_id"].isin(oof.index).to_numpy().copy()
-    if images is not None and "content_hash" in oof.columns:
-        rows = np.flatnonzero(hit)
-        expected = oof.loc[frame["sample_id"].to_numpy()[rows], "content_hash"].to_numpy()
-        same = np.array([pixels_sha256(images[r]) for r in rows], dtype=object) == expected
-        hit[rows[~same]] = False
-    if probs is None:
-        probs = np.full((len(frame), len(EMOTIONS)), np.nan)
-    probs[hit] = oof.loc[frame["sample_id"][hit], list(EMOTIONS)].to_numpy(dtype=np.float64)
-    return probs, int(hit.sum())
 
 
 @dataclass(frozen=True)
