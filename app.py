@@ -125,8 +125,10 @@ def build_demo(table, store=None, *, identity: str = "name", notice: str | None 
         return set(resolved.loc[resolved["changed"].astype(bool), "sample_id"])
 
     def history(sample_id: str):
-        decisions = store.decisions(table.name)
-        return decisions[decisions["sample_id"] == sample_id]
+        return store.decisions(table.name, sample_id=sample_id)
+
+    def votes(sample_id: str) -> dict[str, int]:
+        return store.vote_counts(table.name, sample_id)
 
     with gr.Blocks(title="FER tool", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown(f"# {TITLE}")
@@ -136,7 +138,7 @@ def build_demo(table, store=None, *, identity: str = "name", notice: str | None 
         with gr.Tab("Predict"):
             build_predict_tab(predictor)
         with gr.Tab("Browse"):
-            build_browse_tab(Browser(table, corrected=corrected, history=history), selection)
+            build_browse_tab(Browser(table, corrected=corrected, history=history, votes=votes), selection)
         with gr.Tab("Relabel"):
             build_relabel_tab(RelabelDesk(store, table, model_version=predictor.model_name), selection,
                               identity=identity)

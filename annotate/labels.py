@@ -15,7 +15,7 @@ from __future__ import annotations
 import unicodedata
 from typing import Any
 
-from fer_core.labels import EMOTIONS, NUM_CLASSES, normalise
+from fer_core.labels import DISPLAY_NAMES, EMOTIONS, NUM_CLASSES, normalise
 
 from .errors import AnnotateError
 
@@ -25,6 +25,7 @@ __all__ = [
     "SKIP",
     "VOTE_LABELS",
     "LABELS",
+    "ANSWER_NAMES",
     "MAX_NAME_LENGTH",
     "MAX_TAG_LENGTH",
     "MAX_NOTE_LENGTH",
@@ -43,6 +44,8 @@ SKIP: str = "skip"
 VOTE_LABELS: tuple[str, ...] = (*EMOTIONS, NOT_A_FACE, UNSURE)
 #: Every answer the store accepts.
 LABELS: tuple[str, ...] = (*VOTE_LABELS, SKIP)
+#: How each answer reads on screen.
+ANSWER_NAMES: dict[str, str] = {**DISPLAY_NAMES, NOT_A_FACE: "Not a face", UNSURE: "Unsure", SKIP: "Skip"}
 
 #: Longest annotator name (characters). The decisions table repeats no names, so this is
 #: only a guard against pasting a paragraph into the name box.

@@ -466,11 +466,12 @@ class Store:
         return DecisionRecord(row.id, annotator, row.dataset, row.sample_id, row.label, row.created_at,
                               row.model_version, row.strategy, row.note)
 
-    def decisions(self, dataset: str | None = None) -> pd.DataFrame:
+    def decisions(self, dataset: str | None = None, *, sample_id: str | None = None) -> pd.DataFrame:
         """Every row of the decisions table (answers and undos), oldest first: the audit log.
 
         Columns: ``id, created_at, annotator, dataset, sample_id, label, model_version,
         strategy, note, reverses_id, undone`` (``undone``: a later row reverses this one).
+        ``sample_id`` keeps one face's rows.
         """
         undo = aliased(Decision)
         query = (
@@ -483,6 +484,8 @@ class Store:
         )
         if dataset is not None:
             query = query.where(Face.dataset == check_dataset(dataset))
+        if sample_id is not None:
+            query = query.where(Face.sample_id == str(sample_id))
         rows = self._read(lambda conn: conn.execute(query).all())
         columns = ["id", "created_at", "annotator", "dataset", "sample_id", "label", "model_version", "strategy",
                    "note", "reverses_id", "undone"]
@@ -494,8 +497,19 @@ class Store:
 
     # -- votes and labels ---------------------------------------------------------------------
 
-    def _votes(self, conn: Connection, dataset: str | None) -> pd.DataFrame:
-        """Current votes: one row per (face, annotator) with ``face_id, decision_id, annotator, label``."""
+    def vote_counts(self, dataset: str, sample_id: str) -> dict[str, int]:
+        """One face's current votes per label (:data:`VOTE_LABELS` order, zeros included); all zero when unknown."""
+        dataset = check_dataset(dataset)
+        face = select(Face.id).where(Face.dataset == dataset, Face.sample_id == str(sample_id)).scalar_subquery()
+        votes = self._read(lambda conn: self._votes(conn, None, face_id=face))
+        counts = votes["label"].value_counts()
+        return {label: int(counts.get(label, 0)) for label in VOTE_LABELS}
+
+    def _votes(self, conn: Connection, dataset: str | None, *, face_id: Any = None) -> pd.DataFrame:
+        """Current votes: one row per (face, annotator) with ``face_id, decision_id, annotator, label``.
+
+        ``face_id`` (a value or a scalar subquery) keeps one face's votes.
+        """
         undo = aliased(Decision)
         query = (
             select(Decision.face_id, Decision.id, Annotator.name, Decision.label)
@@ -506,6 +520,8 @@ class Store:
         )
         if dataset is not None:
             query = query.join(Face, Face.id == Decision.face_id).where(Face.dataset == dataset)
+        if face_id is not None:
+            query = query.where(Decision.face_id == face_id)
         frame = pd.DataFrame([tuple(r) for r in conn.execute(query)],
                              columns=["face_id", "decision_id", "annotator", "label"], dtype=object)
         # Latest answer per (face, annotator): rows are in id order, keep the last.

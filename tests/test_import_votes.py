@@ -15,7 +15,7 @@ from statsmodels.stats.inter_rater import fleiss_kappa
 from annotate.errors import AnnotateError
 from annotate.export import export_ferplus, ferplus_votes
 from annotate.import_votes import import_votes, read_vote_table
-from annotate.labels import VOTE_LABELS
+from annotate.labels import ANSWER_NAMES, VOTE_LABELS
 from annotate.store import open_store
 from fer_core.datasets import load_faces
 from tests.conftest import REPO, SHARED_FER, needs_shared
@@ -155,3 +155,32 @@ def test_the_command_imports_and_reports_a_bad_file_without_a_traceback(tmp_path
     bad = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "error: the vote table has bad rows" in bad.stderr and "happiness is 'many'" in bad.stderr
+
+
+def test_browse_and_relabel_show_a_faces_imported_votes(tmp_path, small_set):
+    from ui.browse_tab import Browser
+    from ui.relabel_tab import RelabelDesk, Settings
+
+    root, rows = small_set
+    csv = tmp_path / "votes.csv"
+    rows.to_csv(csv, index=False)
+    run_import(tmp_path / "s.db", csv, root)
+    table = load_faces(root, use_cache=False, progress=False)
+    with open_store(str(tmp_path / "s.db")) as store:
+        browser = Browser(table, votes=lambda sid: store.vote_counts("fer_small", sid))
+        row = 0
+        path = table.frame["sample_id"].iloc[row] + ".png"
+        raw = rows.set_index("path").loc[path]
+        shares = browser.votes(row)
+        assert shares["Angry"] == pytest.approx(raw["anger"] / raw[list(FERPLUS_TO_LABEL)].sum())
+        assert sum(shares.values()) == pytest.approx(1.0)
+        assert Browser(table).votes(row) is None  # no store: no votes panel
+
+        # Relabel shows the votes on a second-opinion face (one that already has answers).
+        desk = RelabelDesk(store, table, model_version="test-model")
+        face = desk.next_face("reviewer", Settings(strategy="random", second_opinion=True, opinions_needed=11))
+        text = desk.describe(face)
+        counts = store.vote_counts("fer_small", face.sample_id)
+        top = max(counts, key=counts.get)
+        assert f"{face.opinions} earlier answer(s) by others:" in text
+        assert f"{ANSWER_NAMES[top]} {counts[top]}" in text

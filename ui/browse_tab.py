@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from annotate.labels import ANSWER_NAMES
 from fer_core.browse import (
     PROBABILITY_COLUMNS,
     SORTS,
@@ -80,16 +81,19 @@ class Browser:
     """Filters and pages an enriched table (see :func:`fer_core.browse.enrich`).
 
     ``corrected``: returns the ``sample_id`` of faces whose label the relabel store changed
-    (asked only when the label-status filter is used); ``history``: one face's decisions.
-    Without a store both are empty.
+    (asked only when the label-status filter is used); ``history``: one face's decisions;
+    ``votes``: one face's current votes per answer (typed in the Relabel tab or imported).
+    Without a store all three are empty.
     """
 
     def __init__(self, table: FaceTable, *, corrected: Callable[[], set[str]] | None = None,
-                 history: Callable[[str], pd.DataFrame] | None = None) -> None:
+                 history: Callable[[str], pd.DataFrame] | None = None,
+                 votes: Callable[[str], dict[str, int]] | None = None) -> None:
         self.table = table
         self.frame = table.frame
         self._corrected = corrected or set
         self._history = history
+        self._votes = votes
         self._scale = np.ones((FACE_SCALE, FACE_SCALE), dtype=np.uint8)
 
     @property
@@ -117,6 +121,16 @@ class Browser:
             return pd.DataFrame(columns=columns)
         decisions = self._history(str(self.frame["sample_id"].iloc[row]))
         return decisions[[c for c in columns if c in decisions]].reset_index(drop=True)
+
+    def votes(self, row: int) -> dict[str, float] | None:
+        """The annotators' votes on one face as shares, keyed by display name (``None`` without votes)."""
+        if self._votes is None:
+            return None
+        counts = self._votes(str(self.frame["sample_id"].iloc[row]))
+        total = sum(counts.values())
+        if not total:
+            return None
+        return {ANSWER_NAMES[label]: n / total for label, n in counts.items() if n}
 
     def caption(self, row: int) -> str:
         """Short enough for a thumbnail: label, quality, the model's opinion ("= Happy 91%" agrees,
@@ -279,6 +293,7 @@ class _Widgets:
     gallery: Any
     face_large: Any
     face_probs: Any
+    face_votes: Any
     face_history: Any
     face_fields: Any
     class_plot: Any
@@ -348,12 +363,15 @@ def _face_widgets(browser: Browser, initial_view: PageView) -> dict[str, Any]:
         with gr.Column(scale=2):
             face_large = gr.Image(label="Selected face", interactive=False, height=400, format="png")
             face_probs = gr.Label(label="Model probabilities", num_top_classes=7)
+            face_votes = gr.Label(label="Annotators' votes (share of answers)", num_top_classes=9,
+                                  elem_id="browse-votes")
             face_history = gr.Dataframe(browser.history_columns(), label="Decision history (relabel store)",
                                         interactive=False)
             face_fields = gr.Dataframe(pd.DataFrame(columns=["field", "value"]), label="Fields", interactive=False,
                                        max_height=400)
     return {"count": count, "prev_button": prev_button, "page_number": page_number, "next_button": next_button,
             "page_size": page_size, "gallery": gallery, "face_large": face_large, "face_probs": face_probs,
+            "face_votes": face_votes,
             "face_history": face_history, "face_fields": face_fields}
 
 
@@ -444,10 +462,10 @@ def _wire_pages(browser: Browser, w: _Widgets) -> None:
 
     def on_select(shown, evt: gr.SelectData):
         if shown is None or evt.index is None or not 0 <= evt.index < len(shown):
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
         row = int(shown[evt.index])
         large, fields, probabilities = browser.details(row)
-        return large, probabilities, fields, browser.history(row)
+        return large, probabilities, fields, browser.history(row), browser.votes(row)
 
     inputs = [w.rows_state, w.page_number, w.page_size]
     outputs = [w.gallery, w.count, w.page_number, w.page_rows_state]
@@ -457,7 +475,7 @@ def _wire_pages(browser: Browser, w: _Widgets) -> None:
                         show_progress="minimal")
     w.page_number.submit(lambda r, p, s: on_page(r, p, s, 0), inputs, outputs, api_visibility="private",
                          show_progress="minimal")
-    w.gallery.select(on_select, [w.page_rows_state], [w.face_large, w.face_probs, w.face_fields, w.face_history],
+    w.gallery.select(on_select, [w.page_rows_state], [w.face_large, w.face_probs, w.face_fields, w.face_history, w.face_votes],
                      api_visibility="private", show_progress="hidden")
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from annotate import STRATEGIES, AnnotateError, Queue, QueuedFace, Store, StoreBusyError
 from annotate.export import export_corrections, export_ferplus
+from annotate.labels import ANSWER_NAMES
 from annotate.probabilities import oof_probabilities
 from fer_core.datasets import FaceTable
 from fer_core.labels import DISPLAY_NAMES, EMOTIONS
@@ -31,10 +32,10 @@ __all__ = ["RelabelDesk", "Settings", "Session", "ANSWERS", "IDENTITIES", "KEYBO
 
 #: The answers, in button order, with their keyboard shortcut.
 ANSWERS: tuple[tuple[str, str, str], ...] = (
-    *[(emotion, DISPLAY_NAMES[emotion], str(i + 1)) for i, emotion in enumerate(EMOTIONS)],
-    ("not_a_face", "Not a face", "n"),
-    ("unsure", "Unsure", "u"),
-    ("skip", "Skip", "s"),
+    *[(emotion, ANSWER_NAMES[emotion], str(i + 1)) for i, emotion in enumerate(EMOTIONS)],
+    ("not_a_face", ANSWER_NAMES["not_a_face"], "n"),
+    ("unsure", ANSWER_NAMES["unsure"], "u"),
+    ("skip", ANSWER_NAMES["skip"], "s"),
 )
 #: Out-of-fold probabilities of the bundled model's training faces (``python -m fer_core.train --folds``).
 FACE_SCALE = 8
@@ -272,7 +273,10 @@ class RelabelDesk:
                                             ("edge_score", "contrast_score", "focus_score", "brightness_score")) + ")"
             lines.append(quality)
         if face.opinions:
-            lines.append(f"{face.opinions} earlier answer(s) by others")
+            counts = self.store.vote_counts(self.table.name, face.sample_id)
+            shown = ", ".join(f"{ANSWER_NAMES[label]} {n}" for label, n in
+                              sorted(counts.items(), key=lambda kv: -kv[1]) if n)
+            lines.append(f"{face.opinions} earlier answer(s) by others: {shown}")
         return "\n\n".join(lines)
 
     def exports(self, folder: Path | None = None) -> list[Path]:
