@@ -31,11 +31,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from fer_core._cli import cli_main
+from fer_core._cli import USER_ERROR, cli_main
+from fer_core._torch import TorchMissing, torch_missing_message
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+except ImportError as error:  # the serving install leaves PyTorch out
+    if __name__ == "__main__":
+        print(f"error: {torch_missing_message('training')}", file=sys.stderr)
+        sys.exit(USER_ERROR)
+    raise TorchMissing(torch_missing_message("training")) from error
+
 from fer_core._validation import FERError
 from fer_core.augment import AugmentConfig, augment_batch
 from fer_core.evaluate import compute_metrics
@@ -47,7 +56,7 @@ from fer_core.time_budget import (
     plan_epochs,
 )
 from fer_core.training.card import card_base, model_card, plot_curve, write_logs
-from fer_core.training.checkpoint import check_out, load_checkpoint, save_checkpoint
+from fer_core.training.checkpoint import check_out, init_weights, load_checkpoint, save_checkpoint
 from fer_core.training.data import LabelMap, TrainingData, load_training_data, prepare_training_data
 from fer_core.training.optim import (
     CLASS_WEIGHTINGS,
@@ -119,6 +128,9 @@ def _add_model_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--model", default="fer_vgg", choices=list_models(), help="architecture")
     group.add_argument("--dropout", type=float, default=0.5,
                        help="dropout before the classifier (overrides the architecture's own)")
+    group.add_argument("--init", default=None, metavar="WEIGHTS",
+                       help="start from these trained weights (safetensors with its card; the same architecture "
+                            "and classes) instead of at random: fine-tuning")
 
 
 def _add_optimisation_args(group: argparse._ArgumentGroup) -> None:
@@ -285,6 +297,8 @@ def _setup(args: argparse.Namespace, out: Path, data: TrainingData, label_map: L
     torch.manual_seed(args.seed)
     kwargs = {} if args.dropout is None else {"dropout": args.dropout}
     module = create_model(args.model, num_classes=len(label_map.names), **kwargs)
+    if args.init and not resume:
+        init_weights(module, args.init, architecture=args.model, names=label_map.names)
     module = module.to(device).to(memory_format=torch.channels_last)
     ema = make_ema(module, max(args.ema_decay, 0.0))
     optimizer = build_optimizer(module, args.opt, lr=args.lr, weight_decay=args.weight_decay)
@@ -498,6 +512,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise FERError(f"--batch-size must be at least 1, got {args.batch_size}")
     if args.fold_index is not None and args.folds is None:
         raise FERError("--fold-index picks one fold of a --folds run: give --folds K too")
+    if args.init and not Path(args.init).is_file():
+        raise FERError(f"--init: no file at {args.init!r}")
     if args.self_kd:
         if not 0 < args.self_kd <= 1:
             raise FERError(f"--self-kd must be in (0, 1] (or 0: off), got {args.self_kd}")

@@ -1,5 +1,5 @@
 """The recipe of ``fer_core.train`` on the real sample faces: the defaults as shipped, self-distillation,
-and folds trained in parallel processes."""
+fine-tuning (``--init``) and folds trained in parallel processes."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from fer_core.model import create_model
 from fer_core.train import get_args_parser, main
 from fer_core.training.optim import distillation_loss, teacher_probabilities
 from fer_core.training.utils import to_input
+from fer_core.weights import load_model
 
 TINY = ["--model", "fer_tiny", "--batch-size", "32", "--no-progress", "--warmup-epochs", "0.5", "--lr", "0.005",
         "--threads", "1", "--time-budget", "none"]
@@ -95,6 +96,41 @@ class TestSelfDistillation:
                                                                      message: str, capsys: pytest.CaptureFixture) -> None:
         assert main(_args(tmp_path / "x", "--epochs", "1", *extra)) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained a few steps on the sample: something to start from."""
+    out = tmp_path_factory.mktemp("trained") / "run"
+    assert main(_args(out, "--epochs", "1", "--max-steps", "3", "--self-kd", "0")) == 0
+    return out / "model.safetensors"
+
+
+class TestFineTuning:
+    def test_init_starts_from_the_trained_weights(self, tmp_path: Path, trained: Path) -> None:
+        # No step at all (learning rate 0): the fine-tuned copy is the model it started from.
+        out = tmp_path / "copy"
+        assert main(_args(out, "--epochs", "1", "--max-steps", "2", "--init", str(trained), "--lr", "0",
+                          "--ema-decay", "0", "--self-kd", "0", "--dropout", "0")) == 0
+        start, _ = load_model(trained)
+        copy, card = load_model(out / "model.safetensors")
+        for name, value in start.state_dict().items():
+            if value.is_floating_point() and "running" not in name:
+                torch.testing.assert_close(copy.state_dict()[name], value)
+        assert card["training"]["init"]["file"] == "model.safetensors" and len(card["training"]["init"]["sha256"]) == 64
+
+    def test_weights_of_another_kind_a_pickle_or_no_file_are_refused(self, tmp_path: Path, trained: Path,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+        merged = tmp_path / "merged"
+        assert main(_args(merged, "--epochs", "1", "--merge", "disgust=angry", "--max-steps", "1")) == 0
+        assert main(_args(tmp_path / "x", "--epochs", "1", "--init", str(merged / "model.safetensors"))) == 2
+        assert "disgust" in capsys.readouterr().err
+        pickle = tmp_path / "model.pt"
+        torch.save({"w": torch.zeros(1)}, pickle)
+        assert main(_args(tmp_path / "y", "--epochs", "1", "--init", str(pickle))) == 2
+        assert "safetensors" in capsys.readouterr().err
+        assert main(_args(tmp_path / "z", "--epochs", "1", "--init", str(tmp_path / "none.safetensors"))) == 2
+        assert "--init: no file at" in capsys.readouterr().err
 
 
 class TestParallelFolds:

@@ -41,6 +41,12 @@ def code_version() -> str:
         return "unknown"
 
 
+def _sha256(path: str) -> str:
+    from fer_core.weights import file_sha256
+
+    return file_sha256(path)
+
+
 def card_base(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
     """What is needed to rebuild the model from its weights."""
     return {"architecture": args.model, "model_kwargs": {} if args.dropout is None else {"dropout": args.dropout},
@@ -61,6 +67,7 @@ def _training(args: argparse.Namespace, data: TrainingData, val_faces: int, stat
                         if args.time_budget else None),
         "device": str(device), "device_name": device_name(device), "processes": world_size,
         "augment": asdict(AugmentConfig()) if not args.no_augment else None,
+        "init": {"file": Path(args.init).name, "sha256": _sha256(args.init)} if args.init else None,
         "self_kd": ({"weight": args.self_kd, "temperature": args.kd_temperature, "teacher": "weight EMA",
                      "ramp": "linear from 0 over the run"} if args.self_kd else None),
         "label_smoothing": args.label_smoothing,

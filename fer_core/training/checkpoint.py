@@ -1,4 +1,5 @@
-"""The resumable checkpoint of a run: weights, weight EMA, optimizer buffers and counters, as safetensors + JSON.
+"""The resumable checkpoint of a run (weights, weight EMA, optimizer buffers and counters, as
+safetensors + JSON), and trained weights to start a run from (``--init``).
 
 ``DIR/checkpoint.safetensors`` holds the tensors (``model.*``, ``ema.*``, ``opt.<param>.<buffer>``),
 ``DIR/checkpoint.json`` the rest: epoch, step, best epoch, the log, the ``args`` of the run,
@@ -17,7 +18,7 @@ from torch import nn
 from fer_core._io import atomic_write
 from fer_core._validation import FERError
 
-__all__ = ["CHECKPOINT_FILE", "check_out", "save_checkpoint", "load_checkpoint"]
+__all__ = ["CHECKPOINT_FILE", "check_out", "save_checkpoint", "load_checkpoint", "init_weights"]
 
 CHECKPOINT_FILE = "checkpoint.json"
 
@@ -65,3 +66,18 @@ def load_checkpoint(out: Path, *, model: nn.Module, ema: nn.Module, optimizer: t
             opt_state["state"].setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict(opt_state)
     return meta
+
+
+def init_weights(model: nn.Module, path: str | Path, *, architecture: str, names: list[str]) -> None:
+    """Load trained weights (``--init``: a safetensors file with its card) into ``model``, which must be the
+    same architecture for the same classes."""
+    from fer_core.weights import WeightsError, load_model
+
+    try:
+        trained, card = load_model(path)
+    except WeightsError as err:
+        raise FERError(f"--init: {err}") from None
+    if card["architecture"] != architecture or list(card["labels"]) != list(names):
+        raise FERError(f"--init: {Path(path).name} is a {card['architecture']} for {card['labels']}; "
+                       f"this run trains a {architecture} for {list(names)}")
+    model.load_state_dict(trained.state_dict())
