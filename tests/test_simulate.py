@@ -120,3 +120,39 @@ def test_budgets_parse_and_bad_ones_are_refused():
             parse_budgets(bad)
     with pytest.raises(AnnotateError, match="answer mode"):
         VoteAnswers(np.ones((2, 9), dtype=int), "psychic")
+
+
+@pytest.mark.slow
+def test_the_command_runs_the_campaign_trains_each_budget_and_the_card_counts_the_corrections(small_set, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "annotate.simulate", str(small_set), "--votes", str(VOTES),
+               "--strategy", "likely_label_error", "--budget", "0", "15", "--epochs", "1", "--max-steps", "1",
+               "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "campaign: 15 faces shown, 15 answers" in done.stdout
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [p["budget"] for p in lines] == ["0", "15"]
+    point = lines[1]
+    assert point["faces_seen"] == 15 and 0 < point["labels_changed"] <= 15
+    for p in lines:
+        assert set(p["val"]) == {"original", "ferplus"}
+        assert 0 <= p["val"]["ferplus"]["accuracy"] <= 1 and p["val"]["ferplus"]["n"] > 0
+    # The trained model's card counts the corrections it was given; budget 0 trained on none.
+    card = json.loads((out / "likely_label_error-majority-seed0-b15" / "model.json").read_text())
+    assert card["training"]["corrections"]["relabelled"] == point["labels_changed"]
+    assert card["training"]["init"]["file"] == "fer_model.safetensors"
+    card0 = json.loads((out / "likely_label_error-majority-seed0-b0" / "model.json").read_text())
+    assert card0["training"]["corrections"] is None
+
+    # The learning curve reads the results: a table and a plot.
+    curve = subprocess.run([sys.executable, "-m", "annotate.learning_curve", str(out / "results.jsonl"),
+                            "--plot", str(tmp_path / "curve.png")], capture_output=True, text=True, cwd=REPO,
+                           timeout=120)
+    assert curve.returncode == 0, curve.stderr
+    assert "| likely_label_error | majority | 15 |" in curve.stdout
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
