@@ -43,21 +43,3 @@ INPUT_STD: float = 0.2541
 #: arguments of ``fer_core.predict.Predictor``: on with the model card's gate, off, or every
 #: face mirrored.
 TTA_MODES: dict[str, tuple[bool, float | None]] = {"on": (True, None), "off": (False, None), "all": (True, math.inf)}
-
-#: Test-time views a model card can name (``inference.tta_views``), each as the window offset
-#: ``(dx, dy)`` in pixels, then whether it is mirrored: ``left`` sees the face moved 2 pixels to
-#: the left (its right edge repeated), ``left_flip`` the mirror of that. Training augments with
-#: shifts of up to 10% and mirrors, so the model knows these faces. Cards without the key, but
-#: with ``flip_tta``, mean ``["flip"]``.
-TTA_SHIFT: int = 2
-TTA_VIEWS: dict[str, tuple[int, int, bool]] = {
-    "flip": (0, 0, True),
-    "left": (TTA_SHIFT, 0, False), "right": (-TTA_SHIFT, 0, False),
-    "up": (0, TTA_SHIFT, False), "down": (0, -TTA_SHIFT, False),
-    "left_flip": (TTA_SHIFT, 0, True), "right_flip": (-TTA_SHIFT, 0, True),
-    "up_flip": (0, TTA_SHIFT, True), "down_flip": (0, -TTA_SHIFT, True),
-}
-
-#: Ensemble settings a command line can name, as the ``ensemble`` argument of the Predictor:
-#: the other models the model card bundles, or the first model alone.
-ENSEMBLE_MODES: dict[str, bool | None] = {"card": None, "off": False}
