@@ -206,7 +206,9 @@ def _run_points(args: argparse.Namespace, budgets: list[int | None], store: Any,
     out = Path(args.out)
     for budget in budgets:
         name = "all" if budget is None else str(budget)
-        point = out / f"{args.strategy}-{args.answer}-seed{args.seed}-b{name}"
+        # Budget 0 trains on no answer, whatever the strategy: one baseline per seed, shared.
+        point = out / (f"baseline-seed{args.seed}" if budget == 0
+                       else f"{args.strategy}-{args.answer}-seed{args.seed}-b{name}")
         corrections = None
         changed = 0
         if budget != 0:

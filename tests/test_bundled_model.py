@@ -28,6 +28,7 @@ class TestBundledWeights:
         assert card["training"]["command"].startswith("python -m fer_core.train")
         assert 0 < card["calibration"]["temperature"] < 10
 
+    @pytest.mark.slow
     def test_the_onnx_file_serves_what_the_weights_export_to(self, tmp_path) -> None:
         """The app's default predictor runs the bundled ONNX file, checked by sha256; its answers on
         the bundled sample are those of exporting (and quantising) the weights on load, as the
@@ -68,6 +69,7 @@ class TestBundledWeights:
         assert min(recall) > 0
 
 
+@pytest.mark.slow
 def test_the_second_pass_gate_is_the_smallest_that_keeps_the_accuracy() -> None:
     import math
 

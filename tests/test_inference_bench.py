@@ -87,6 +87,7 @@ class TestRunBench:
 
 
 class TestCommandLine:
+    @pytest.mark.slow
     def test_prints_every_figure(self, capsys: pytest.CaptureFixture[str]) -> None:
         args = get_args_parser().parse_args(["--runtime", BUNDLED_RUNTIME, *QUICK, "--tta", "off"])
         assert main(args) == 0
@@ -100,6 +101,7 @@ class TestCommandLine:
             assert line in out
         assert "PyTorch" not in out
 
+    @pytest.mark.slow
     def test_the_gate_and_its_share_are_printed(self, real_faces: Path, capsys: pytest.CaptureFixture[str]) -> None:
         from fer_core.datasets import load_faces
 
@@ -114,6 +116,7 @@ class TestCommandLine:
         assert main(get_args_parser().parse_args(["--tta", "all", *QUICK])) == 0
         assert "second pass: its mirror, for every face\n" in capsys.readouterr().out
 
+    @pytest.mark.slow
     def test_the_pytorch_line_says_it_is_not_served(self, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
         monkeypatch.setattr(inference, "_installed_torch", lambda: None)

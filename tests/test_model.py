@@ -42,6 +42,7 @@ class TestArchitectures:
         assert model.fc.weight.shape == (7, model.num_features)
 
 
+@pytest.mark.slow
 def test_every_architecture_trains_on_odd_batches_in_channels_last() -> None:
     """Training runs channels-last, and an epoch's last batch can have any size. Some PyTorch
     CPU kernels crash the process (not an exception) on such batches, so the steps run in a

@@ -77,6 +77,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 @needs_shared
 def test_the_app_serves_without_torch(without_torch: dict[str, str], tmp_path: Path) -> None:
     from fer_core.predict import Predictor
@@ -99,8 +100,6 @@ def test_the_app_serves_without_torch(without_torch: dict[str, str], tmp_path: P
     assert here.label == "happy"
 
 
-@pytest.mark.xfail(reason="fer_core/train.py still imports torch at its top, before argparse: it is to catch the "
-                          "ImportError and print fer_core._torch.torch_missing_message", strict=False)
 def test_training_says_how_to_add_torch(without_torch: dict[str, str]) -> None:
     done = run(["-m", "fer_core.train", "--help"], without_torch, timeout=120)
     assert done.returncode != 0

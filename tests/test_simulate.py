@@ -146,7 +146,7 @@ def test_the_command_runs_the_campaign_trains_each_budget_and_the_card_counts_th
     card = json.loads((out / "likely_label_error-majority-seed0-b15" / "model.json").read_text())
     assert card["training"]["corrections"]["relabelled"] == point["labels_changed"]
     assert card["training"]["init"]["file"] == "fer_model.safetensors"
-    card0 = json.loads((out / "likely_label_error-majority-seed0-b0" / "model.json").read_text())
+    card0 = json.loads((out / "baseline-seed0" / "model.json").read_text())
     assert card0["training"]["corrections"] is None
 
     # The learning curve reads the results: a table and a plot.

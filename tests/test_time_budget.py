@@ -64,6 +64,7 @@ class TestPlanning:
 
 
 class TestBudgetedTraining:
+    @pytest.mark.slow
     def test_a_budget_the_run_fits_in_changes_nothing(self, tmp_path: Path) -> None:
         assert _run(tmp_path, "--epochs", "3", out="plain")[0] == 0
         assert _run(tmp_path, "--epochs", "3", "--time-budget", "1h", out="budget")[0] == 0
@@ -79,6 +80,7 @@ class TestBudgetedTraining:
         _, plain_card = load_model(tmp_path / "plain" / "model.safetensors")
         assert plain_card["training"]["time_budget"] is None
 
+    @pytest.mark.slow
     def test_the_schedule_shrinks_to_the_planned_epochs_and_still_decays_to_zero(
             self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
         # As if every epoch took 100 s: the estimate says so, and each finished epoch holds back

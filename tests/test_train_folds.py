@@ -52,6 +52,7 @@ class TestAssignFolds:
 
 
 class TestFoldRun:
+    @pytest.mark.slow
     def test_every_face_gets_one_out_of_fold_row(self, tmp_path: Path, sample) -> None:
         out = tmp_path / "folds"
         assert _run(out, "--folds", "3", "--epochs", "2") == 0
@@ -85,6 +86,7 @@ class TestFoldRun:
         assert summary["command"].startswith("python -m fer_core.train")
         assert 0 <= summary["oof_accuracy_vs_given_label"] <= 1
 
+    @pytest.mark.slow
     def test_merge_writes_the_merged_classes(self, tmp_path: Path) -> None:
         out = tmp_path / "merged"
         assert _run(out, "--folds", "2", "--epochs", "1", "--merge", "disgust=angry") == 0
@@ -95,6 +97,7 @@ class TestFoldRun:
         assert set(oof["emotion"]) == set(range(7))  # the FER2013 ids as given, before the merge
         assert json.loads((out / "folds.json").read_text())["classes"] == names
 
+    @pytest.mark.slow
     def test_killed_run_resumes_skipping_finished_folds(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture) -> None:
         straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -139,6 +142,7 @@ class TestFoldRun:
         assert _run(killed, "--folds", "3", "--epochs", "2", "--resume") == 0
         assert capsys.readouterr().out.count("finished, skipped") == 3
 
+    @pytest.mark.slow
     def test_bad_requests_are_refused_with_a_message(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         assert _run(tmp_path / "one", "--folds", "1") == 2
         assert "at least 2 folds" in capsys.readouterr().err

@@ -38,6 +38,7 @@ def sample():
 
 
 class TestShippedRecipe:
+    @pytest.mark.slow
     def test_the_short_command_trains_the_bundled_models_recipe(self, tmp_path: Path) -> None:
         """``python -m fer_core.train DATA --val VAL --out DIR``, cut to two steps of one epoch."""
         out = tmp_path / "recipe"
@@ -75,6 +76,7 @@ class TestSelfDistillation:
         expected = (other * (other.log() - torch.log_softmax(logits / 2, dim=1))).sum(1).mean() * 4
         assert loss.item() == pytest.approx(expected.item(), rel=1e-5) and loss.item() > 0.1
 
+    @pytest.mark.slow
     def test_self_distillation_from_the_weight_average_trains_and_the_card_says_so(self, tmp_path: Path) -> None:
         out, plain = tmp_path / "self", tmp_path / "plain"
         assert main(_args(out, "--epochs", "2", "--self-kd", "0.8")) == 0
@@ -134,6 +136,7 @@ class TestFineTuning:
 
 
 class TestParallelFolds:
+    @pytest.mark.slow
     def test_folds_trained_one_by_one_combine_into_one_file(self, tmp_path: Path, sample) -> None:
         out = tmp_path / "oof"
         for fold in (1, 0):
