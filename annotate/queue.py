@@ -76,6 +76,9 @@ class Strategy:
     needs_quality: bool = False
 
 
+#: Seconds an agreement figure is shown again before it is computed anew (it reads every vote).
+AGREEMENT_MAX_AGE = 15.0
+
 #: The queue strategies, by name, in the order a menu should list them.
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
@@ -467,7 +470,7 @@ class Queue:
         answered = int(np.isin(face_ids, _ids(state.my_votes)).sum())
         skipped = int(np.isin(face_ids, _ids(state.mine - state.my_votes)).sum())
         return Progress(total, done, remaining, leased, self.store.count_today(annotator, dataset=self.dataset),
-                        self.store.agreement(self.dataset), answered, skipped)
+                        self.store.agreement(self.dataset, max_age=AGREEMENT_MAX_AGE), answered, skipped)
 
 
 # -- input checks ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ Undoing an answer appends a reversal row; nothing is deleted, so the full histor
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -175,6 +176,7 @@ class Store:
         self._writer = writer(engine)
         self._clock = now or utc_now
         self._annotator_ids: dict[str, int] = {}
+        self._agreements: dict[str | None, tuple[float, Agreement]] = {}  # dataset -> (when, figure)
         self._lock = threading.Lock()
         #: Busy/locked errors retried so far by this Store (contention figure for the bench).
         self.retries = 0
@@ -555,19 +557,33 @@ class Store:
         faces = pd.DataFrame([tuple(r) for r in face_rows], columns=columns, dtype=object)
         return _resolve(faces, votes, include_undecided=include_undecided)
 
-    def agreement(self, dataset: str | None = None) -> Agreement:
-        """Inter-annotator agreement over the faces with at least two votes (see :class:`Agreement`)."""
+    def agreement(self, dataset: str | None = None, *, max_age: float = 0.0) -> Agreement:
+        """Inter-annotator agreement over the faces with at least two votes (see :class:`Agreement`).
+
+        With ``max_age`` (seconds) a figure computed that recently is given again: it reads every
+        vote (a second for FER+'s 320,000), too slow to redo after each answer of a busy queue.
+        """
         if dataset is not None:
             dataset = check_dataset(dataset)
+        with self._lock:
+            cached = self._agreements.get(dataset)
+        if cached is not None and time.monotonic() - cached[0] <= max_age:
+            return cached[1]
         votes = self._read(lambda conn: self._votes(conn, dataset))
-        return agreement_from_votes(votes)
+        result = agreement_from_votes(votes)
+        with self._lock:
+            self._agreements[dataset] = (time.monotonic(), result)
+        return result
 
     # -- leases and the queue's view ----------------------------------------------------------------
 
-    def _queue_state(self, conn: Connection, aid: int | None, dataset: str, now: datetime) -> QueueState:
+    def _queue_state(self, conn: Connection, aid: int | None, dataset: str, now: datetime, *,
+                     face_ids: np.ndarray | None = None) -> QueueState:
+        """The counters of the whole data set, or of the faces ``face_ids`` only (a slice of a queue's order)."""
         undo = aliased(Decision)
         live = ~exists().where(undo.reverses_id == Decision.id)
-        in_dataset = Decision.face_id.in_(select(Face.id).where(Face.dataset == dataset))
+        in_dataset = (Decision.face_id.in_(select(Face.id).where(Face.dataset == dataset)) if face_ids is None
+                      else Decision.face_id.in_([int(f) for f in face_ids]))
         vote_rows = conn.execute(
             select(Decision.face_id, func.count(func.distinct(Decision.annotator_id)))
             .where(in_dataset, Decision.label.is_not(None), Decision.label != SKIP, live)
@@ -577,6 +593,8 @@ class Store:
         mine: frozenset[int] = frozenset()
         my_votes: frozenset[int] = frozenset()
         lease_query = select(Lease.face_id).where(Lease.expires_at > now)
+        if face_ids is not None:
+            lease_query = lease_query.where(Lease.face_id.in_([int(f) for f in face_ids]))
         if aid is not None:
             rows = conn.execute(select(Decision.face_id, Decision.label).where(
                 in_dataset, Decision.annotator_id == aid, Decision.label.is_not(None), live)).all()
@@ -621,8 +639,8 @@ class Store:
             now = self.now()
             conn.execute(delete(Lease).where(Lease.expires_at <= now))
             conn.execute(delete(Lease).where(Lease.annotator_id == aid))
-            state = self._queue_state(conn, aid, dataset, now)
-            position = _first_eligible(order, state, second_opinion, opinions_needed)
+            position, state = _scan(order, lambda ids: self._queue_state(conn, aid, dataset, now, face_ids=ids),
+                                    second_opinion, opinions_needed)
             if position is None:
                 return None
             face_id = int(order[position])
@@ -748,6 +766,29 @@ def _first_eligible(order: np.ndarray, state: QueueState, second_opinion: bool, 
     return int(hits[0]) if len(hits) else None
 
 
+#: Faces of a queue's order read at a time when looking for the next one to lease (then doubled).
+_SCAN_FIRST = 256
+_SCAN_MOST = 8192
+
+
+def _scan(order: np.ndarray, state_of: Callable[[np.ndarray], QueueState], second_opinion: bool,
+          opinions_needed: int) -> tuple[int | None, QueueState | None]:
+    """Position of the first eligible face of ``order`` and the counters of its slice.
+
+    The order is read in slices (256 faces, then twice as many each time), so a lease costs what
+    the faces ahead of it cost, not what every vote of the data set costs.
+    """
+    start, size, state = 0, _SCAN_FIRST, None
+    while start < len(order):
+        ids = order[start:start + size]
+        state = state_of(ids)
+        position = _first_eligible(ids, state, second_opinion, opinions_needed)
+        if position is not None:
+            return start + position, state
+        start, size = start + len(ids), min(size * 2, _SCAN_MOST)
+    return None, state
+
+
 def _resolve(faces: pd.DataFrame, votes: pd.DataFrame, *, include_undecided: bool) -> pd.DataFrame:
     """Join faces with their current votes and resolve each face's label (plurality, ties -> None)."""
     counts = (
@@ -793,31 +834,37 @@ def _resolve(faces: pd.DataFrame, votes: pd.DataFrame, *, include_undecided: boo
 
 def agreement_from_votes(votes: pd.DataFrame) -> Agreement:
     """:class:`Agreement` of current votes (``face_id, decision_id, label`` rows, one per face and annotator)."""
-    from statsmodels.stats.inter_rater import aggregate_raters, fleiss_kappa
+    from statsmodels.stats.inter_rater import fleiss_kappa
 
-    code = {label: i for i, label in enumerate(VOTE_LABELS)}
-    per_face = [g.sort_values("decision_id")["label"].map(code).to_numpy() for _, g in votes.groupby("face_id")]
-    per_face = [v for v in per_face if len(v) >= 2]
-    if not per_face:
+    if not len(votes):
         return Agreement(0, None, None, None, 0, 0)
-    shares, unanimous = [], 0
-    for v in per_face:
-        n = len(v)
-        c = np.bincount(v, minlength=len(VOTE_LABELS))
-        shares.append(float((c * (c - 1)).sum()) / (n * (n - 1)))
-        unanimous += int(c.max() == n)
-    # Fleiss' kappa needs equal raters per face: use m votes per face on the faces with at
-    # least m, with m chosen to use the most votes (ties: more raters per face).
-    sizes = np.array([len(v) for v in per_face])
-    m = max(range(2, int(sizes.max()) + 1), key=lambda k: (k * int((sizes >= k).sum()), k))
-    rated = np.stack([v[:m] for v in per_face if len(v) >= m])
+    votes = votes.sort_values("decision_id", kind="stable")
+    code = pd.Categorical(votes["label"], categories=list(VOTE_LABELS)).codes.astype(np.int64)
+    face_index, face = np.unique(votes["face_id"].to_numpy(dtype=np.int64), return_inverse=True)
+    counts = np.zeros((len(face_index), len(VOTE_LABELS)), dtype=np.int64)
+    np.add.at(counts, (face, code), 1)
+    sizes = counts.sum(axis=1)
+    rated_twice = sizes >= 2
+    if not rated_twice.any():
+        return Agreement(0, None, None, None, 0, 0)
+    c, n = counts[rated_twice], sizes[rated_twice]
+    shares = (c * (c - 1)).sum(axis=1) / (n * (n - 1))
+    unanimous = int((c.max(axis=1) == n).sum())
+    # Fleiss' kappa needs equal raters per face: use the earliest m votes per face on the faces
+    # with at least m, with m chosen to use the most votes (ties: more raters per face).
+    at_least = np.cumsum(np.bincount(n)[::-1])[::-1]  # at_least[k] = faces with >= k votes
+    m = max(range(2, len(at_least)), key=lambda k: (k * int(at_least[k]), k))
+    order_in_face = votes.groupby("face_id", sort=False).cumcount().to_numpy()
+    keep = (order_in_face < m) & (sizes[face] >= m)
+    table = np.zeros_like(counts)
+    np.add.at(table, (face[keep], code[keep]), 1)
+    table = table[sizes >= m]
     kappa = None
-    if len(rated) >= 2:
-        table, _ = aggregate_raters(rated, n_cat=len(VOTE_LABELS))
+    if len(table) >= 2:
         p = table.sum(axis=0) / table.sum()
         if (p * p).sum() < 1.0 - 1e-12:  # not everyone said the same label: kappa is defined
             kappa = float(fleiss_kappa(table, method="fleiss"))
-    return Agreement(len(per_face), float(np.mean(shares)), unanimous / len(per_face), kappa, len(rated), m)
+    return Agreement(len(n), float(shares.mean()), unanimous / len(n), kappa, len(table), m)
 
 
 def open_store(url: str | None = None, *, now: Callable[[], datetime] | None = None, migrate: bool = True) -> Store:

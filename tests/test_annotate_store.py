@@ -497,3 +497,35 @@ def test_a_held_write_lock_delays_but_does_not_fail_a_decision(tmp_path: Path, s
         other.close()
     assert time.monotonic() - start >= 0.25
     assert rec.id == 1 and resolved(store) == {"f0": "happy"}
+
+
+def test_leasing_reads_the_order_in_slices_and_finds_faces_far_down_it(tmp_path: Path, clock: Clock) -> None:
+    """The first faces an annotator may take sit past the first slices (256, then 512 ...) of the order."""
+    store = open_store(str(tmp_path / "deep.db"), now=clock)
+    ids = store.register_faces("deep", [f"d{i}" for i in range(1500)], np.zeros(1500, dtype=int))
+    order = ids[::-1].copy()  # the queue's order: last registered first
+    for i in range(900):  # the first 900 faces of the order already have a vote
+        store.record_decision("earlier", "deep", f"d{1499 - i}", "happy")
+    store.lease_face("holder", "deep", "d599")  # the 901st is held by someone else
+    grant = store.lease_next("me", "deep", order)
+    assert grant.position == 901 and grant.sample_id == "d598"
+    # Second opinions come from the voted faces, from the front of the order.
+    again = store.lease_next("me", "deep", order, second_opinion=True, opinions_needed=2)
+    assert again.position == 0 and again.opinions == 1
+    # Asking again gave back "me"'s first face: the next annotator finds it past the 900 voted ones.
+    assert store.lease_next("earlier", "deep", order).sample_id == "d598"
+    # Nothing left to give once every face has a vote: the whole order is read, and None returned.
+    for i in range(600):
+        store.record_decision("rest", "deep", f"d{i}", "sad")
+    assert store.lease_next("late", "deep", order) is None
+    store.close()
+
+
+def test_agreement_is_computed_again_only_when_older_than_asked(store: Store) -> None:
+    for annotator, label in (("a", "happy"), ("b", "happy")):
+        vote(store, annotator, "f0", label)
+    first = store.agreement("fer", max_age=60)
+    assert first.unanimous == 1.0
+    vote(store, "c", "f0", "sad")
+    assert store.agreement("fer", max_age=60) is first  # within the age asked: the same figure
+    assert store.agreement("fer").unanimous == 0.0  # max_age 0 (the default): computed anew
