@@ -5,6 +5,11 @@ enough; class-name synonyms are mapped, unknown classes skipped with a warning).
 Prints accuracy, macro-F1, per-class recall and precision, the confusion matrix,
 accuracy per quality band and the quality-weighted accuracy. Metrics come from
 scikit-learn.
+
+``--labels FILE`` measures against another label set instead of the data's own labels: a
+label file (``sample_id,label``, see :mod:`fer_core.label_sets`; ``python -m annotate.ferplus``
+writes the FER+ majority labels in it). Faces without a label in the file are left out; the
+report and the JSON's ``label_set`` say which labels were used and how many faces were left out.
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from fer_core._cli import cli_main
 from fer_core._validation import FERError
 from fer_core.constants import TTA_MODES
 
-__all__ = ["evaluate_table", "compute_metrics", "get_args_parser", "main"]
+__all__ = ["ORIGINAL_LABELS", "evaluate_table", "compute_metrics", "get_args_parser", "main"]
+
+#: The ``label_set`` name of the data's own labels.
+ORIGINAL_LABELS = "original"
 
 
 def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], *,
@@ -109,6 +117,10 @@ def evaluate_table(predictor, table, *, detect: bool = False, backend: str = "yu
 def format_report(metrics: dict[str, Any]) -> str:
     labels = metrics["labels"]
     lines = [f"faces: {metrics['n']}   accuracy: {metrics['accuracy']:.4f}   macro-F1: {metrics['macro_f1']:.4f}"]
+    label_set = metrics.get("label_set")
+    if label_set and label_set["name"] != ORIGINAL_LABELS:
+        lines.insert(0, f"labels: {label_set['name']} ({label_set['file']}): {label_set['faces']} faces labelled, "
+                        f"{label_set['left_out']} left out without a label")
     if metrics.get("faces_found") is not None:
         lines[0] += f"   faces found: {metrics['faces_found']:.4f}"
     per_class = pd.DataFrame({"recall": metrics["per_class_recall"], "precision": metrics["per_class_precision"],
@@ -165,6 +177,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("data", help="labelled faces: class folders, fer2013.csv, Parquet or hub id")
     parser.add_argument("--weights", default=None, help="a .safetensors file with its .json card (default: the bundled model)")
     parser.add_argument("--split", default=None, help="evaluate one split only (train, val, test)")
+    parser.add_argument("--labels", default=None, metavar="FILE",
+                        help="measure against this label file (sample_id,label CSV or Parquet, e.g. the FER+ majority "
+                             "labels from `python -m annotate.ferplus`) instead of the data's own labels; faces "
+                             "without a label in it are left out")
     parser.add_argument("--detect", action="store_true", help="detect the face in each image first (full photos); no face counts as wrong")
     parser.add_argument("--backend", default="yunet", help="face detector for --detect")
     parser.add_argument("--json", default=None, help="write the metrics to this JSON file")
@@ -179,6 +195,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _label_set(table, labels_file: str | None) -> tuple[Any, dict[str, Any]]:
+    """The faces to measure, carrying the labels to measure against, and what those labels are."""
+    if labels_file is None:
+        return table, {"name": ORIGINAL_LABELS, "file": None, "sha256": None, "faces": len(table), "left_out": 0}
+    from fer_core.label_sets import load_label_set, relabel_table
+
+    found = load_label_set(labels_file, table)
+    if not found.labelled.any():
+        raise FERError(f"--labels: {found.file} gives none of the {len(table):,} faces a label")
+    return relabel_table(table, found.labels), found.summary()
+
+
 @cli_main
 def main(args: argparse.Namespace) -> int:
     from fer_core.datasets import load_faces
@@ -189,9 +217,11 @@ def main(args: argparse.Namespace) -> int:
         table = table.split(args.split)
         if len(table) == 0:
             raise FERError(f"{args.data} has no faces in split {args.split!r}")
+    table, label_set = _label_set(table, args.labels)
     tta, mirror_gap = (None, None) if args.tta == "auto" else TTA_MODES[args.tta]
     predictor = Predictor(args.weights, runtime=args.runtime, tta=tta, mirror_gap=mirror_gap)
     metrics, arrays = evaluate_table(predictor, table, detect=args.detect, backend=args.backend)
+    metrics["label_set"] = label_set
     print(format_report(metrics))
     if args.json:
         Path(args.json).write_text(json.dumps(metrics, indent=2) + "\n")

@@ -13,6 +13,9 @@ and ``curve.png``.
 
 ``--corrections FILE`` trains on the labels of the annotation tool's corrections export
 (``python -m annotate.export corrections``; see :mod:`fer_core.training.corrections`);
+``--val-labels FILE`` gives the val faces a second label set (e.g. their FER+ majority labels,
+``python -m annotate.ferplus``) on which the best epoch, the mirror gate and the temperature are
+chosen, and the card reports val against both (see :mod:`fer_core.training.val_labels`);
 ``--folds K`` trains K models instead, each on K-1 folds, and writes every training face's
 out-of-fold probabilities (see :mod:`fer_core.folds`). Under ``torchrun --nproc-per-node N``
 the N processes share every batch (``--batch-size`` is the whole batch) and the first one
@@ -82,6 +85,7 @@ from fer_core.training.utils import (
     predict_logits,
     to_input,
 )
+from fer_core.training.val_labels import SECOND_PREFIX, ValLabels, check_selection, load_val_labels
 
 if TYPE_CHECKING:
     from fer_core.datasets import FaceTable
@@ -120,6 +124,15 @@ def _add_data_args(group: argparse._ArgumentGroup) -> None:
                             "set's name, as the Relabel tab names it")
     group.add_argument("--soft-labels", action="store_true",
                        help="train on the distribution of the annotators' emotion votes (needs --corrections)")
+    group.add_argument("--val-labels", default=None, metavar="FILE",
+                       help="a second label set for the val faces (sample_id,label CSV or Parquet, e.g. their FER+ "
+                            "majority labels from `python -m annotate.ferplus`): the best epoch, the mirror gate and "
+                            "the temperature are chosen on it, and the card reports val against both it and the "
+                            "faces' own labels. Give it when the model learns from votes (--corrections, "
+                            "--soft-labels): those labels are what such a model is trained for. None: the val "
+                            "faces' own labels choose")
+    group.add_argument("--val-labels-name", default=None, metavar="NAME",
+                       help="the --val-labels set's name in the card and the console; None: the file's stem")
 
 
 def _add_model_args(group: argparse._ArgumentGroup) -> None:
@@ -332,25 +345,28 @@ def _plan(state: dict[str, Any], budget: float, used: float, max_epochs: int, st
 
 
 def _end_epoch(setup: Setup, args: argparse.Namespace, out: Path, state: dict[str, Any], row: dict[str, Any], *,
-               val: FaceTable, label_map: LabelMap, planned: int, wall_used: Callable[[], float],
-               steps_per_epoch: int, start: float) -> int:
+               val: FaceTable, val_labels: ValLabels, label_map: LabelMap, planned: int,
+               wall_used: Callable[[], float], steps_per_epoch: int, start: float) -> int:
     """The first process's end of an epoch: val, the best epoch's weights, the plan, checkpoint and logs.
 
-    Returns the planned epochs of the run.
+    The best epoch is the one with the highest val accuracy on the labels that choose
+    (``--val-labels``, else the val faces' own). Returns the planned epochs of the run.
     """
     from fer_core.weights import save_model
 
     val_start = time.perf_counter()
-    metrics, _ = evaluate(setup.evaluated, val.images, label_map(val.labels), label_map.names, device=setup.device,
-                          amp=setup.amp)
+    metrics, logits = evaluate(setup.evaluated, val.images, val_labels.original, label_map.names,
+                               device=setup.device, amp=setup.amp)
+    metrics.update(val_labels.epoch_metrics(logits, label_map.names))
     seconds = time.perf_counter() - start
     state["seconds"] += seconds
     row.update({**metrics, "seconds": round(seconds, 2), "val_seconds": round(time.perf_counter() - val_start, 3),
                 "planned_epochs": planned})
     row = {"epoch": state["epoch"], **row}
     state["log"].append(row)
-    if metrics["val_accuracy"] > state["best_accuracy"]:
-        state["best_accuracy"], state["best_epoch"] = metrics["val_accuracy"], state["epoch"]
+    chosen_on = metrics[f"{SECOND_PREFIX}accuracy" if val_labels.second is not None else "val_accuracy"]
+    if chosen_on > state["best_accuracy"]:
+        state["best_accuracy"], state["best_epoch"] = chosen_on, state["epoch"]
         save_model(setup.evaluated, out / "best.safetensors",
                    {**card_base(args, label_map.names), "epoch": state["epoch"]})
     if args.time_budget:
@@ -359,8 +375,10 @@ def _end_epoch(setup: Setup, args: argparse.Namespace, out: Path, state: dict[st
     state["wall_seconds_used"] = wall_used()
     save_checkpoint(out, model=setup.module, ema=setup.ema, optimizer=setup.optimizer, state=state)
     write_logs(out, state["log"])
+    second = (f"  {val_labels.name} acc {metrics[SECOND_PREFIX + 'accuracy']:.4f}  "
+              f"macro-F1 {metrics[SECOND_PREFIX + 'macro_f1']:.4f}" if val_labels.second is not None else "")
     print(f"epoch {state['epoch']:3d}  loss {row['train_loss']:.4f}  val acc {metrics['val_accuracy']:.4f}  "
-          f"macro-F1 {metrics['val_macro_f1']:.4f}  lr {row['lr']:.4g}  {seconds:.1f}s"
+          f"macro-F1 {metrics['val_macro_f1']:.4f}{second}  lr {row['lr']:.4g}  {seconds:.1f}s"
           + (f"  (plan: {planned} epochs; {_clock(wall_used())} of {_clock(args.time_budget)} used)"
              if args.time_budget else ""), flush=True)
     return planned
@@ -368,18 +386,23 @@ def _end_epoch(setup: Setup, args: argparse.Namespace, out: Path, state: dict[st
 
 def train_model(args: argparse.Namespace, out: Path, data: TrainingData, val: FaceTable, label_map: LabelMap, *,
                 device: torch.device, processes: Processes = ONE_PROCESS, resume: bool = False,
-                card_extra: dict[str, Any] | None = None, started: float | None = None) -> dict[str, Any] | None:
+                card_extra: dict[str, Any] | None = None, started: float | None = None,
+                val_labels: ValLabels | None = None) -> dict[str, Any] | None:
     """Train on ``data``'s kept faces, checkpointing into ``out`` (continuing its checkpoint when ``resume``).
 
     Writes the model and its card (``card_extra`` merged into the card's ``training``) and returns
     the card (None in the processes other than the first). ``started`` (``time.monotonic()``) is
-    when this run began, for ``args.time_budget``; default: now.
+    when this run began, for ``args.time_budget``; default: now. ``val_labels`` (default: the val
+    faces' own labels alone) says which labels choose the best epoch, the mirror gate and the
+    temperature (:mod:`fer_core.training.val_labels`).
     """
     started = time.monotonic() if started is None else started
+    val_labels = ValLabels(label_map(val.labels)) if val_labels is None else val_labels
     check_out(out, resume)
     if processes.is_main:
         out.mkdir(parents=True, exist_ok=True)
     setup, state = _setup(args, out, data, label_map, device, processes, resume)
+    check_selection(state, val_labels, resume)
     images = torch.from_numpy(data.table.images[data.keep]).to(device)
     labels = torch.from_numpy(data.labels[data.keep]).to(device)
     # Probability targets (--soft-labels) or class indices: F.cross_entropy takes either.
@@ -410,20 +433,44 @@ def train_model(args: argparse.Namespace, out: Path, data: TrainingData, val: Fa
                               planned=planned)
         state["step"], state["epoch"] = row.pop("step"), state["epoch"] + 1
         if processes.is_main:
-            planned = _end_epoch(setup, args, out, state, row, val=val, label_map=label_map, planned=planned,
-                                 wall_used=wall_used, steps_per_epoch=steps_per_epoch, start=start)
+            planned = _end_epoch(setup, args, out, state, row, val=val, val_labels=val_labels, label_map=label_map,
+                                 planned=planned, wall_used=wall_used, steps_per_epoch=steps_per_epoch, start=start)
         planned = broadcast(planned, processes)
     if not processes.is_main:
         broadcast(None, processes)  # wait for the first process to write the model
         return None
-    return _finish(args, out, setup, state, label_map, data, val, card_extra or {}, wall_used)
+    return _finish(args, out, setup, state, label_map, data, val, val_labels, card_extra or {}, wall_used)
+
+
+def _choose_inference(best: nn.Module, val: FaceTable, val_labels: ValLabels, names: list[str], *,
+                      device: torch.device) -> tuple[dict[str, Any], dict[str, Any], bool, np.ndarray]:
+    """The best epoch's val metrics without and with the mirror, whether the mirror is kept (it gains at least
+    :data:`FLIP_TTA_MIN_GAIN` on the labels that choose), and the logits (N, C) as served."""
+    plain, plain_logits = evaluate(best, val.images, val_labels.original, names, device=device)
+    flip, flip_logits = evaluate(best, val.images, val_labels.original, names, device=device, flip_tta=True)
+    plain.update(val_labels.epoch_metrics(plain_logits, names))
+    flip.update(val_labels.epoch_metrics(flip_logits, names))
+    key = "val_accuracy" if val_labels.second is None else f"{SECOND_PREFIX}accuracy"
+    use_flip = flip[key] - plain[key] >= FLIP_TTA_MIN_GAIN
+    return plain, flip, use_flip, flip_logits if use_flip else plain_logits
+
+
+def _calibrate(logits: np.ndarray, val_labels: ValLabels) -> dict[str, Any]:
+    """The temperature fitted to the logits (N, C) as served, on the labels that choose; the ECE before and after."""
+    from fer_core.calibration import expected_calibration_error, fit_temperature, softmax
+
+    chosen, labels = val_labels.selection(logits)
+    temperature = fit_temperature(chosen, labels)
+    return {"temperature": temperature,
+            "fitted_on": "val" if val_labels.second is None else f"val, {val_labels.name} labels ({len(labels)} faces)",
+            "ece_before": expected_calibration_error(softmax(chosen), labels),
+            "ece_after": expected_calibration_error(softmax(chosen, temperature), labels)}
 
 
 def _finish(args: argparse.Namespace, out: Path, setup: Setup, state: dict[str, Any], label_map: LabelMap,
-            data: TrainingData, val: FaceTable, card_extra: dict[str, Any],
+            data: TrainingData, val: FaceTable, val_labels: ValLabels, card_extra: dict[str, Any],
             wall_used: Callable[[], float]) -> dict[str, Any]:
     """Write the best epoch as ``model.safetensors`` with its card (metrics, calibration), and the curve."""
-    from fer_core.calibration import expected_calibration_error, fit_temperature, softmax
     from fer_core.model import count_params
     from fer_core.weights import load_model, save_model
 
@@ -432,26 +479,26 @@ def _finish(args: argparse.Namespace, out: Path, setup: Setup, state: dict[str, 
         print(f"time budget: {state['epoch']} of at most {args.epochs} epochs fit in {_clock(budget)}", flush=True)
     device = setup.device
     best, _ = load_model(out / "best.safetensors", device=device)
-    val_labels = label_map(val.labels)
-    plain, plain_logits = evaluate(best, val.images, val_labels, label_map.names, device=device)
-    flip, flip_logits = evaluate(best, val.images, val_labels, label_map.names, device=device, flip_tta=True)
-    use_flip = flip["val_accuracy"] - plain["val_accuracy"] >= FLIP_TTA_MIN_GAIN
-    chosen = flip_logits if use_flip else plain_logits
-    temperature = fit_temperature(chosen, val_labels)
-    calibration = {"temperature": temperature, "fitted_on": "val",
-                   "ece_before": expected_calibration_error(softmax(chosen), val_labels),
-                   "ece_after": expected_calibration_error(softmax(chosen, temperature), val_labels)}
+    plain, flip, use_flip, chosen = _choose_inference(best, val, val_labels, label_map.names, device=device)
+    calibration = _calibrate(chosen, val_labels)
+    by_labels = val_labels.by_labels(chosen, label_map.names)
     card = model_card(args, label_map=label_map, data=data, val_faces=len(val), state=state, device=device,
                       world_size=setup.processes.world_size, n_params=count_params(setup.module),
                       val_metrics={"plain": plain, "flip_tta": flip},
                       inference={"flip_tta": bool(use_flip), "flip_tta_min_gain": FLIP_TTA_MIN_GAIN},
-                      calibration=calibration, extra=card_extra)
+                      calibration=calibration, extra=card_extra,
+                      selection={"selected_on": val_labels.name, "val_by_labels": by_labels})
     save_model(best, out / "model.safetensors", card)
-    plot_curve(state["log"], out / "curve.png")
-    print(f"best epoch {state['best_epoch']}: val accuracy {plain['val_accuracy']:.4f} "
-          f"(flip TTA {flip['val_accuracy']:.4f}, {'on' if use_flip else 'off'} by default), "
-          f"macro-F1 {plain['val_macro_f1']:.4f}; temperature {temperature:.3f}, ECE "
+    plot_curve(state["log"], out / "curve.png", second=None if val_labels.second is None else val_labels.name)
+    chosen_on = "" if val_labels.second is None else f" (chosen on the {val_labels.name} labels)"
+    print(f"best epoch {state['best_epoch']}{chosen_on}: val accuracy "
+          f"{plain['val_accuracy']:.4f} (flip TTA {flip['val_accuracy']:.4f}, {'on' if use_flip else 'off'} by "
+          f"default), macro-F1 {plain['val_macro_f1']:.4f}; temperature {calibration['temperature']:.3f}, ECE "
           f"{calibration['ece_before']:.4f} -> {calibration['ece_after']:.4f}; wrote {out / 'model.safetensors'}")
+    if val_labels.second is not None:
+        print("val as served: " + "; ".join(f"{name} labels: accuracy {m['accuracy']:.4f}, macro-F1 "
+                                            f"{m['macro_f1']:.4f} ({m['faces']} faces)"
+                                            for name, m in by_labels.items()))
     if budget:
         print(f"time budget: the run took {_clock(wall_used())} of {_clock(budget)}", flush=True)
     broadcast(None, setup.processes)
@@ -472,6 +519,7 @@ def train_folds(args: argparse.Namespace, device: torch.device) -> int:
     label_map = LabelMap(args.merge)
     train, val = load_training_data(args)
     data = prepare_training_data(args, train, label_map)
+    val_labels = load_val_labels(args, val, label_map)
     assignment = folds.assign_folds(train.labels, k, args.seed)
     plan = folds.make_plan(args, data, label_map, assignment)
     folds.check_plan(out, plan, args.resume or (only is not None and (out / folds.PLAN_FILE).is_file()))
@@ -490,7 +538,7 @@ def train_folds(args: argparse.Namespace, device: torch.device) -> int:
             subset = data.subset(assignment != fold)
             folds.write_train_ids(fold_dir, subset)
             train_model(argparse.Namespace(**{**vars(args), "out": str(fold_dir), "resume": resume}), fold_dir,
-                        subset, val, label_map, device=device, resume=resume,
+                        subset, val, label_map, device=device, resume=resume, val_labels=val_labels,
                         card_extra={"fold": fold, "folds": k, "held_out_faces": len(held_out)})
         parts.append(folds.fold_oof(fold_dir, data, held_out, fold, label_map.names, device))
     if only is not None:
@@ -514,6 +562,11 @@ def _check_args(args: argparse.Namespace) -> None:
         raise FERError("--fold-index picks one fold of a --folds run: give --folds K too")
     if args.init and not Path(args.init).is_file():
         raise FERError(f"--init: no file at {args.init!r}")
+    if args.val_labels and not Path(args.val_labels).expanduser().is_file():
+        raise FERError(f"--val-labels: no file at {args.val_labels!r} (write the FER+ labels of the val faces with "
+                       "`python -m annotate.ferplus VOTES --data VAL --out FILE`)")
+    if args.val_labels_name and not args.val_labels:
+        raise FERError("--val-labels-name names the --val-labels set: give --val-labels FILE too")
     if args.self_kd:
         if not 0 < args.self_kd <= 1:
             raise FERError(f"--self-kd must be in (0, 1] (or 0: off), got {args.self_kd}")
@@ -550,8 +603,9 @@ def main(args: argparse.Namespace) -> int:
         label_map = LabelMap(args.merge)
         train, val = load_training_data(args)
         data = prepare_training_data(args, train, label_map, verbose=processes.is_main)
+        val_labels = load_val_labels(args, val, label_map)
         train_model(args, out, data, val, label_map, device=device, processes=processes, resume=args.resume,
-                    started=started)
+                    started=started, val_labels=val_labels)
         return 0
     finally:
         close_processes(processes)

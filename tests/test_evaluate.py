@@ -11,7 +11,9 @@ import torch
 from PIL import Image
 
 from fer_core.config import SAMPLE_PATH
+from fer_core.datasets import load_faces
 from fer_core.evaluate import compute_metrics, get_args_parser, main
+from fer_core.label_sets import write_label_file
 from fer_core.model import create_model
 from fer_core.predict import Predictor
 from fer_core.weights import save_model
@@ -96,3 +98,45 @@ class TestCommand:
         order = np.argsort([f"{LABELS[label]}/{i:03d}" for i, label in enumerate(labels)])  # the folder's reading order
         expected = Predictor(**predictor_args).logits(images[order])
         np.testing.assert_allclose(exported["logits"], expected, atol=1e-4)
+
+
+class TestLabels:
+    """``--labels FILE``: the same faces measured against another label set."""
+
+    def test_accuracy_against_the_label_file_with_unlabelled_faces_left_out(self, tmp_path: Path, val_faces,
+                                                                           capsys: pytest.CaptureFixture) -> None:
+        images, labels, _ = val_faces
+        for i, (face, label) in enumerate(zip(images, labels)):
+            folder = tmp_path / "data" / LABELS[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(face).save(folder / f"{i:03d}.png")
+        table = load_faces(tmp_path / "data", progress=False)
+        other = table.labels.copy()
+        other[::3] = (other[::3] + 1) % 7  # a third of the faces relabelled
+        other[1::5] = -1  # and some without a label in this set
+        labels_file = write_label_file(tmp_path / "ferplus_val.csv", table.frame["sample_id"].tolist(), other)
+
+        args = get_args_parser().parse_args([str(tmp_path / "data"), "--labels", str(labels_file),
+                                             "--json", str(tmp_path / "m.json")])
+        assert main(args) == 0
+        printed = capsys.readouterr().out
+        metrics = json.loads((tmp_path / "m.json").read_text())
+        has = other >= 0
+        predicted = Predictor().predict_faces(table.images[has]).argmax(1)
+        assert metrics["n"] == int(has.sum()) == 28
+        assert metrics["accuracy"] == pytest.approx(float((predicted == other[has]).mean()))
+        assert metrics["accuracy"] != pytest.approx(float((predicted == table.labels[has]).mean()))
+        assert metrics["label_set"] == {"name": "ferplus_val", "file": "ferplus_val.csv", "faces": 28, "left_out": 7,
+                                        "sha256": metrics["label_set"]["sha256"]}
+        assert set(metrics) >= {"n", "accuracy", "macro_f1", "per_class_recall", "confusion", "faces_found"}
+        assert "labels: ferplus_val (ferplus_val.csv): 28 faces labelled, 7 left out" in printed
+
+        # Without --labels: the data's own labels, all faces.
+        assert main(get_args_parser().parse_args([str(tmp_path / "data"), "--json", str(tmp_path / "o.json")])) == 0
+        own = json.loads((tmp_path / "o.json").read_text())
+        assert own["n"] == 35 and own["label_set"]["name"] == "original" and own["label_set"]["left_out"] == 0
+
+    def test_a_bad_label_file_is_a_clean_error(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        (tmp_path / "l.csv").write_text("sample_id,label\ntrain/angry/Training_10333072,contempt\n")
+        assert main(get_args_parser().parse_args([str(SAMPLE_PATH), "--labels", str(tmp_path / "l.csv")])) == 2
+        assert "line 2: unknown emotion 'contempt'" in capsys.readouterr().err

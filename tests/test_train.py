@@ -17,11 +17,13 @@ import torch
 from conftest import REPO
 from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import load_faces
+from fer_core.label_sets import write_label_file
 from fer_core.model import create_model
 from fer_core.train import get_args_parser, main
-from fer_core.training.data import LabelMap
+from fer_core.training.data import LabelMap, TrainingData
 from fer_core.training.optim import class_weights
 from fer_core.training.utils import predict_logits, to_input
+from fer_core.training.val_labels import trained_on
 from fer_core.weights import DEFAULT_WEIGHTS, card_path, load_model
 
 #: A tiny plain run: no time budget, no self-distillation (both are tested on their own).
@@ -53,7 +55,9 @@ class TestTraining:
         assert {"plain", "flip_tta"} <= set(card["val_metrics"])
         assert len(card["val_metrics"]["plain"]["val_recall"]) == 7
         assert (out / "curve.png").stat().st_size > 1000
-        assert (out / "log.csv").read_text().startswith("epoch,train_loss,val_accuracy,val_macro_f1,lr,seconds")
+        assert (out / "log.csv").read_text().startswith("epoch,train_loss,val_accuracy,val_macro_f1,lr,seconds\n")
+        assert card["training"]["selected_on"] == "original" and set(card["training"]["val_by_labels"]) == {"original"}
+        assert card["training"]["trained_on"] == "original labels"
 
     def test_same_seed_same_result(self, tmp_path: Path) -> None:
         _run(tmp_path, "--epochs", "2", out="a")
@@ -125,6 +129,8 @@ class TestDefaults:
         (["--ema-decay", "0"], "needs --ema-decay above 0 (or --self-kd 0)"),  # the default self-distils
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--fold-index", "0"], "give --folds K too"),
+        (["--val-labels", "no_such_labels.csv"], "--val-labels: no file at 'no_such_labels.csv'"),
+        (["--val-labels-name", "ferplus"], "give --val-labels FILE too"),
     ])
     def test_options_that_cannot_work_are_refused_before_reading_data(self, tmp_path: Path, extra: list[str],
                                                                        message: str, capsys: pytest.CaptureFixture) -> None:
@@ -142,6 +148,70 @@ class TestDefaults:
             get_args_parser().parse_args(["DATA", "--out", "DIR", option, value])
         err = capsys.readouterr().err
         assert f"{option}: invalid choice: '{value}'" in err and all(name in err for name in choices.split(", "))
+
+
+class TestValLabels:
+    """``--val-labels``: a second label set for the val faces chooses the best epoch and is reported beside theirs."""
+
+    #: Two epochs that differ: no EMA, no augmentation, a high rate, four steps each.
+    TWO_EPOCHS = ("--epochs", "2", "--max-steps", "4", "--ema-decay", "0", "--no-augment", "--lr", "0.02")
+
+    def test_the_second_set_chooses_the_epoch_and_the_card_reports_both(self, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+        # A first run chooses on the val faces' own labels. Labels that its best epoch gets all wrong (its
+        # second choice for each face) make a second set on which the same run must choose otherwise.
+        assert _run(tmp_path, *self.TWO_EPOCHS, out="own")[0] == 0
+        own_best = json.loads((tmp_path / "own" / "model.json").read_text())["training"]["best_epoch"]
+        model, _ = load_model(tmp_path / "own" / "model.safetensors")
+        val = load_faces(SAMPLE_PATH, progress=False)
+        second = np.argsort(predict_logits(model, val.images, device=torch.device("cpu")), axis=1)[:, -2]
+        second[::10] = -1  # faces without a label in the second set
+        labels_file = write_label_file(tmp_path / "votes_val.csv", val.frame["sample_id"].tolist(), second)
+
+        code, out = _run(tmp_path, *self.TWO_EPOCHS, "--val-labels", str(labels_file), "--val-labels-name", "ferplus")
+        assert code == 0
+        log = _log(out)
+        assert [r["val_accuracy"] for r in log] == pytest.approx([r["val_accuracy"] for r in _log(tmp_path / "own")])
+        by_second = max((1, 2), key=lambda e: (log[e - 1]["val2_accuracy"], -e))
+        by_own = max((1, 2), key=lambda e: (log[e - 1]["val_accuracy"], -e))
+        assert by_own == own_best and by_second != by_own, "the two label sets should choose different epochs"
+        model, card = load_model(out / "model.safetensors")
+        training = card["training"]
+        assert training["best_epoch"] == by_second and training["selected_on"] == "ferplus"
+        assert training["trained_on"] == "original labels"
+        assert set(training["val_by_labels"]) == {"original", "ferplus"}
+        ferplus = training["val_by_labels"]["ferplus"]
+        assert ferplus["file"] == "votes_val.csv" and ferplus["faces"] == 315 and ferplus["left_out"] == 35
+        assert set(ferplus["per_class_recall"]) == set(card["labels"])
+        # The card's figures are the model's, as served, against each set.
+        served = predict_logits(model, val.images, device=torch.device("cpu"),
+                                flip_tta=card["inference"]["flip_tta"]).argmax(1)
+        has = second >= 0
+        assert ferplus["accuracy"] == pytest.approx(float((served[has] == second[has]).mean()))
+        assert training["val_by_labels"]["original"]["accuracy"] == pytest.approx(float((served == val.labels).mean()))
+        assert card["calibration"]["fitted_on"] == "val, ferplus labels (315 faces)"
+        assert "val2_accuracy" in card["val_metrics"]["plain"]
+        assert (out / "log.csv").read_text().splitlines()[0].endswith(",seconds,val2_accuracy,val2_macro_f1")
+        assert "ferplus acc" in capsys.readouterr().out
+
+        # A resumed run goes on choosing on the labels it chose on.
+        args = get_args_parser().parse_args([str(SAMPLE_PATH), "--val", str(SAMPLE_PATH), "--out", str(out), *TINY,
+                                             *self.TWO_EPOCHS, "--resume"])
+        assert main(args) == 2
+        assert "resume it with the same --val-labels file" in capsys.readouterr().err
+
+    def test_a_file_for_no_val_face_is_refused(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        empty = write_label_file(tmp_path / "none.csv", ["train/angry/Training_10333072"], np.array([-1]))
+        assert _run(tmp_path, "--epochs", "1", "--val-labels", str(empty))[0] == 2
+        assert "gives none of the 350 val faces a label" in capsys.readouterr().err
+
+    @pytest.mark.parametrize(("corrections", "soft", "expected"), [
+        (None, False, "original labels"), ({"file": "c.csv"}, False, "corrections (majority)"),
+        ({"file": "c.csv"}, True, "corrections (vote distributions)")])
+    def test_trained_on(self, corrections: dict | None, soft: bool, expected: str) -> None:
+        labels = np.zeros(3, dtype=np.int64)
+        data = TrainingData(None, labels, np.ones((3, 7), np.float32) if soft else None, np.ones(3, bool), corrections)
+        assert trained_on(data) == expected
 
 
 class TestOptions:

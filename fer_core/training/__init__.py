@@ -3,6 +3,8 @@
 - :mod:`~fer_core.training.utils`: devices, torchrun processes, the model's input, logits;
 - :mod:`~fer_core.training.data`: the training and val faces, ``--merge``, corrections, soft labels;
 - :mod:`~fer_core.training.corrections`: the corrections file the annotation tool exports;
+- :mod:`~fer_core.training.val_labels`: the val faces' label sets (``--val-labels``): which one
+  chooses the best epoch, the mirror gate and the temperature, and val against each;
 - :mod:`~fer_core.training.optim`: optimizer, learning-rate schedule, weight EMA, class weights,
   the self-distillation loss;
 - :mod:`~fer_core.training.checkpoint`: the resumable checkpoint (safetensors + JSON);

@@ -12,19 +12,24 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from fer_core.augment import AugmentConfig
 from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD
 from fer_core.training.utils import device_name
+from fer_core.training.val_labels import SECOND_PREFIX, trained_on
 
 if TYPE_CHECKING:
     from fer_core.training.data import LabelMap, TrainingData
 
-__all__ = ["command_line", "code_version", "card_base", "model_card", "write_logs", "plot_curve"]
+__all__ = ["LOG_COLUMNS", "SECOND_LOG_COLUMNS", "command_line", "code_version", "card_base", "model_card", "write_logs",
+           "plot_curve"]
 
 #: The columns of ``log.csv`` (``log.jsonl`` holds every field of each epoch).
 LOG_COLUMNS = ("epoch", "train_loss", "val_accuracy", "val_macro_f1", "lr", "seconds")
+#: The columns ``log.csv`` adds at its end for a run with ``--val-labels`` (val against the second label set).
+SECOND_LOG_COLUMNS = (f"{SECOND_PREFIX}accuracy", f"{SECOND_PREFIX}macro_f1")
 
 
 def command_line() -> str:
@@ -73,14 +78,20 @@ def _training(args: argparse.Namespace, data: TrainingData, val_faces: int, stat
         "label_smoothing": args.label_smoothing,
         "corrections": data.corrections,
         "soft_labels": data.targets is not None,
+        "trained_on": trained_on(data),
     }
 
 
 def model_card(args: argparse.Namespace, *, label_map: LabelMap, data: TrainingData, val_faces: int,
                state: dict[str, Any], device: torch.device, world_size: int, n_params: int,
                val_metrics: dict[str, Any], inference: dict[str, Any], calibration: dict[str, Any],
-               extra: dict[str, Any]) -> dict[str, Any]:
-    """The model card written beside ``model.safetensors`` (``extra`` merged into its ``training`` block)."""
+               extra: dict[str, Any], selection: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model card written beside ``model.safetensors`` (``extra`` merged into its ``training`` block).
+
+    ``selection`` (also merged into ``training``) says which val labels chose the model
+    (``selected_on``) and gives val accuracy, macro-F1 and per-class recall as served against
+    each label set (``val_by_labels``: ``original`` and the ``--val-labels`` set by its name).
+    """
     from fer_core.model import MODEL_CONFIGS
 
     base = card_base(args, label_map.names)
@@ -92,7 +103,7 @@ def model_card(args: argparse.Namespace, *, label_map: LabelMap, data: TrainingD
         "fer2013_id_to_class": label_map.index.tolist(),
         "input": {"size": [IMAGE_SIZE, IMAGE_SIZE], "channels": 1, "scale": "grey level / 255",
                   "mean": INPUT_MEAN, "std": INPUT_STD, "crop": "whole 48x48 face, FER2013 framing"},
-        "training": {**_training(args, data, val_faces, state, device, world_size), **extra},
+        "training": {**_training(args, data, val_faces, state, device, world_size), **(selection or {}), **extra},
         "val_metrics": val_metrics,
         "inference": inference,
         "calibration": calibration,
@@ -102,20 +113,23 @@ def model_card(args: argparse.Namespace, *, label_map: LabelMap, data: TrainingD
 
 
 def write_logs(out: Path, log: list[dict[str, Any]]) -> None:
-    """Every epoch so far as ``log.jsonl`` (all fields) and ``log.csv`` (:data:`LOG_COLUMNS`)."""
+    """Every epoch so far as ``log.jsonl`` (all fields) and ``log.csv`` (:data:`LOG_COLUMNS`, then
+    :data:`SECOND_LOG_COLUMNS` when the epochs were measured against a second label set)."""
     with (out / "log.jsonl").open("w") as handle:
         for row in log:
             handle.write(json.dumps(row) + "\n")
+    second = any(SECOND_LOG_COLUMNS[0] in row for row in log)
     with (out / "log.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(LOG_COLUMNS)
+        writer.writerow(LOG_COLUMNS + (SECOND_LOG_COLUMNS if second else ()))
         for row in log:
             writer.writerow([row["epoch"], f"{row['train_loss']:.5f}", f"{row['val_accuracy']:.5f}",
-                             f"{row['val_macro_f1']:.5f}", f"{row['lr']:.6g}", row["seconds"]])
+                             f"{row['val_macro_f1']:.5f}", f"{row['lr']:.6g}", row["seconds"]]
+                            + ([f"{row[c]:.5f}" if c in row else "" for c in SECOND_LOG_COLUMNS] if second else []))
 
 
-def plot_curve(log: list[dict[str, Any]], path: Path) -> None:
-    """Training loss, val accuracy and macro-F1 per epoch."""
+def plot_curve(log: list[dict[str, Any]], path: Path, *, second: str | None = None) -> None:
+    """Training loss, val accuracy and macro-F1 per epoch (and against the label set ``second``, when named)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,6 +141,9 @@ def plot_curve(log: list[dict[str, Any]], path: Path) -> None:
     ax1.set_xlabel("epoch"), ax1.set_ylabel("loss"), ax1.legend()
     ax2.plot(epochs, [r["val_accuracy"] for r in log], label="val accuracy")
     ax2.plot(epochs, [r["val_macro_f1"] for r in log], label="val macro-F1")
+    if second is not None:
+        for key, what in (("accuracy", "accuracy"), ("macro_f1", "macro-F1")):
+            ax2.plot(epochs, [r.get(SECOND_PREFIX + key, np.nan) for r in log], "--", label=f"val {what} ({second})")
     ax2.set_xlabel("epoch"), ax2.legend(), ax2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
