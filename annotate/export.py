@@ -52,7 +52,10 @@ FERPLUS_COLUMNS: tuple[str, ...] = ("dataset", "sample_id", "original_label", *V
 
 
 def corrections(store: Store, dataset: str | None = None, *, only_changed: bool = False) -> pd.DataFrame:
-    """Faces with votes and their resolved labels (:data:`CORRECTION_COLUMNS`); ``only_changed`` keeps relabelled ones."""
+    """Faces with votes and their resolved labels (:data:`CORRECTION_COLUMNS`).
+
+    ``only_changed`` keeps relabelled ones.
+    """
     table = store.resolved_labels(dataset)
     if only_changed:
         table = table[table["changed"]].reset_index(drop=True)
@@ -116,7 +119,8 @@ def open_existing_store(db: str) -> Store:
     url = to_url(db)
     where = url.render_as_string(hide_password=True)
     database = url.database or ""
-    on_disk = url.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:")
+    on_disk = (url.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+               and not database.startswith("file:"))
     if on_disk and not Path(database).expanduser().is_file():
         raise AnnotateError(f"no annotation database at {database!r}")
     engine = create_store_engine(url)

@@ -282,7 +282,8 @@ def _ensure_faces(conn: Connection, dataset: str, sample_ids: list[str], labels:
     return [int(known[sid][0]) for sid in sample_ids]
 
 
-def _current_votes(conn: Connection, face_ids: list[int], annotator_ids: list[int]) -> dict[tuple[int, int], tuple[int, str]]:
+def _current_votes(conn: Connection, face_ids: list[int],
+                   annotator_ids: list[int]) -> dict[tuple[int, int], tuple[int, str]]:
     """(face id, annotator id) -> (decision id, label) of each current vote of these annotators."""
     undone = {int(r) for r in conn.scalars(select(Decision.reverses_id).where(
         Decision.reverses_id.is_not(None), Decision.annotator_id.in_(annotator_ids)))}
@@ -314,7 +315,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("votes", help="the vote table (.csv, or .parquet for this tool's export)")
     parser.add_argument("--db", default=None, help="database URL or SQLite file (default: the app's store)")
     parser.add_argument("--data", required=True, help="the data set the votes are about (any form the app reads)")
-    parser.add_argument("--dataset", default=None, help="the data set's name in the store (default: as the app names it)")
+    parser.add_argument("--dataset", default=None,
+                        help="the data set's name in the store (default: as the app names it)")
     parser.add_argument("--annotator-prefix", default="ferplus",
                         help="annotators are named PREFIX-1 .. PREFIX-N (default: ferplus)")
     parser.add_argument("--allow-outside-root", action="store_true",

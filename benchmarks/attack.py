@@ -161,7 +161,8 @@ class RawClient:
                                          headers={"Content-Type": "application/json"})
         try:
             event_id = json.loads(urllib.request.urlopen(request, timeout=timeout).read())["event_id"]
-            text = urllib.request.urlopen(f"{self.url}/gradio_api/call/{api}/{event_id}", timeout=timeout).read().decode()
+            text = urllib.request.urlopen(f"{self.url}/gradio_api/call/{api}/{event_id}",
+                                          timeout=timeout).read().decode()
         except urllib.error.HTTPError as err:
             return False, f"HTTP {err.code}: {err.read()[:300].decode(errors='replace')}"
         return _sse_outcome(text)
@@ -285,7 +286,8 @@ class Outcome:
     def line(self) -> str:
         answer = self.answer.replace("\n", " ")
         answer = answer if len(answer) <= 90 else answer[:87] + "..."
-        return f"{'ok  ' if self.safe else 'FAIL'} {self.case:<46} {self.seconds:7.2f} s {self.peak_mb:7.0f} MB  {answer}"
+        return (f"{'ok  ' if self.safe else 'FAIL'} {self.case:<46} "
+                f"{self.seconds:7.2f} s {self.peak_mb:7.0f} MB  {answer}")
 
 
 def measured(app: App, case: str, action: Callable[[], tuple[bool, str]]) -> Outcome:
@@ -455,7 +457,8 @@ def leak_case(app: App, client: RawClient, seconds: float, clients: int = 16) ->
         third = max(1, len(marks) // 3)
         growth = np.mean(marks[-third:]) - np.mean(marks[:third])
         return growth < 100, (f"{calls} predict calls by {clients} clients in {seconds:.0f} s; memory "
-                              f"{' -> '.join(f'{m:.0f}' for m in marks)} MB (last third - first third: {growth:+.0f} MB)")
+                              f"{' -> '.join(f'{m:.0f}' for m in marks)} MB "
+                              f"(last third - first third: {growth:+.0f} MB)")
 
     return measured(app, f"{clients} clients x predict for {seconds:.0f} s", run)
 

@@ -68,7 +68,10 @@ MEASURED: tuple[str, ...] = ("likely_label_error", "model_disagrees", "low_quali
 
 
 def flip_labels(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Labels with ``round(fraction * N)`` of them moved to another class (uniform over the 6 others), and the mask of those."""
+    """Labels with ``round(fraction * N)`` of them moved to another class, and the mask of those.
+
+    Each moved label goes to one of the 6 other classes, uniformly.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     n_flip = round(fraction * len(labels))
     flipped = np.zeros(len(labels), dtype=bool)
@@ -168,7 +171,8 @@ def format_report(summary: pd.DataFrame, *, n_faces: int, n_flip: int, fraction:
             expected[m] = f"{min(1.0, int(m[2:]) / n_faces):.3f}"
     table.append(["random (expected)", *(expected[m] for m in metrics)])
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                               for i, (cell, w) in enumerate(zip(row, widths)))
                      for row in table)
 
 

@@ -81,7 +81,8 @@ class KillResult:
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and all(i == "ok" for i in self.integrity) and all(c == -signal.SIGKILL for c in self.exit_codes)
+        return (self.lost == 0 and all(i == "ok" for i in self.integrity)
+                and all(c == -signal.SIGKILL for c in self.exit_codes))
 
 
 @dataclass
@@ -280,8 +281,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.store", description=__doc__.split("\n\n")[0])
     parser.add_argument("--db", required=True, help="SQLite file to create and test (must not exist, see --overwrite)")
     parser.add_argument("--overwrite", action="store_true", help="delete FILE (and its -wal/-shm) first")
-    parser.add_argument("--processes", type=int, default=8, help="concurrent writer and annotator processes (default 8)")
-    parser.add_argument("--decisions", type=int, default=1000, help="decisions submitted in the throughput check (default 1000)")
+    parser.add_argument("--processes", type=int, default=8,
+                        help="concurrent writer and annotator processes (default 8)")
+    parser.add_argument("--decisions", type=int, default=1000,
+                        help="decisions submitted in the throughput check (default 1000)")
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLed writers (default 3)")
     parser.add_argument("--rounds", type=int, default=10, help="simultaneous next-face rounds (default 10)")
     return parser

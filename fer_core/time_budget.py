@@ -24,7 +24,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["parse_duration", "parse_time_budget", "EpochCost", "estimate_epoch_seconds", "finish_reserve", "plan_epochs"]
+__all__ = [
+    "parse_duration", "parse_time_budget", "EpochCost", "estimate_epoch_seconds", "finish_reserve", "plan_epochs",
+]
 
 _DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m(?:in)?)?(?:(?P<s>\d+(?:\.\d+)?)s)?")
 _SECONDS = re.compile(r"\d+(?:\.\d+)?")

@@ -173,11 +173,13 @@ def _add_run_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--out", required=True, help="output folder: checkpoint, logs, model")
     group.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     group.add_argument("--folds", type=int, default=None, metavar="K",
-                       help="train K models on K-1 folds each and write out-of-fold probabilities of every training face")
+                       help="train K models on K-1 folds each and write out-of-fold probabilities "
+                            "of every training face")
     group.add_argument("--fold-index", type=int, default=None, metavar="I",
                        help="with --folds: train fold I alone (run the folds in parallel processes; "
                             "then --folds K --resume combines them)")
-    group.add_argument("--seed", type=int, default=0, help="of the weights, the order of the faces and the augmentation")
+    group.add_argument("--seed", type=int, default=0,
+                       help="of the weights, the order of the faces and the augmentation")
     group.add_argument("--device", default="auto", choices=DEVICES, help="auto: a CUDA GPU where there is one")
     group.add_argument("--amp", default="auto", choices=AMP_MODES,
                        help="bf16 autocast: auto (where the hardware has it), on or off")
@@ -221,7 +223,10 @@ class Setup:
 
 
 def epoch_steps(faces: int, args: argparse.Namespace, world_size: int = 1) -> int:
-    """Optimisation steps in an epoch of ``faces`` faces (a last batch too small to share between processes is left out)."""
+    """Optimisation steps in an epoch of ``faces`` faces.
+
+    A last batch too small to share between processes is left out.
+    """
     steps = math.ceil(faces / args.batch_size)
     if world_size > 1 and faces - (steps - 1) * args.batch_size < world_size:
         steps -= 1

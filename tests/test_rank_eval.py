@@ -72,13 +72,15 @@ class TestPieces:
 @needs_shared
 class TestOnRealFaces:
     def test_label_error_ranking_beats_random(self, capsys: pytest.CaptureFixture) -> None:
-        code = main([str(SHARED_FER / "val"), "--limit", "200", "--fraction", "0.1", "--repeats", "2", "--top", "10,50"])
+        code = main([str(SHARED_FER / "val"), "--limit", "200", "--fraction", "0.1", "--repeats", "2",
+                     "--top", "10,50"])
         assert code == 0
         printed = capsys.readouterr().out
         assert "200 faces" in printed and "20 labels (10.0%) flipped" in printed
         table = parse_report(printed)
         assert list(table) == ["likely_label_error", "model_disagrees", "low_quality", "random", "random (expected)"]
-        assert set(table["likely_label_error"]) == {"ranked", "P@10", "R@10", "P@20", "R@20", "P@50", "R@50", "R@all", "AP"}
+        assert set(table["likely_label_error"]) == {
+            "ranked", "P@10", "R@10", "P@20", "R@20", "P@50", "R@50", "R@all", "AP"}
         expected = table["random (expected)"]["AP"][0]
         assert expected == pytest.approx(0.1)
         errors = table["likely_label_error"]

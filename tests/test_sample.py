@@ -24,4 +24,5 @@ class TestBundledSample:
         table = load_faces(SAMPLE_PATH)
         fresh = score_faces(table.images, labels=table.labels)
         for column in (*COMPONENT_COLUMNS, "quality_score", "pixel_mean", "pixel_std", "sample_weight"):
-            np.testing.assert_allclose(table.frame[column].to_numpy(dtype=float), fresh[column].to_numpy(dtype=float), atol=1e-6)
+            np.testing.assert_allclose(table.frame[column].to_numpy(dtype=float),
+                                       fresh[column].to_numpy(dtype=float), atol=1e-6)

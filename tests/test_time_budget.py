@@ -100,7 +100,8 @@ class TestBudgetedTraining:
         assert card["training"]["epochs"] == 9 and card["training"]["time_budget"]["max_epochs"] == 30
         assert "time budget: 9 of at most 30 epochs fit in 0:16:40" in capsys.readouterr().out
 
-    def test_a_budget_too_short_for_a_second_epoch_trains_one(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def test_a_budget_too_short_for_a_second_epoch_trains_one(self, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
         code, out = _run(tmp_path, "--epochs", "20", "--time-budget", "1s")
         assert code == 0
         assert len(_log(out)) == 1
@@ -122,7 +123,8 @@ def test_a_killed_budgeted_run_resumes_with_the_time_it_used(tmp_path: Path) -> 
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = out / "checkpoint.json"
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (checkpoint.is_file() and json.loads(checkpoint.read_text())["epoch"] >= 3):
+    while time.monotonic() < deadline and not (
+            checkpoint.is_file() and json.loads(checkpoint.read_text())["epoch"] >= 3):
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()

@@ -32,7 +32,8 @@ TINY = ["--model", "fer_tiny", "--batch-size", "32", "--no-progress", "--warmup-
 
 
 def _run(tmp_path: Path, *extra: str, out: str = "run") -> tuple[int, Path]:
-    args = get_args_parser().parse_args([str(SAMPLE_PATH), "--val", str(SAMPLE_PATH), "--out", str(tmp_path / out), *TINY, *extra])
+    args = get_args_parser().parse_args([str(SAMPLE_PATH), "--val", str(SAMPLE_PATH), "--out", str(tmp_path / out),
+                                         *TINY, *extra])
     return main(args), tmp_path / out
 
 
@@ -66,20 +67,25 @@ class TestTraining:
         assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=1e-4)
 
     def test_killed_run_resumes_where_it_stopped(self, tmp_path: Path) -> None:
-        command = [sys.executable, "-m", "fer_core.train", str(SAMPLE_PATH), "--val", str(SAMPLE_PATH), *TINY, "--epochs", "4"]
-        straight = subprocess.run([*command, "--out", str(tmp_path / "straight")], cwd=REPO, capture_output=True, text=True, timeout=300)
+        command = [sys.executable, "-m", "fer_core.train", str(SAMPLE_PATH), "--val", str(SAMPLE_PATH), *TINY,
+                   "--epochs", "4"]
+        straight = subprocess.run([*command, "--out", str(tmp_path / "straight")], cwd=REPO,
+                                  capture_output=True, text=True, timeout=300)
         assert straight.returncode == 0, straight.stderr[-2000:]
         # Kill the second run (SIGKILL: no clean-up) once it has checkpointed an epoch.
-        process = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen([*command, "--out", str(tmp_path / "killed")], cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         checkpoint = tmp_path / "killed" / "checkpoint.json"
         deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and not (checkpoint.is_file() and json.loads(checkpoint.read_text())["epoch"] >= 1):
+        while time.monotonic() < deadline and not (
+                checkpoint.is_file() and json.loads(checkpoint.read_text())["epoch"] >= 1):
             time.sleep(0.1)
         process.send_signal(signal.SIGKILL)
         process.wait()
         stopped_at = json.loads(checkpoint.read_text())["epoch"]
         assert 1 <= stopped_at < 4, "the run finished before it could be killed"
-        resumed = subprocess.run([*command, "--out", str(tmp_path / "killed"), "--resume"], cwd=REPO, capture_output=True, text=True, timeout=300)
+        resumed = subprocess.run([*command, "--out", str(tmp_path / "killed"), "--resume"], cwd=REPO,
+                                 capture_output=True, text=True, timeout=300)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
         assert f"resuming {tmp_path / 'killed'} after epoch {stopped_at}" in resumed.stdout
         a, b = _log(tmp_path / "straight"), _log(tmp_path / "killed")
@@ -87,7 +93,8 @@ class TestTraining:
         assert [r["train_loss"] for r in b] == pytest.approx([r["train_loss"] for r in a], rel=1e-4)
         assert [r["val_accuracy"] for r in b] == pytest.approx([r["val_accuracy"] for r in a], abs=1e-3)
 
-    def test_refuses_to_overwrite_a_run_and_to_resume_nothing(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def test_refuses_to_overwrite_a_run_and_to_resume_nothing(self, tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture) -> None:
         assert _run(tmp_path, "--epochs", "1", "--resume")[0] == 2
         assert "no checkpoint" in capsys.readouterr().err
         assert _run(tmp_path, "--epochs", "1")[0] == 0
@@ -111,7 +118,8 @@ class TestDefaults:
         recorded = vars(get_args_parser().parse_args(argv))
         defaults = vars(get_args_parser().parse_args(["DATA", "--out", "DIR"]))
         where = {"data", "val", "out", "no_progress"}  # where the data and the run live; not the recipe
-        assert {k: v for k, v in recorded.items() if k not in where} == {k: v for k, v in defaults.items() if k not in where}
+        assert ({k: v for k, v in recorded.items() if k not in where}
+                == {k: v for k, v in defaults.items() if k not in where})
 
     def test_the_recipe(self) -> None:
         args = get_args_parser().parse_args(["DATA", "--out", "DIR"])
@@ -132,8 +140,8 @@ class TestDefaults:
         (["--val-labels", "no_such_labels.csv"], "--val-labels: no file at 'no_such_labels.csv'"),
         (["--val-labels-name", "ferplus"], "give --val-labels FILE too"),
     ])
-    def test_options_that_cannot_work_are_refused_before_reading_data(self, tmp_path: Path, extra: list[str],
-                                                                       message: str, capsys: pytest.CaptureFixture) -> None:
+    def test_options_that_cannot_work_are_refused_before_reading_data(
+            self, tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
         args = get_args_parser().parse_args([str(tmp_path / "no_data"), "--out", str(tmp_path / "x"), *extra])
         assert main(args) == 2
         assert message in capsys.readouterr().err

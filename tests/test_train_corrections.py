@@ -54,7 +54,8 @@ def store_path(tmp_path: Path, sample) -> tuple[Path, dict[str, str]]:
     def decide(who, face, label):
         return store.record_decision(who, sample.name, faces[face], label)
     decide("ann", "relabelled", "happy"), decide("bob", "relabelled", "happy")
-    decide("ann", "relabelled_split", "happy"), decide("bob", "relabelled_split", "happy"), decide("cy", "relabelled_split", "unsure")
+    decide("ann", "relabelled_split", "happy"), decide("bob", "relabelled_split", "happy")
+    decide("cy", "relabelled_split", "unsure")
     decide("ann", "dropped", "not_a_face")
     decide("ann", "tie", "happy"), decide("bob", "tie", "sad")
     decide("ann", "unsure", "unsure")
@@ -199,7 +200,8 @@ class TestFileValidation:
         path = export_corrections(store, tmp_path / "corrections.csv")
         store.close()
         hard_only = _edited(path, lambda f: f[["dataset", "sample_id", "original_label", "resolved_label"]])
-        assert prepare_training_data(_args("--corrections", str(hard_only)), sample, LabelMap()).corrections["relabelled"] == 3
+        prepared = prepare_training_data(_args("--corrections", str(hard_only)), sample, LabelMap())
+        assert prepared.corrections["relabelled"] == 3
         with pytest.raises(ValueError, match="lacks the columns votes_angry"):
             prepare_training_data(_args("--corrections", str(hard_only), "--soft-labels"), sample, LabelMap())
 
@@ -262,7 +264,8 @@ class TestEndToEnd:
 class TestExportCommand:
     def test_writes_what_the_relabel_tab_exports(self, store_path, tmp_path: Path) -> None:
         db, _ = store_path
-        assert export_main(export_parser().parse_args(["--db", f"sqlite:///{db}", "--out", str(tmp_path / "a.csv")])) == 0
+        assert export_main(export_parser().parse_args(
+            ["--db", f"sqlite:///{db}", "--out", str(tmp_path / "a.csv")])) == 0
         store = open_store(str(db))
         export_corrections(store, tmp_path / "b.csv", "fer2013_sample")
         store.close()
@@ -285,7 +288,8 @@ class TestExportCommand:
         import sqlite3
 
         sqlite3.connect(tmp_path / "empty.db").close()
-        assert export_main(export_parser().parse_args(["--db", str(tmp_path / db), "--out", str(tmp_path / "c.csv")])) == 2
+        assert export_main(export_parser().parse_args(
+            ["--db", str(tmp_path / db), "--out", str(tmp_path / "c.csv")])) == 2
         assert message in capsys.readouterr().err
         assert not (tmp_path / "c.csv").exists() and not (tmp_path / "missing.db").exists()
 

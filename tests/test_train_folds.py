@@ -132,7 +132,8 @@ class TestFoldRun:
         assert f"resuming {killed / 'fold_1'} after epoch 1" in printed
         assert "fold 3/3: training on" in printed
         assert (killed / "fold_0" / "model.safetensors").stat().st_mtime_ns == finished
-        assert [r["epoch"] for r in map(json.loads, (killed / "fold_1" / "log.jsonl").read_text().splitlines())] == [1, 2]
+        fold_log = (killed / "fold_1" / "log.jsonl").read_text().splitlines()
+        assert [r["epoch"] for r in map(json.loads, fold_log)] == [1, 2]
         a = pd.read_parquet(straight / "oof_probabilities.parquet")
         b = pd.read_parquet(killed / "oof_probabilities.parquet")
         assert a["sample_id"].tolist() == b["sample_id"].tolist()

@@ -94,8 +94,8 @@ class TestSelfDistillation:
         (["--self-kd", "-0.1"], "--self-kd must be in (0, 1]"),
         (["--kd-temperature", "0"], "--kd-temperature must be above 0"),
     ])
-    def test_self_distillation_options_that_cannot_work_are_refused(self, tmp_path: Path, extra: list[str],
-                                                                     message: str, capsys: pytest.CaptureFixture) -> None:
+    def test_self_distillation_options_that_cannot_work_are_refused(
+            self, tmp_path: Path, extra: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
         assert main(_args(tmp_path / "x", "--epochs", "1", *extra)) == 2
         assert message in capsys.readouterr().err
 

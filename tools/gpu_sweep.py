@@ -198,7 +198,8 @@ def _run_summary(r: Run, out: Path) -> tuple[dict[str, Any], float | None]:
     best = max(rows, key=lambda row: row["val_accuracy"]) if rows else None
     return {
         "command": "python -m fer_core.train " + shlex.join(r.argv), "finished": (out / "model.json").is_file(),
-        "epochs_done": len(rows), "best_epoch": best and best["epoch"], "best_val_accuracy": best and best["val_accuracy"],
+        "epochs_done": len(rows), "best_epoch": best and best["epoch"],
+        "best_val_accuracy": best and best["val_accuracy"],
         "best_val_macro_f1": best and best["val_macro_f1"], "wall_s": round(r.ended - r.started, 1),
         "val_metrics": card.get("val_metrics"), "calibration": card.get("calibration"),
     }, best and best["val_accuracy"]

@@ -39,7 +39,8 @@ def main(args: argparse.Namespace) -> int:
     sample = add_quality(table.select(np.array(chosen)))
     # Record where each face came from relative to the data set, not this machine's paths.
     root = Path(args.data).resolve()
-    sources = [Path(s).relative_to(root.parent).as_posix() if Path(s).is_absolute() else s for s in sample.frame["source"]]
+    sources = [Path(s).relative_to(root.parent).as_posix() if Path(s).is_absolute() else s
+               for s in sample.frame["source"]]
     sample.frame["source"] = sources
     out = save_table(sample, args.out)
     print(f"wrote {len(sample)} faces ({out.stat().st_size / 1e6:.2f} MB) to {out}")

@@ -31,7 +31,8 @@ def run_migrations_online() -> None:
         with context.begin_transaction():
             context.run_migrations()
         return
-    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url") or default_db_url()
+    url = (context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+           or default_db_url())
     engine = create_store_engine(url)
     try:
         with writer(engine).begin() as connection:
@@ -43,7 +44,8 @@ def run_migrations_online() -> None:
 
 
 def run_migrations_offline() -> None:
-    url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url") or default_db_url()
+    url = (context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+           or default_db_url())
     context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()

@@ -97,8 +97,9 @@ def read_corrections_file(path: str | Path, *, need_votes: bool = False) -> pd.D
     wanted = [*REQUIRED_COLUMNS, *(VOTE_COLUMNS if need_votes else ())]
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
+        votes = ", and the votes_<emotion> counts for --soft-labels" if need_votes else ""
         raise FERError(f"--corrections: {file.name} lacks the columns {', '.join(missing)} (it needs "
-                       f"{', '.join(REQUIRED_COLUMNS)}{', and the votes_<emotion> counts for --soft-labels' if need_votes else ''})")
+                       f"{', '.join(REQUIRED_COLUMNS)}{votes})")
     out = pd.DataFrame({c: _text(frame[c]) for c in REQUIRED_COLUMNS})
     _check_labels(file, "original_label", out["original_label"], list(EMOTIONS))
     _check_labels(file, "resolved_label", out["resolved_label"], [*EMOTIONS, NOT_A_FACE, ""])

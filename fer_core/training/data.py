@@ -33,7 +33,8 @@ class LabelMap:
             source, sep, dest = spec.partition("=")
             src, dst = normalise(source), normalise(dest)
             if not sep or src is None or dst is None or src == dst:
-                raise FERError(f"--merge expects SOURCE=TARGET with two different emotions, e.g. disgust=angry; got {spec!r}")
+                raise FERError("--merge expects SOURCE=TARGET with two different emotions, e.g. disgust=angry; "
+                               f"got {spec!r}")
             target[src] = dst
         self.names: list[str] = [e for e in EMOTIONS if target[e] == e]
         self.index = np.array([self.names.index(target[e]) for e in EMOTIONS], dtype=np.int64)
