@@ -318,7 +318,8 @@ def settings_from_inputs(strategy: str, emotions: list[str], q_min: float, q_max
 # ------------------------------------------------------------------------------ Gradio
 
 
-def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: str = "name") -> None:
+def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: str = "name", *,
+                      catalog: Any = None, job: Any = None) -> None:
     """The Relabel tab's components and events; call inside ``gr.Blocks`` (and a ``gr.Tab``).
 
     ``selection_state``: the Browse tab's ``gr.State`` of selected rows, when that tab can send
@@ -327,7 +328,9 @@ def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: 
     user) or ``"huggingface"`` (a Space with ``hf_oauth: true``: a sign-in button, the annotator
     is ``hf:<username>``). With sign-in, exporting everyone's answers needs a signed-in user.
     Endpoints: ``relabel_start``, ``relabel_<answer>`` and ``relabel_undo`` (parameters: name,
-    faces, then the queue settings), ``relabel_switch`` and ``relabel_export``.
+    faces, then the queue settings), ``relabel_switch`` and ``relabel_export``. ``catalog`` (default
+    ``desk.catalog``) and ``job`` (an :class:`annotate.finetune.FineTuneJob` over the desk's data
+    set) add the *Train on corrections* panel (:mod:`ui.train_panel`); without both it is not shown.
     """
     import gradio as gr
 
@@ -361,6 +364,10 @@ def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: 
     ui["undo"].click(on["undo"], inputs, outputs, api_name="relabel_undo", show_progress="hidden", trigger_mode="once")
     ui["switch"].click(on["switch"], [session], [session, *outputs[:3]], api_name="relabel_switch").then(**view)
     ui["export"].click(on["export"], None, [ui["files"]], api_name="relabel_export")
+    from ui.train_panel import build_train_panel
+
+    build_train_panel(desk, catalog=catalog if catalog is not None else getattr(desk, "catalog", None), job=job,
+                      identity=identity, name=name)
 
 
 def _handlers(desk: RelabelDesk, identity: str, prompt: str) -> dict[str, Any]:
