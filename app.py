@@ -57,16 +57,19 @@ def step(what: str):
     print(f"{what}: done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
 
-def load_data(path: str | None, *, allow_outside_root: bool = False, weights: str | None = None):
+def load_data(path: str | None, *, allow_outside_root: bool = False, weights: str | None = None, catalog=None):
     """The data set to browse, with its quality, model and duplicate columns (cached after the first start).
 
     ``allow_outside_root``: follow links and Parquet image paths that leave the data set's folder.
-    ``weights``: the model whose predictions fill the model columns (default: the bundled one).
+    The model columns hold the opinion of ``catalog``'s default model (a
+    :class:`~fer_core.catalog.ModelCatalog`), else of ``weights`` (default: the bundled model).
     """
     from fer_core.browse import enrich
     from fer_core.datasets import load_faces
 
     table = load_faces(path or SAMPLE_PATH, progress=True, allow_outside_root=allow_outside_root)
+    if catalog is not None:
+        return enrich(table, predictor=catalog.predictor(), progress=True)
     return enrich(table, weights=weights, progress=True)
 
 
@@ -101,23 +104,27 @@ def open_annotations_saying(db: str | None = None):
 
 
 def build_demo(table, store=None, *, identity: str = "name", notice: str | None = None,
-               weights: str | None = None) -> gr.Blocks:
+               weights: str | None = None, catalog=None) -> gr.Blocks:
     """The app over an enriched table (:func:`load_data`) and a relabel store.
 
     ``store`` defaults to :func:`open_annotations` of ``$FER_DB_URL`` (read through
     :class:`~fer_core.config.Settings`). ``identity``: who an annotator is
     (``ui.relabel_tab.IDENTITIES``: the typed name, the signed-in user of ``--auth``, or the
     Hugging Face account on a Space). ``notice``: a warning shown above the tabs (for example:
-    answers will not be kept). ``weights``: the model every tab uses (default: the bundled one).
+    answers will not be kept). ``catalog``: the models the tabs choose from by name (a
+    :class:`~fer_core.catalog.ModelCatalog`; default: the bundled ones, with ``weights`` as the
+    default model when given); ``table``'s model columns are its default model's opinion.
     """
     import gradio as gr
 
-    from fer_core.predict import get_predictor
+    from fer_core.catalog import ModelCatalog
     from ui.browse_tab import Browser, build_browse_tab
     from ui.predict_tab import build_predict_tab
     from ui.relabel_tab import RelabelDesk, build_relabel_tab
 
-    predictor = get_predictor(weights)
+    catalog = catalog if catalog is not None else ModelCatalog(weights)
+    default = catalog.default  # the model whose opinion the table carries (load_data)
+    predictor = catalog.predictor(default)
     store = store if store is not None else open_annotations(Settings.from_env().db_url)
 
     def corrected() -> set[str]:
@@ -136,12 +143,13 @@ def build_demo(table, store=None, *, identity: str = "name", notice: str | None 
             gr.Markdown(f"**Warning:** {html.escape(notice)}", elem_id="app-notice")
         selection = gr.State(None)  # rows the Browse tab sends to the Relabel tab
         with gr.Tab("Predict"):
-            build_predict_tab(predictor)
+            build_predict_tab(catalog)
         with gr.Tab("Browse"):
-            build_browse_tab(Browser(table, corrected=corrected, history=history, votes=votes), selection)
+            build_browse_tab(Browser(table, corrected=corrected, history=history, votes=votes, catalog=catalog,
+                                     model=default), selection)
         with gr.Tab("Relabel"):
-            build_relabel_tab(RelabelDesk(store, table, model_version=predictor.model_name), selection,
-                              identity=identity)
+            build_relabel_tab(RelabelDesk(store, table, model_version=predictor.model_name, model_name=default,
+                                          catalog=catalog), selection, identity=identity)
     return demo
 
 
@@ -206,19 +214,22 @@ CSS = """
 """
 
 
-def load_model(weights: str | None):
-    """The predictor every tab uses (:func:`fer_core.predict.get_predictor`, built once per weights).
+def load_models(weights: str | None):
+    """The models the tabs choose from (a :class:`~fer_core.catalog.ModelCatalog` of the bundled ones), with
+    ``weights`` as the default when given, and the default's predictor loaded.
 
     Raises :class:`fer_core.weights.WeightsError` (a ``FERError``) naming ``--weights`` when the
     file is missing or not usable, so that the app stops with one line instead of a traceback.
     """
-    from fer_core.predict import get_predictor
+    from fer_core.catalog import ModelCatalog
     from fer_core.weights import WeightsError
 
     try:
-        return get_predictor(weights)
+        catalog = ModelCatalog(weights)
+        catalog.predictor()
     except WeightsError as err:
         raise WeightsError(f"--weights (or FER_WEIGHTS): {err}") from None
+    return catalog
 
 
 def get_args_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -228,8 +239,8 @@ def get_args_parser(settings: Settings) -> argparse.ArgumentParser:
                         help="data set to open (folder, fer2013.csv, Parquet, hub id); "
                              "default: $FER_DATA or the bundled sample")
     parser.add_argument("--weights", default=settings.weights, metavar="FILE",
-                        help="model to serve: a .safetensors file with its .json card beside it ($FER_WEIGHTS); "
-                             "default: the bundled weights")
+                        help="default model: a .safetensors file with its .json card beside it ($FER_WEIGHTS); "
+                             "the bundled models stay choosable by name; default: the bundled weights")
     parser.add_argument("--host", default=settings.server_name, help="address to serve on ($GRADIO_SERVER_NAME)")
     parser.add_argument("--port", type=int, default=settings.server_port, help="port ($GRADIO_SERVER_PORT)")
     parser.add_argument("--db", default=settings.db_url,
@@ -273,16 +284,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with step(f"loading the model ({args.weights or 'the bundled weights'})"):
-            load_model(args.weights)
+            catalog = load_models(args.weights)
         with step(f"loading the data set ({args.data or 'the bundled sample'})"):
-            table = load_data(args.data, allow_outside_root=args.allow_outside_root, weights=args.weights)
+            table = load_data(args.data, allow_outside_root=args.allow_outside_root, catalog=catalog)
         with step("opening the relabel store"):
             store, notice = open_annotations_saying(args.db)
     except FERError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with step("building the tabs (model, detector, relabel queue)"):
-        demo = build_demo(table, store, identity=identity, notice=notice, weights=args.weights)
+        demo = build_demo(table, store, identity=identity, notice=notice, catalog=catalog)
     with step(f"starting the server on http://{args.host}:{args.port}"):
         launch(demo, host=args.host, port=args.port, prevent_thread_lock=True, auth=users or None)
     # `docker stop` and process managers send SIGTERM: stop as on Ctrl-C, so that Gradio deletes the

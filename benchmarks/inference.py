@@ -29,6 +29,7 @@ import numpy as np
 from fer_core._cli import cli_main
 from fer_core._torch import require_torch
 from fer_core._validation import FERError
+from fer_core.catalog import weights_for
 from fer_core.constants import TTA_MODES
 from fer_core.hardware import cpu_description
 from fer_core.predict import RUNTIMES
@@ -186,6 +187,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.inference", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--weights", default=None, help="weights to measure (default: the bundled model)")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="a bundled model to measure, by name (its card's name, else its file's stem), "
+                             "instead of --weights")
     parser.add_argument("--runtime", choices=list(RUNTIMES), default="auto",
                         help="ONNX Runtime in float32 (onnx) or int8 (onnx-int8); auto: the one the model card names")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads")
@@ -224,10 +228,11 @@ def main(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="fer_bench_") as folder:
         if args.widths and not args.architecture:
             raise FERError("--widths goes with --architecture")
-        if args.architecture and args.weights:
-            raise FERError("give --weights (a trained model) or --architecture (an untrained design), not both")
+        if args.architecture and (args.weights or args.model):
+            raise FERError("give --weights or --model (a trained model) or --architecture (an untrained design), "
+                           "not both")
         weights = (str(untrained_weights(args.architecture, _widths(args.widths), folder))
-                   if args.architecture else args.weights)
+                   if args.architecture else weights_for(args.weights, args.model))
         tta, mirror_gap = TTA_CHOICES[args.tta]
         r = run_bench(weights=weights, runtime=args.runtime, threads=args.threads, seconds=args.seconds,
                       tta=tta, mirror_gap=mirror_gap, faces_from=args.faces, with_torch=args.torch)

@@ -4,14 +4,17 @@
 
 - the quality fields (:mod:`fer_core.quality`), unless the data set already carries them (an
   enhanced Parquet is used as it is);
-- the bundled model's opinion of each face: ``model_label`` (FER2013 id), ``model_confidence``,
-  ``model_agrees`` and the seven calibrated probabilities ``p_angry`` ... ``p_neutral``;
+- a model's opinion of each face (:data:`OPINION_COLUMNS`; the bundled model unless told
+  otherwise): ``model_label`` (FER2013 id), ``model_confidence``, ``model_agrees`` and the
+  seven calibrated probabilities ``p_angry`` ... ``p_neutral``;
 - duplicate groups (:mod:`fer_core.duplicates`): ``dup_group``, ``dup_kind``, ``dup_group_size``,
   ``dup_cross_split``.
 
 These derived columns are cached under :func:`fer_core.config.default_cache_dir`, keyed by
-the faces' pixels and ids, the weights file and :data:`BROWSE_VERSION`, so a second start
-with the same data reads them back instead of recomputing them.
+the faces' pixels and ids, the weights file, its card and :data:`BROWSE_VERSION`, so a second
+start with the same data reads them back instead of recomputing them. :func:`model_opinion`
+gives another model's opinion columns alone (cached the same way), for showing the same faces
+through that model's eyes.
 
 :class:`BrowseQuery` says what a person asked for (split, emotions, quality and component
 ranges, label status, model agreement, duplicates, order); :func:`filter_faces` answers it
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,9 +42,11 @@ from fer_core.quality import COMPONENT_COLUMNS, QUALITY_COLUMNS, add_quality
 __all__ = [
     "BROWSE_VERSION",
     "PROBABILITY_COLUMNS",
+    "OPINION_COLUMNS",
     "SORTS",
     "BrowseQuery",
     "enrich",
+    "model_opinion",
     "filter_faces",
     "page_of",
     "class_counts",
@@ -52,6 +58,8 @@ log = logging.getLogger(__name__)
 #: Bump when the derived columns change meaning, so old cache entries are not reused.
 BROWSE_VERSION = 1
 PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{e}" for e in EMOTIONS)
+#: The columns that hold one model's opinion of each face.
+OPINION_COLUMNS: tuple[str, ...] = (*PROBABILITY_COLUMNS, "model_label", "model_confidence", "model_agrees")
 #: Orders a person can ask for.
 SORTS: tuple[str, ...] = (
     "quality, lowest first",
@@ -69,13 +77,21 @@ Duplicates = Literal["any", "unique", "duplicated", "cross-split"]
 # --------------------------------------------------------------------------- enrichment
 
 
+def _model_files(weights: Path) -> tuple[Path, ...]:
+    """The files a model's answers depend on: its weights and its card (temperature, runtime, mirror gate)."""
+    from fer_core.weights import card_path
+
+    card = card_path(weights)
+    return (weights, card) if card.is_file() else (weights,)
+
+
 def _cache_key(table: FaceTable, weights: Path, has_quality: bool) -> str:
-    """What the derived columns depend on: faces, ids, labels, splits, weights, carried quality."""
+    """What the derived columns depend on: faces, ids, labels, splits, the model's files, carried quality."""
     frame = table.frame
     return cache_key(
         "browse", BROWSE_VERSION, table.images, "\0".join(frame["sample_id"].astype(str)),
         frame["emotion"].to_numpy(dtype=np.int64), frame["split"].astype(str).str.cat(sep="\0"),
-        weights, "carried" if has_quality else "computed",
+        *_model_files(weights), "carried" if has_quality else "computed",
     )
 
 
@@ -83,13 +99,17 @@ def _cache_key(table: FaceTable, weights: Path, has_quality: bool) -> str:
 MODEL_CHUNK = 2048
 
 
-def _model_columns(table: FaceTable, predictor, *, progress: bool = False) -> pd.DataFrame:
+def _model_columns(table: FaceTable, predictor, *, progress: bool = False,
+                   on_chunk: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     from tqdm.auto import tqdm
 
     index = [predictor.labels.index(e) for e in EMOTIONS]  # the model's class order -> FER2013 ids
     starts = range(0, len(table), MODEL_CHUNK)
-    chunks = [predictor.predict_faces(table.images[i:i + MODEL_CHUNK])
-              for i in tqdm(starts, desc="model", unit="chunk", disable=not progress or len(starts) < 2)]
+    chunks = []
+    for i in tqdm(starts, desc="model", unit="chunk", disable=not progress or len(starts) < 2):
+        if on_chunk is not None:
+            on_chunk(i, len(table))
+        chunks.append(predictor.predict_faces(table.images[i:i + MODEL_CHUNK]))
     probs = (np.concatenate(chunks) if chunks else np.empty((0, len(EMOTIONS))))[:, index].astype(np.float32)
     top = probs.argmax(1)
     columns = {name: probs[:, i] for i, name in enumerate(PROBABILITY_COLUMNS)}
@@ -115,24 +135,29 @@ def _duplicate_columns(table: FaceTable, *, progress: bool = False) -> pd.DataFr
     })
 
 
-def enrich(table: FaceTable, *, weights: str | Path | None = None, use_cache: bool = True,
+def enrich(table: FaceTable, *, weights: str | Path | None = None, predictor: Any = None, use_cache: bool = True,
            progress: bool = False) -> FaceTable:
     """``table`` with quality, model and duplicate columns added (see the module docstring).
 
-    Quality fields a data set already carries are kept as they are. The derived columns are
-    read from the cache when the same faces, ids, labels and weights were enriched before.
+    The model is ``predictor`` (a :class:`~fer_core.predict.Predictor`, for example a
+    :class:`~fer_core.catalog.ModelCatalog`'s), else the one of ``weights`` (default: the bundled
+    model). Quality fields a data set already carries are kept as they are. The derived columns
+    are read from the cache when the same faces, ids, labels and model were enriched before.
     """
     from fer_core.predict import get_predictor
     from fer_core.weights import DEFAULT_WEIGHTS
 
-    weights_path = Path(weights) if weights else DEFAULT_WEIGHTS
+    if predictor is not None:
+        weights_path = Path(predictor.weights)
+    else:
+        weights_path = Path(weights) if weights else DEFAULT_WEIGHTS
     has_quality = all(c in table.frame for c in ("quality_score", *COMPONENT_COLUMNS))
 
     def derive() -> pd.DataFrame:
         base = table if has_quality else add_quality(table, progress=progress)
         parts = [] if has_quality else [base.frame[list(QUALITY_COLUMNS)]]
-        predictor = get_predictor(str(weights_path) if weights else None)
-        parts.append(_model_columns(table, predictor, progress=progress))
+        model = predictor if predictor is not None else get_predictor(str(weights_path) if weights else None)
+        parts.append(_model_columns(table, model, progress=progress))
         parts.append(_duplicate_columns(table, progress=progress))
         return pd.concat([p.reset_index(drop=True) for p in parts], axis=1)
 
@@ -143,6 +168,29 @@ def enrich(table: FaceTable, *, weights: str | Path | None = None, use_cache: bo
     key = _cache_key(table, weights_path, has_quality)
     derived, _ = cached("browse", key, derive, suffix=".parquet", read=read, write=write_frame, use_cache=use_cache)
     return table.with_columns(derived)
+
+
+def model_opinion(table: FaceTable, predictor: Any, *, use_cache: bool = True, progress: bool = False,
+                  on_chunk: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+    """One model's opinion of every face of ``table``: the :data:`OPINION_COLUMNS`, (N,) rows.
+
+    ``predictor`` is a :class:`~fer_core.predict.Predictor`; its answers are cached on disk under
+    the faces, their ids and labels, and the model's weights and card, so a model is run over a
+    data set once (FER2013's 32,064 faces: 30-40 s on two CPU cores for a bundled model, see
+    docs/library.md). ``on_chunk(done, total)`` is called before each :data:`MODEL_CHUNK` faces
+    (for a progress bar). Put the columns in place of the table's own with ``table.with_columns(...)``.
+    """
+    frame = table.frame
+    key = cache_key("opinion", BROWSE_VERSION, table.images, "\0".join(frame["sample_id"].astype(str)),
+                    frame["emotion"].to_numpy(dtype=np.int64), *_model_files(Path(predictor.weights)))
+
+    def read(path: Path) -> pd.DataFrame | None:
+        opinion = pd.read_parquet(path)
+        return opinion if len(opinion) == len(table) and list(opinion.columns) == list(OPINION_COLUMNS) else None
+
+    opinion, _ = cached("opinion", key, lambda: _model_columns(table, predictor, progress=progress, on_chunk=on_chunk),
+                        suffix=".parquet", read=read, write=write_frame, use_cache=use_cache)
+    return opinion
 
 
 # --------------------------------------------------------------------------- queries

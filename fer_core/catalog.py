@@ -6,12 +6,16 @@ names, for serving without PyTorch). Its name is the card's ``name`` field, else
 assets folder that has a card is bundled; the default is :data:`fer_core.weights.DEFAULT_WEIGHTS`
 unless the catalog is told otherwise.
 
+A name is shown in the app and typed by API callers, so it may hold only letters, digits, spaces
+and ``_ . + - ( ) @ : ,`` (at most :data:`MAX_NAME` characters); a card with another name is refused.
+
 A :class:`ModelCatalog` is shared by every visitor of the app: adding a model or changing the
 default (the Relabel tab's training panel does both) changes what everyone is served next.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,12 @@ from typing import Any
 from fer_core._validation import FERError
 from fer_core.config import ASSETS_DIR
 
-__all__ = ["ModelEntry", "ModelCatalog", "UnknownModel", "model_name", "bundled_models"]
+__all__ = ["ModelEntry", "ModelCatalog", "UnknownModel", "model_name", "bundled_models", "check_model_name",
+           "weights_for", "MAX_NAME"]
+
+#: Longest model name.
+MAX_NAME = 80
+_NAME = re.compile(rf"\w[\w .+()@:,-]{{0,{MAX_NAME - 1}}}")
 
 
 class UnknownModel(FERError):
@@ -42,9 +51,17 @@ class ModelEntry:
         return str(self.card.get("training", {}).get("trained_on", "original labels"))
 
 
+def check_model_name(name: Any) -> str:
+    """``name`` if it may name a model (see the module docstring); :class:`FERError` quoting it otherwise."""
+    if not isinstance(name, str) or _NAME.fullmatch(name) is None:
+        raise FERError(f"a model name may hold letters, digits, spaces and _ . + - ( ) @ : , (at most {MAX_NAME} "
+                       f"characters, starting with a letter or digit), got {str(name)[:100]!r}")
+    return name
+
+
 def model_name(weights: str | Path, card: dict[str, Any]) -> str:
-    """The name a model goes by: its card's ``name``, else its file's stem."""
-    return str(card.get("name") or Path(weights).stem)
+    """The name a model goes by: its card's ``name``, else its file's stem (checked by :func:`check_model_name`)."""
+    return check_model_name(str(card.get("name") or Path(weights).stem))
 
 
 def bundled_models(folder: Path = ASSETS_DIR) -> list[tuple[str, Path, dict[str, Any]]]:
@@ -57,6 +74,17 @@ def bundled_models(folder: Path = ASSETS_DIR) -> list[tuple[str, Path, dict[str,
             card = read_card(weights)
             found.append((model_name(weights, card), weights, card))
     return sorted(found, key=lambda item: item[0])
+
+
+def weights_for(weights: str | Path | None, model: str | None, *, folder: Path = ASSETS_DIR) -> str | None:
+    """The weights a command serves: ``weights`` (``--weights FILE``), else those of the bundled model called
+    ``model`` (``--model NAME``), else None (the bundled default). Both given: :class:`FERError`;
+    an unknown name: :class:`UnknownModel` listing the names."""
+    if weights and model:
+        raise FERError("give --weights FILE or --model NAME, not both")
+    if not model:
+        return None if weights is None else str(weights)
+    return str(ModelCatalog(folder=folder).entry(model).weights)
 
 
 class ModelCatalog:
@@ -126,7 +154,7 @@ class ModelCatalog:
 
         weights = Path(weights)
         card = read_card(weights)
-        name = name or model_name(weights, card)
+        name = check_model_name(name) if name else model_name(weights, card)
         with self._lock:
             known = self._entries.get(name)
             if known is not None and known.bundled:

@@ -176,6 +176,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("data", help="labelled faces: class folders, fer2013.csv, Parquet or hub id")
     parser.add_argument("--weights", default=None, help="a .safetensors file with its .json card (default: the bundled model)")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="a bundled model by name (its card's name, else its file's stem), instead of --weights")
     parser.add_argument("--split", default=None, help="evaluate one split only (train, val, test)")
     parser.add_argument("--labels", default=None, metavar="FILE",
                         help="measure against this label file (sample_id,label CSV or Parquet, e.g. the FER+ majority "
@@ -209,9 +211,11 @@ def _label_set(table, labels_file: str | None) -> tuple[Any, dict[str, Any]]:
 
 @cli_main
 def main(args: argparse.Namespace) -> int:
+    from fer_core.catalog import weights_for
     from fer_core.datasets import load_faces
     from fer_core.predict import Predictor
 
+    weights_for(args.weights, args.model)  # a bad name or both flags: said before the data is read
     table = load_faces(args.data, cache_dir=args.cache_dir)
     if args.split:
         table = table.split(args.split)
@@ -219,7 +223,8 @@ def main(args: argparse.Namespace) -> int:
             raise FERError(f"{args.data} has no faces in split {args.split!r}")
     table, label_set = _label_set(table, args.labels)
     tta, mirror_gap = (None, None) if args.tta == "auto" else TTA_MODES[args.tta]
-    predictor = Predictor(args.weights, runtime=args.runtime, tta=tta, mirror_gap=mirror_gap)
+    predictor = Predictor(weights_for(args.weights, args.model), runtime=args.runtime, tta=tta,
+                          mirror_gap=mirror_gap)
     metrics, arrays = evaluate_table(predictor, table, detect=args.detect, backend=args.backend)
     metrics["label_set"] = label_set
     print(format_report(metrics))

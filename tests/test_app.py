@@ -14,6 +14,7 @@ import pytest
 
 import app
 from conftest import REPO, free_port
+from second_model import COPY_NAME, TUNED_NAME, copy_bundled, copy_model, tuned_weights  # noqa: F401 - a fixture
 
 
 def _wait_for_config(url: str, process: subprocess.Popen | None = None, timeout: float = 90) -> dict:
@@ -129,11 +130,10 @@ class TestWeightsSetting:
         assert app.main([]) == 0
         predict = next(f for f in launched["demo"].fns.values() if f.api_name == "predict")
         answer = predict.fn({"path": str(EXAMPLES_DIR / "fer2013_face.png")}, True)
-        from fer_core.predict import get_predictor
-
-        predictor = get_predictor(str(weights))
-        assert predictor.weights == weights
-        assert answer["model"] == predictor.model_name and answer["model"].endswith("@copy-under-test")
+        # The copy is the default model, by its name (the file's stem); the bundled one stays choosable.
+        assert answer["model"] == "my_model" and answer["model_version"].endswith("@copy-under-test")
+        bundled = predict.fn({"path": str(EXAMPLES_DIR / "fer2013_face.png")}, True, "fer_model")
+        assert bundled["model"] == "fer_model" and not bundled["model_version"].endswith("@copy-under-test")
 
     def test_missing_weights_file_is_one_error_line(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
@@ -145,3 +145,72 @@ class TestWeightsSetting:
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
         missing = str(tmp_path / "missing.safetensors")
         assert errors == [f"error: --weights (or FER_WEIGHTS): weights file not found: {missing!r}"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, tuned_weights: Path):  # noqa: F811 - the fixture
+    """The app launched over a catalog of the bundled model, a copy under another name and a fine-tuned one."""
+    from annotate import open_store
+    from benchmarks.app_bench import api_client
+    from fer_core.catalog import ModelCatalog
+
+    folder = tmp_path_factory.mktemp("models")
+    copy_bundled(folder)
+    copy_model(tuned_weights, folder)
+    catalog = ModelCatalog(folder=folder)
+    with pytest.MonkeyPatch.context() as patch:  # the module's own cache, as conftest gives each test
+        patch.setenv("FER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        store = open_store(tmp_path_factory.mktemp("db") / "relabel.db")
+        demo = app.build_demo(app.load_data(None, catalog=catalog), store, catalog=catalog)
+        port = free_port()
+        app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            yield api_client(f"http://127.0.0.1:{port}"), catalog, tmp_path_factory.mktemp("added")
+        finally:
+            demo.close()
+
+
+@pytest.mark.slow
+class TestModelsByName:
+    """The launched app over a catalog of real models: the ``predict`` API answers with the model asked for by name."""
+
+    @staticmethod
+    def _predict(client, *args):
+        from gradio_client import handle_file
+
+        from fer_core.config import EXAMPLES_DIR
+
+        return client.predict(handle_file(str(EXAMPLES_DIR / "fer2013_face.png")), True, *args, api_name="/predict")
+
+    def test_each_model_answers_by_its_name(self, served) -> None:
+        client, catalog, _ = served
+        default, copy, tuned = (self._predict(client, *args) for args in ((), (COPY_NAME,), (TUNED_NAME,)))
+        assert (default["model"], copy["model"], tuned["model"]) == ("fer_model", COPY_NAME, TUNED_NAME)
+        assert copy["faces"] == default["faces"]  # the same weights and card under another name
+        difference = max(abs(tuned["faces"][0]["probabilities"][k] - copy["faces"][0]["probabilities"][k])
+                         for k in copy["faces"][0]["probabilities"])
+        assert difference > 0.01
+        assert tuned["model_version"] == catalog.predictor(TUNED_NAME).model_name
+
+    def test_an_unknown_name_is_a_clear_error_listing_the_names(self, served) -> None:
+        from gradio_client.exceptions import AppError
+
+        client, _, _ = served
+        with pytest.raises(AppError, match="no model named 'nonsense'; choose one of fer_copy, fer_model") as info:
+            self._predict(client, "nonsense")
+        assert "Traceback" not in str(info.value)
+        with pytest.raises(AppError, match="no model named '&lt;b&gt;'"):  # escaped: nothing typed is rendered
+            self._predict(client, "<b>")
+        assert self._predict(client, "")["model"] == "fer_model"  # empty: the default
+
+    def test_a_model_added_while_running_is_served_and_can_become_the_default(self, served,
+                                                                           tuned_weights: Path) -> None:  # noqa: F811
+        client, catalog, folder = served
+        catalog.add(copy_model(tuned_weights, folder), name="added now")
+        try:
+            assert self._predict(client, "added now")["model"] == "added now"
+            catalog.set_default("added now")
+            assert self._predict(client)["model"] == "added now"
+        finally:
+            catalog.set_default("fer_model")
+            catalog.remove("added now")

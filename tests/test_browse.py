@@ -156,3 +156,46 @@ class TestEnrich:
                          name="bare")
         enriched = enrich(bare, use_cache=False)
         assert np.allclose(enriched.frame["quality_score"], table.frame["quality_score"][:20], atol=1e-6)
+
+
+class TestModelOpinion:
+    """One model's opinion columns alone (the Browse tab's other models), cached on disk by the model's files."""
+
+    def test_the_columns_enrich_adds_for_the_same_model(self) -> None:
+        from fer_core.browse import OPINION_COLUMNS, model_opinion
+        from fer_core.predict import Predictor
+
+        table = load_faces(SAMPLE_PATH)
+        calls = []
+        opinion = model_opinion(table, Predictor(), on_chunk=lambda done, total: calls.append((done, total)))
+        assert list(opinion.columns) == list(OPINION_COLUMNS) and len(opinion) == len(table)
+        assert calls == [(0, len(table))]
+        enriched = enrich(table).frame
+        for column in OPINION_COLUMNS:
+            np.testing.assert_allclose(opinion[column].to_numpy(dtype=float), enriched[column].to_numpy(dtype=float),
+                                       atol=1e-6)
+
+    def test_cached_by_the_weights_and_the_card(self, tmp_path, monkeypatch) -> None:
+        import json
+
+        import fer_core.browse as browse
+        from fer_core.browse import model_opinion
+        from fer_core.predict import Predictor
+        from fer_core.weights import card_path
+        from second_model import copy_bundled
+
+        table = load_faces(SAMPLE_PATH).select(np.arange(40))
+        weights = copy_bundled(tmp_path / "models")
+        first = model_opinion(table, Predictor(weights))
+        computed = []
+        original = browse._model_columns
+        monkeypatch.setattr(browse, "_model_columns", lambda *a, **k: computed.append(1) or original(*a, **k))
+        pd.testing.assert_frame_equal(model_opinion(table, Predictor(weights)), first)
+        assert computed == []  # read back
+        card = json.loads(card_path(weights).read_text())
+        card["calibration"]["temperature"] *= 3  # the same weights, another temperature: other probabilities
+        card_path(weights).write_text(json.dumps(card))
+        hotter = model_opinion(table, Predictor(weights))
+        assert computed == [1]
+        assert hotter["model_confidence"].max() < first["model_confidence"].max()
+        np.testing.assert_array_equal(hotter["model_label"], first["model_label"])

@@ -3,37 +3,54 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from conftest import free_port
-from fer_core.browse import BrowseQuery
+from fer_core.browse import OPINION_COLUMNS, PROBABILITY_COLUMNS, BrowseQuery
+from fer_core.catalog import ModelCatalog, UnknownModel
+from fer_core.labels import EMOTIONS
 from fer_core.quality import COMPONENT_COLUMNS
+from second_model import COPY_NAME, TUNED_NAME, copy_bundled, copy_model, tuned_weights  # noqa: F401 - a fixture
 from ui.browse_tab import Browser, query_from_inputs
 
 
 @pytest.fixture(scope="module")
-def launched():
+def catalog(tmp_path_factory: pytest.TempPathFactory, tuned_weights: Path) -> ModelCatalog:  # noqa: F811 - the fixture
+    """The bundled model (the default), a copy of it under another name, and a model fine-tuned from it."""
+    folder = tmp_path_factory.mktemp("models")
+    copy_bundled(folder)
+    copy_model(tuned_weights, folder)
+    return ModelCatalog(folder=folder)
+
+
+@pytest.fixture(scope="module")
+def launched(catalog: ModelCatalog, tmp_path_factory: pytest.TempPathFactory):
     from gradio_client import Client
 
     import app
+    from annotate import open_store
 
-    table = app.load_data(None)
-    demo = app.build_demo(table)
-    port = free_port()
-    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield Client(f"http://127.0.0.1:{port}", verbose=False), table
-    finally:
-        demo.close()
+    with pytest.MonkeyPatch.context() as patch:  # the module's own cache, as conftest gives each test
+        patch.setenv("FER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+        table = app.load_data(None, catalog=catalog)
+        demo = app.build_demo(table, open_store(tmp_path_factory.mktemp("db") / "relabel.db"), catalog=catalog)
+        port = free_port()
+        app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            yield Client(f"http://127.0.0.1:{port}", verbose=False), table
+        finally:
+            demo.close()
 
 
 def _filters(split="all", emotions=(), q_min=0.0, q_max=1.0, agreement="any", duplicates="any",
-             sort="quality, lowest first", page_size=48) -> list:
+             sort="quality, lowest first", page_size=48, *model: str) -> list:
+    """The /browse endpoint's values; the model's name last (left out: the default model)."""
     components = [0.0, 1.0] * len(COMPONENT_COLUMNS)
-    return [split, list(emotions), q_min, q_max, *components, "any", agreement, duplicates, sort, 0, page_size]
+    return [split, list(emotions), q_min, q_max, *components, "any", agreement, duplicates, sort, 0, page_size, *model]
 
 
 def _matches(count_text: str) -> int:
@@ -85,6 +102,74 @@ class TestBrowseTab:
         rows = np.flatnonzero(frame["sample_id"].isin(back.frame["sample_id"]).to_numpy())
         by_id = dict(zip(frame["sample_id"].to_numpy()[rows], table.images[rows]))
         assert all(np.array_equal(img, by_id[sid]) for sid, img in zip(back.frame["sample_id"], back.images))
+
+
+class TestModelOpinion:
+    """Which model's opinion the tab shows: the table's own (the default model's), or another one chosen by name."""
+
+    def test_another_model_fills_the_opinion_columns_with_its_own_answers(self, launched, catalog) -> None:
+        _, table = launched
+        browser = Browser(table, catalog=catalog)
+        assert browser.model == "fer_model" and browser.models() == ["fer_model", COPY_NAME, TUNED_NAME]
+        assert browser.for_model(None) is browser and browser.for_model("fer_model") is browser
+        tuned = browser.for_model(TUNED_NAME)
+        assert tuned.model == TUNED_NAME and browser.for_model(TUNED_NAME) is tuned  # computed once
+        probs = catalog.predictor(TUNED_NAME).predict_faces(table.images)
+        shown = tuned.frame[list(PROBABILITY_COLUMNS)].to_numpy()
+        np.testing.assert_allclose(shown, probs[:, [catalog.predictor(TUNED_NAME).labels.index(e) for e in EMOTIONS]],
+                                   atol=1e-6)
+        assert np.abs(shown - table.frame[list(PROBABILITY_COLUMNS)].to_numpy()).max() > 0.05
+        np.testing.assert_array_equal(tuned.frame["model_agrees"], shown.argmax(1) == table.labels)
+        # Filters, order, captions and details follow the chosen model; the rest of the table stays.
+        disagree = tuned.select(BrowseQuery(agreement="disagrees"))
+        assert set(disagree) == set(np.flatnonzero(shown.argmax(1) != table.labels))
+        order = tuned.select(BrowseQuery(sort="model confidence, lowest first"))
+        assert tuned.frame["model_confidence"].to_numpy()[order[0]] == pytest.approx(shown.max(1).min())
+        row = int(np.flatnonzero(np.abs(shown - table.frame[list(PROBABILITY_COLUMNS)].to_numpy()).max(1) > 0.05)[0])
+        assert tuned.caption(row) != browser.caption(row)
+        assert tuned.details(row)[2] != browser.details(row)[2]
+        pd.testing.assert_frame_equal(tuned.frame.drop(columns=list(OPINION_COLUMNS)),
+                                      table.frame.drop(columns=list(OPINION_COLUMNS)))
+
+    def test_a_model_computed_once_is_read_from_the_disk_cache_next_time(self, launched, catalog, monkeypatch) -> None:
+        _, table = launched
+        first = Browser(table, catalog=catalog).for_model(COPY_NAME)
+
+        def fail(*args, **kwargs):
+            raise AssertionError("computed again instead of read from the cache")
+
+        import fer_core.browse
+
+        monkeypatch.setattr(fer_core.browse, "_model_columns", fail)
+        again = Browser(table, catalog=catalog).for_model(COPY_NAME)
+        pd.testing.assert_frame_equal(again.frame, first.frame)
+        # The copy is the bundled model under another name: the same opinion as the table's own.
+        np.testing.assert_allclose(first.frame[list(PROBABILITY_COLUMNS)], table.frame[list(PROBABILITY_COLUMNS)],
+                                   atol=1e-6)
+
+    def test_an_unknown_model_lists_the_names(self, launched, catalog) -> None:
+        _, table = launched
+        with pytest.raises(UnknownModel, match="choose one of fer_copy, fer_model"):
+            Browser(table, catalog=catalog).for_model("nonsense")
+        with pytest.raises(ValueError, match="no model named 'nonsense'; choose one of fer_model$"):
+            Browser(table, model="fer_model").for_model("nonsense")
+
+    def test_the_launched_tab_shows_the_chosen_models_opinion(self, launched, catalog) -> None:
+        from gradio_client.exceptions import AppError
+
+        client, table = launched
+        default = client.predict(*_filters(page_size=24), api_name="/browse")
+        assert default[1].endswith("the model's opinion: fer_model")
+        tuned = client.predict(*_filters(page_size=24, agreement="disagrees"), TUNED_NAME, api_name="/browse")
+        view = Browser(table, catalog=catalog).for_model(TUNED_NAME)
+        rows = view.select(BrowseQuery(agreement="disagrees"))
+        assert tuned[1].endswith(f"the model's opinion: {TUNED_NAME}")
+        assert _matches(tuned[1]) == len(rows)
+        assert _captions(tuned[0]) == [view.caption(int(r)) for r in rows[:24]]
+        second = client.predict(1, 24, api_name="/next_page")  # the next page of the same model's selection
+        assert _captions(second[0]) == [view.caption(int(r)) for r in rows[24:48]]
+        with pytest.raises(AppError, match="no model named 'nonsense'; choose one of"):
+            client.predict(*_filters(), "nonsense", api_name="/browse")
 
 
 def test_query_from_inputs_maps_every_widget() -> None:
@@ -226,3 +311,19 @@ def test_a_drag_filters_once_when_released(browse_page, launched) -> None:
     assert stepped == pytest.approx(value + 0.01)
     expected = int((frame["quality_score"] >= stepped).sum())
     expect(count).to_contain_text(f"{expected:,} of {len(frame):,} faces match")
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_choosing_a_model_shows_its_opinion(browse_page, launched, catalog) -> None:
+    expect, panel, _ = browse_page
+    client, table = launched
+    count = panel.get_by_text(re.compile(r"faces match"))
+    expect(count).to_contain_text("the model's opinion: fer_model")
+    box = panel.get_by_label("Model's opinion")
+    box.click()
+    panel.page.get_by_role("option", name=TUNED_NAME, exact=True).click()
+    expect(count).to_contain_text(f"the model's opinion: {TUNED_NAME}")
+    view = Browser(table, catalog=catalog).for_model(TUNED_NAME)
+    first = view.caption(int(view.select(BrowseQuery())[0]))
+    expect(panel.locator("#browse-gallery .caption-label").first).to_have_text(first)

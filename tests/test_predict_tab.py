@@ -3,6 +3,7 @@ of the launched app, called through ``gradio_client`` with real and broken image
 
 from __future__ import annotations
 
+import html
 import io
 import json
 import resource
@@ -14,9 +15,13 @@ import pytest
 from PIL import Image
 
 from conftest import SHARED_FER, free_port, needs_shared, read_grey
+from fer_core.config import EXAMPLES_DIR
 from fer_core.predict import get_predictor
 from fixtures_scenes import encode, exif_jpeg, fer_scene, flat_jpeg, gradient, match_faces, png_header_only
+from second_model import COPY_NAME, TUNED_NAME, copy_bundled, copy_model, tuned_weights  # noqa: F401 - a fixture
 from ui.predict_tab import (
+    DEFAULT_MIN_FACE,
+    DEFAULT_SENSITIVITY,
     NO_FACE_MESSAGE,
     WHOLE_IMAGE_AUTO_MESSAGE,
     analyse_photo,
@@ -155,7 +160,7 @@ class TestPredictApi:
         path = tmp_path / "scene.jpg"
         path.write_bytes(encode(Image.fromarray(scene), "JPEG", quality=92))
         result = _call(client, path)
-        assert result["model"] == get_predictor().model_name
+        assert result["model"] == "fer_model" and result["model_version"] == get_predictor().model_name
         assert len(result["faces"]) == len(squares)
         assert all(m is not None for m in match_faces(squares, [f["box"] for f in result["faces"]], min_iou=0.5))
         for face in result["faces"]:
@@ -260,3 +265,70 @@ def test_the_live_view_finds_every_face_of_the_example_photos() -> None:
         assert len(live) == len(full) >= 1, path.name
         for a, b in zip(sorted(full, key=lambda f: f.x), sorted(live, key=lambda f: f.x)):
             assert abs(a.x - b.x) < 0.15 * a.w and abs(a.y - b.y) < 0.15 * a.h, path.name
+
+
+# ------------------------------------------------------------------------------ models chosen by name
+
+
+@pytest.fixture()
+def two_models(tmp_path: Path, tuned_weights: Path):  # noqa: F811 - the fixture imported above
+    """The Predict tab alone over a catalog of the bundled model, a copy under another name and a fine-tuned one."""
+    import gradio as gr
+
+    from fer_core.catalog import ModelCatalog
+    from ui.predict_tab import build_predict_tab
+
+    copy_bundled(tmp_path / "models")
+    copy_model(tuned_weights, tmp_path / "models")
+    catalog = ModelCatalog(folder=tmp_path / "models")
+    with gr.Blocks() as demo:
+        build_predict_tab(catalog)
+    return demo, catalog
+
+
+def _block(demo, elem_id: str):
+    return next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+def _event(demo, **attributes):
+    return next(f for f in demo.fns.values() if all(getattr(f, k) == v for k, v in attributes.items()))
+
+
+class TestModelChoice:
+    def test_the_dropdown_lists_every_model_the_default_chosen_and_reads_them_again_on_load(
+            self, two_models, tuned_weights: Path, tmp_path: Path) -> None:  # noqa: F811 - the fixture
+        demo, catalog = two_models
+        dropdown = _block(demo, "predict-model")
+        assert [value for _, value in dropdown.choices] == ["fer_model", COPY_NAME, TUNED_NAME]
+        assert dropdown.value == "fer_model"
+        load = next(f for f in demo.fns.values() if any(event == "load" for _, event in f.targets)
+                    and dropdown in f.outputs)
+        catalog.add(copy_model(tuned_weights, tmp_path / "later"), name="trained later")
+        catalog.set_default("trained later")
+        update = load.fn()
+        assert update["choices"] == ["trained later", COPY_NAME, "fer_model", TUNED_NAME]
+        assert update["value"] == "trained later"
+
+    def test_the_photo_its_table_and_downloads_name_the_model(self, two_models) -> None:
+        demo, catalog = two_models
+        photo = _event(demo, api_name="photo")
+        path = str(EXAMPLES_DIR / "fer2013_face.png")
+        answers = {name: photo.fn(path, 20, 0.4, True, False, name) for name in (COPY_NAME, TUNED_NAME)}
+        for name, (_, message, _, _, _, table, csv_file, json_file, _) in answers.items():
+            assert message.endswith(f"Model: **{name}**")
+            assert list(table["model"]) == [name]
+            assert json.loads(Path(json_file["value"]).read_text())["model"] == name
+            assert list(pd.read_csv(csv_file["value"])["model"]) == [name]
+            expected = catalog.predictor(name).predict_faces(read_grey(Path(path)))[0]
+            assert table["confidence"].iloc[0] == pytest.approx(float(expected.max()), abs=1e-4)
+        assert answers[COPY_NAME][3] != answers[TUNED_NAME][3]  # the tuned model's probabilities are its own
+        message = photo.fn(path, 20, 0.4, True, False, "nonsense<b>")[1]
+        assert "no model named 'nonsense<b>'; choose one of" in html.unescape(message) and "<b>" not in message
+
+    def test_the_webcam_uses_the_chosen_model(self, two_models) -> None:
+        demo, catalog = two_models
+        frame_fn = _event(demo, concurrency_id="webcam")
+        scene, _, _ = _scene(SCENE_SEEDS[0])
+        for name in (COPY_NAME, TUNED_NAME):
+            expected = annotate_frame(scene, predictor=catalog.predictor(name))
+            np.testing.assert_array_equal(frame_fn.fn(scene, DEFAULT_MIN_FACE, DEFAULT_SENSITIVITY, name), expected)

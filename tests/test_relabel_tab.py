@@ -13,7 +13,7 @@ from annotate.probabilities import oof_probabilities
 from conftest import free_port
 from fer_core.browse import enrich
 from fer_core.config import SAMPLE_PATH
-from fer_core.datasets import load_faces
+from fer_core.datasets import FaceTable, load_faces
 from fer_core.images import pixels_sha256
 from fer_core.labels import EMOTIONS
 from ui.relabel_tab import (
@@ -216,6 +216,34 @@ class TestDesk:
         assert hits == 2 and np.all(probs[:2, 2] == 1.0)
         model = frame[[c for c in frame if c.startswith("p_")]].to_numpy()
         assert np.allclose(probs[2:4], model[2:4])
+
+    def test_the_description_names_the_model_of_the_probabilities_it_shows(self, table, tmp_path: Path) -> None:
+        # The sample's faces are in the shipped out-of-fold file; three with other pixels under their
+        # names are not, and show the probabilities of the model whose opinion the table carries.
+        images = table.images.copy()
+        images[:3] = 255 - images[:3]
+        changed = FaceTable(images=images, frame=table.frame, name=table.name)
+        desk = RelabelDesk(open_store(tmp_path / "names.db"), changed, model_version="m", model_name="fer_tuned (1 step)")
+        assert desk.oof_model == "fer_model" and desk.oof_rows == len(table) - 3
+        settings = Settings(strategy="random")
+        own = desk.next_face("ana", settings, np.array([0]))
+        oof = desk.next_face("ana", settings, np.array([10]))
+        assert "(probabilities of fer_tuned (1 step))" in desk.describe(own)
+        assert "(out-of-fold probabilities of fer_model)" in desk.describe(oof)
+        # Out-of-fold where the file has the face, the table's model elsewhere, as before.
+        probs, hits = oof_probabilities(table.frame, images)
+        assert hits == desk.oof_rows and np.allclose(desk.probabilities, probs)
+
+    def test_the_description_escapes_the_models_name(self, table, tmp_path: Path) -> None:
+        images = table.images.copy()
+        images[:1] = 255 - images[:1]
+        desk = RelabelDesk(open_store(tmp_path / "esc.db"), FaceTable(images=images, frame=table.frame,
+                                                                       name=table.name),
+                           model_version="m", model_name="<b>x</b>")
+        face = desk.next_face("ana", Settings(strategy="random"), np.array([0]))
+        assert "&lt;b&gt;x&lt;/b&gt;" in desk.describe(face) and "<b>" not in desk.describe(face)
+        bundled = RelabelDesk(open_store(tmp_path / "default.db"), table, model_version="m")
+        assert bundled.model_name == bundled.oof_model == "fer_model"  # default: the bundled model
 
     def test_keyboard_script_maps_every_answer(self) -> None:
         for answer, _, key in ANSWERS:

@@ -1,6 +1,8 @@
 """Copy a trained model into the repository as the bundled weights, with a check anyone can re-run.
 
     python -m tools.bundle_model runs/reg2h --val ../shared/fer2013/val
+    python -m tools.bundle_model runs/votes --val ../shared/fer2013/val --val-labels ferplus_val.csv \
+        --val-labels-name ferplus --name fer_votes --out fer_core/assets/fer_votes.safetensors
 
 The weights are stored in half precision (inference runs in float32 or int8 from them;
 half the file). Chooses the inference runtime on the whole val split: ONNX Runtime int8 when
@@ -13,6 +15,15 @@ off. The temperature is refitted to the logits the bundled model then serves. Th
 model card the accuracy on a fixed, named sample of val faces (the first files by name of each
 emotion folder), which tests/test_bundled_model.py recomputes from the bundled files, and last
 writes the ONNX file the app serves, named in the card (``python -m tools.export_onnx``).
+
+``--val-labels FILE`` (a ``sample_id,label`` file of the val faces, e.g. their FER+ majority
+labels; see :mod:`fer_core.label_sets`) chooses the runtime, the mirror's gate and the
+temperature on those labels instead of the faces' own, as ``python -m fer_core.train
+--val-labels`` chose the run's best epoch: give the same file. The card keeps the run's
+``training.val_by_labels`` and adds the bundled model's own figures on val as served against
+both label sets (``checks.val_by_labels``). ``--name`` sets the card's ``name``, which the app
+and ``--model`` choose the model by (see :mod:`fer_core.catalog`); ``--out`` bundles it beside
+the default model instead of replacing it.
 """
 
 from __future__ import annotations
@@ -27,8 +38,10 @@ import numpy as np
 import torch
 
 from fer_core._validation import FERError
+from fer_core.catalog import check_model_name
 from fer_core.datasets import load_faces
 from fer_core.predict import Predictor
+from fer_core.training.val_labels import ORIGINAL, ValLabels
 from fer_core.weights import DEFAULT_WEIGHTS, card_path, load_model, save_model
 
 #: Faces per emotion in the fixed val sample.
@@ -41,11 +54,22 @@ SECOND_PASS_TOLERANCE = 0.001
 SECOND_PASS_GAPS = np.round(np.arange(0.05, 3.001, 0.05), 2)
 
 
-def val_accuracy(weights: Path, val, runtime: str, tta: bool) -> float:
-    """Accuracy with the second pass (the mirror) on every face: the runtime's best."""
+def _class_labels(predictor: Predictor, val, labels: np.ndarray | None) -> np.ndarray:
+    """``labels`` (N,) class indices (-1: no label), or the val faces' own labels in the model's classes."""
+    if labels is not None:
+        return np.asarray(labels)
+    return np.asarray(predictor.card["fer2013_id_to_class"])[val.labels]
+
+
+def val_accuracy(weights: Path, val, runtime: str, tta: bool, labels: np.ndarray | None = None) -> float:
+    """Accuracy with the second pass (the mirror) on every face: the runtime's best.
+
+    ``labels``: (N,) class indices to measure against, -1 for a face left out (default: the faces' own).
+    """
     predictor = Predictor(weights, runtime=runtime, tta=tta, mirror_gap=math.inf)
-    id_to_class = np.asarray(predictor.card["fer2013_id_to_class"])
-    return float((predictor.predict_faces(val.images).argmax(1) == id_to_class[val.labels]).mean())
+    labels = _class_labels(predictor, val, labels)
+    has = labels >= 0
+    return float((predictor.predict_faces(val.images[has]).argmax(1) == labels[has]).mean())
 
 
 def check_sample(val_folder: str | Path, per_class: int = CHECK_PER_CLASS):
@@ -59,16 +83,19 @@ def check_sample(val_folder: str | Path, per_class: int = CHECK_PER_CLASS):
     return table.select(np.array(picked))
 
 
-def choose_second_pass_gap(weights: Path, val, runtime: str) -> dict:
+def choose_second_pass_gap(weights: Path, val, runtime: str, labels: np.ndarray | None = None) -> dict:
     """The smallest gap of :data:`SECOND_PASS_GAPS` whose gated second pass (the mirror) keeps the val
     accuracy of giving it to every face to within :data:`SECOND_PASS_TOLERANCE`, with the share of
-    val faces that get it."""
+    val faces that get it. ``labels``: (N,) class indices that choose, -1 for a face left out
+    (default: the faces' own)."""
     from fer_core.predict import top_two_gap
 
     plain = Predictor(weights, runtime=runtime, tta=False)
-    labels = np.asarray(plain.card["fer2013_id_to_class"])[val.labels]
-    logits = plain.logits(val.images)
-    both = Predictor(weights, runtime=runtime, tta=True, mirror_gap=math.inf).logits(val.images)
+    labels = _class_labels(plain, val, labels)
+    has = labels >= 0
+    labels, images = labels[has], val.images[has]
+    logits = plain.logits(images)
+    both = Predictor(weights, runtime=runtime, tta=True, mirror_gap=math.inf).logits(images)
     every_face = float((both.argmax(1) == labels).mean())
     found = smallest_gate(top_two_gap(logits), np.ones(len(labels), bool), both, logits, labels, every_face)
     if found is None:
@@ -94,15 +121,19 @@ def smallest_gate(gaps: np.ndarray, eligible: np.ndarray, looked_again: np.ndarr
     return None
 
 
-def refit_temperature(weights: Path, val, card: dict) -> dict:
+def refit_temperature(weights: Path, val, card: dict, labels: np.ndarray | None = None,
+                      labels_name: str = ORIGINAL) -> dict:
     """The calibration block of a card, fitted on val to the logits the bundled predictor serves
-    (its runtime, flip TTA and gate)."""
+    (its runtime, flip TTA and gate), against ``labels`` (N,) class indices, -1 for a face left out
+    (default: the faces' own), named ``labels_name``."""
     from fer_core.calibration import expected_calibration_error, fit_temperature, softmax
 
-    logits = Predictor(weights).logits(val.images)
-    labels = np.asarray(card["fer2013_id_to_class"])[val.labels]
+    labels = np.asarray(card["fer2013_id_to_class"])[val.labels] if labels is None else np.asarray(labels)
+    has = labels >= 0
+    logits, labels = Predictor(weights).logits(val.images[has]), labels[has]
     temperature = fit_temperature(logits, labels)
-    return {"temperature": temperature, "fitted_on": "val, the logits as served (refitted when bundling)",
+    on = "val" if labels_name == ORIGINAL else f"val, {labels_name} labels ({len(labels)} faces)"
+    return {"temperature": temperature, "fitted_on": f"{on}, the logits as served (refitted when bundling)",
             "ece_before": expected_calibration_error(softmax(logits), labels),
             "ece_after": expected_calibration_error(softmax(logits, temperature), labels)}
 
@@ -120,28 +151,54 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--val", required=True, help="the val folder of FER2013 (../shared/fer2013/val)")
     parser.add_argument("--tta", choices=["card", "off"], default="card",
                         help="flip test-time augmentation: as training chose it, or off")
+    parser.add_argument("--val-labels", default=None, metavar="FILE",
+                        help="a second label set for the val faces (sample_id,label CSV or Parquet, e.g. their FER+ "
+                             "majority labels from `python -m annotate.ferplus`): the runtime, the mirror gate and "
+                             "the temperature are chosen on it, and the card reports val as served against both it "
+                             "and the faces' own labels; give the file the run was trained with (train "
+                             "--val-labels). None: the val faces' own labels choose")
+    parser.add_argument("--val-labels-name", default=None, metavar="NAME",
+                        help="the --val-labels set's name in the card; None: the file's stem")
+    parser.add_argument("--name", default=None,
+                        help="the model's name in the app and for --model (the card's 'name'); None: the run's "
+                             "card's name, else the file's stem")
+    parser.add_argument("--out", default=str(DEFAULT_WEIGHTS), metavar="FILE",
+                        help="where the bundled weights go (the card and ONNX file beside them); another name in "
+                             "fer_core/assets bundles a second model beside the default one")
     return parser
 
 
 def read_run(args: argparse.Namespace) -> dict:
-    """The run's card; FERError for a folder that holds no trained model."""
+    """The run's card; FERError for a folder that holds no trained model, or options that cannot work."""
     run = Path(args.run)
     if not (run / "model.json").is_file() or not (run / "model.safetensors").is_file():
         raise FERError(f"{run} holds no model.safetensors with its model.json: give a training output folder")
+    if args.val_labels and not Path(args.val_labels).expanduser().is_file():
+        raise FERError(f"--val-labels: no file at {args.val_labels!r} (write the FER+ labels of the val faces with "
+                       "`python -m annotate.ferplus VOTES --data VAL --out FILE`)")
+    if args.val_labels_name and not args.val_labels:
+        raise FERError("--val-labels-name names the --val-labels set: give --val-labels FILE too")
+    if args.name is not None:
+        check_model_name(args.name)
+    if Path(args.out).suffix != ".safetensors":
+        raise FERError(f"--out must name a .safetensors file, got {args.out!r}")
     return json.loads((run / "model.json").read_text())
 
 
-def _write_card(card: dict) -> None:
-    card_path(DEFAULT_WEIGHTS).write_text(json.dumps(card, indent=2) + "\n")
+def _write_card(card: dict, weights: Path = DEFAULT_WEIGHTS) -> None:
+    card_path(weights).write_text(json.dumps(card, indent=2) + "\n")
 
 
 def copy_weights(run: Path, card: dict, args: argparse.Namespace) -> None:
-    """The run's weights in half precision beside the package, with the curve, and a card to choose on."""
+    """The run's weights in half precision at ``--out``, with the curve, and a card to choose on."""
     import shutil
 
-    store_half(run / "model.safetensors", DEFAULT_WEIGHTS)
+    out = Path(args.out)
+    store_half(run / "model.safetensors", out)
     if (run / "curve.png").is_file():
-        shutil.copyfile(run / "curve.png", DEFAULT_WEIGHTS.with_name("fer_model_curve.png"))
+        shutil.copyfile(run / "curve.png", out.with_name(f"{out.stem}_curve.png"))
+    if args.name is not None:
+        card["name"] = args.name
     inference = card.setdefault("inference", {})
     for stale in ("flip_tta_gap", "flip_tta_gap_val", "second_pass_gap", "second_pass_gap_val", "runtime"):
         inference.pop(stale, None)  # chosen again below for these weights
@@ -149,38 +206,88 @@ def copy_weights(run: Path, card: dict, args: argparse.Namespace) -> None:
     if args.tta == "off":
         inference["flip_tta"] = False
     card["storage"] = "float16 (inference in float32 or int8)"
-    _write_card(card)
+    _write_card(card, out)
 
 
-def choose_on_val(card: dict, val) -> None:
-    """The runtime, the mirror's gate and the temperature, chosen on val; written into the card."""
+def val_label_sets(card: dict, val, args: argparse.Namespace) -> ValLabels:
+    """The val faces' own labels in the model's classes and, with ``--val-labels``, the file's (which then choose).
+
+    Says so when the run chose its best epoch on other labels than these.
+    """
+    from fer_core.label_sets import load_label_set
+
+    id_to_class = np.asarray(card["fer2013_id_to_class"])
+    original = id_to_class[val.labels]
+    run_chose = card.get("training", {}).get("selected_on", ORIGINAL)
+    if not args.val_labels:
+        found = ValLabels(original)
+    else:
+        label_set = load_label_set(args.val_labels, val, name=args.val_labels_name)
+        if label_set.name == ORIGINAL:
+            raise FERError(f"--val-labels: {ORIGINAL!r} names the val faces' own labels; "
+                           "give the file's set another name with --val-labels-name")
+        if not label_set.labelled.any():
+            raise FERError(f"--val-labels: {label_set.file} gives none of the {len(val):,} val faces a label")
+        second = np.where(label_set.labelled, id_to_class[np.maximum(label_set.labels, 0)], -1)
+        found = ValLabels(original, second, label_set.name, label_set.summary())
+    if run_chose != found.name:
+        print(f"note: the run chose its best epoch on the {run_chose!r} labels; the runtime, the mirror gate and "
+              f"the temperature are chosen on the {found.name!r} labels" +
+              (" (give the run's file with --val-labels)" if not args.val_labels else ""))
+    return found
+
+
+def _choosing(labels: ValLabels) -> np.ndarray:
+    """(N,) class index of each val face in the set that chooses, -1 where it has none."""
+    return labels.original if labels.second is None else labels.second
+
+
+def choose_on_val(card: dict, val, labels: ValLabels | None = None, weights: Path = DEFAULT_WEIGHTS) -> None:
+    """The runtime, the mirror's gate and the temperature, chosen on val (against the set ``labels`` choose
+    with, default the faces' own); written into the card of ``weights``."""
+    labels = labels if labels is not None else ValLabels(np.asarray(card["fer2013_id_to_class"])[val.labels])
+    choosing = _choosing(labels)
     inference = card["inference"]
+    inference["chosen_on"] = labels.selected_on
     tta = bool(inference.get("flip_tta", False))
-    accuracies = {runtime: val_accuracy(DEFAULT_WEIGHTS, val, runtime, tta) for runtime in ("onnx", "onnx-int8")}
+    accuracies = {runtime: val_accuracy(weights, val, runtime, tta, choosing) for runtime in ("onnx", "onnx-int8")}
     inference["runtime"] = "onnx-int8" if accuracies["onnx-int8"] >= accuracies["onnx"] - INT8_TOLERANCE else "onnx"
     inference["runtime_val_accuracy"] = accuracies
-    print(f"val accuracy by runtime (mirror on every face): {accuracies}; chosen: {inference['runtime']}")
+    print(f"val accuracy by runtime (mirror on every face, {labels.name} labels): {accuracies}; "
+          f"chosen: {inference['runtime']}")
     if tta:
-        inference.update(choose_second_pass_gap(DEFAULT_WEIGHTS, val, inference["runtime"]))
+        inference.update(choose_second_pass_gap(weights, val, inference["runtime"], choosing))
         print(f"second-pass gate: {inference.get('second_pass_gap')} {inference.get('second_pass_gap_val', '')}")
-    _write_card(card)
+    _write_card(card, weights)
     # Training fitted the temperature to its own val logits (fp32, the mirror on every face or none).
-    card["calibration"] = refit_temperature(DEFAULT_WEIGHTS, val, card)
+    card["calibration"] = refit_temperature(weights, val, card, choosing, labels.name)
     print(f"calibration: {card['calibration']}")
-    _write_card(card)
+    _write_card(card, weights)
 
 
-def record_check(card: dict, val_folder: str) -> tuple[float, int]:
+def record_val_by_labels(card: dict, val, labels: ValLabels, weights: Path = DEFAULT_WEIGHTS) -> dict:
+    """Val accuracy, macro-F1 and per-class recall of the model as served, against each label set (``original``
+    and the ``--val-labels`` set by its name), written into the card's ``checks.val_by_labels``."""
+    logits = Predictor(weights).logits(val.images)
+    by_labels = labels.by_labels(logits, list(card["labels"]))
+    card.setdefault("checks", {})["val_by_labels"] = by_labels
+    _write_card(card, weights)
+    print("val as served: " + "; ".join(f"{name} labels: accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f} "
+                                        f"({m['faces']} faces)" for name, m in by_labels.items()))
+    return by_labels
+
+
+def record_check(card: dict, val_folder: str, weights: Path = DEFAULT_WEIGHTS) -> tuple[float, int]:
     """The accuracy of the bundled predictor on the fixed val sample (and its faces), written into the card's ``checks``."""
     sample = check_sample(val_folder)
-    predictor = Predictor(DEFAULT_WEIGHTS)
+    predictor = Predictor(weights)
     id_to_class = np.asarray(card["fer2013_id_to_class"])
     accuracy = float((predictor.predict_faces(sample.images).argmax(1) == id_to_class[sample.labels]).mean())
-    card["checks"] = {"val_sample": {
+    card.setdefault("checks", {})["val_sample"] = {
         "definition": f"the first {CHECK_PER_CLASS} faces by sample_id of each emotion of FER2013 val (PublicTest)",
         "faces": len(sample), "accuracy": accuracy, "runtime": predictor.runtime, "flip_tta": predictor.tta,
-        "second_pass_gap": card["inference"].get("second_pass_gap")}}
-    _write_card(card)
+        "second_pass_gap": card["inference"].get("second_pass_gap")}
+    _write_card(card, weights)
     return accuracy, len(sample)
 
 
@@ -188,16 +295,20 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     from tools.export_onnx import get_args_parser as export_parser
     from tools.export_onnx import main as export_main
 
-    try:
+    try:  # a bad option, val folder or label file is refused before anything is written
         card = read_run(args)
+        val = load_faces(args.val, progress=False)
+        labels = val_label_sets(card, val, args)
     except ValueError as error:
         (parser or get_args_parser()).error(str(error))
-    run = Path(args.run)
+    run, out = Path(args.run), Path(args.out)
+    card.pop("checks", None)  # measured again below, for these weights
     copy_weights(run, card, args)
-    choose_on_val(card, load_faces(args.val, progress=False))
-    accuracy, faces = record_check(card, args.val)
-    print(f"bundled {run / 'model.safetensors'} as {DEFAULT_WEIGHTS}; val-sample accuracy {accuracy:.4f} on {faces} faces")
-    return export_main(export_parser().parse_args([str(DEFAULT_WEIGHTS)]))  # the ONNX file the app serves
+    choose_on_val(card, val, labels, out)
+    record_val_by_labels(card, val, labels, out)
+    accuracy, faces = record_check(card, args.val, out)
+    print(f"bundled {run / 'model.safetensors'} as {out}; val-sample accuracy {accuracy:.4f} on {faces} faces")
+    return export_main(export_parser().parse_args([str(out)]))  # the ONNX file the app serves
 
 
 if __name__ == "__main__":

@@ -4,8 +4,16 @@ duplicates, paged in a crisp gallery, with plots of the current selection and do
 The work is in :class:`Browser` (plain Python over an enriched :class:`FaceTable`), tested
 without a browser and replayed by ``python -m benchmarks.browse``. Gradio is imported only in
 :func:`build_browse_tab`.
+
+The model's opinion (captions, the agreement filter and order, the selected face's
+probabilities) is that of the model chosen in the tab: the table's own (the app's default model)
+at first; another model of the catalog is run over the whole data set the first time it is
+chosen (:func:`fer_core.browse.model_opinion`: cached on disk; 30-40 s for FER2013's 32,064
+faces on two CPU cores with a bundled model), then kept.
 """
 
+import html
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from annotate.labels import ANSWER_NAMES
+from fer_core._validation import FERError
 from fer_core.browse import (
     PROBABILITY_COLUMNS,
     SORTS,
@@ -23,8 +32,10 @@ from fer_core.browse import (
     class_counts,
     filter_faces,
     histogram,
+    model_opinion,
     page_of,
 )
+from fer_core.catalog import ModelCatalog
 from fer_core.datasets import FaceTable, save_table
 from fer_core.labels import DISPLAY_NAMES, EMOTIONS
 from fer_core.quality import COMPONENT_COLUMNS
@@ -37,6 +48,8 @@ PAGE_SIZES: tuple[int, ...] = (48, 24, 96, 192)
 #: The selection's downloads: one folder per selection, deleted 15 minutes after it was last handed out,
 #: and the oldest first beyond 1.2 GB (the whole of FER2013 takes 350 MB as CSV and Parquet).
 EXPORTS = TempFiles("browse_exports", ttl_s=900, max_bytes=1_200_000_000)
+#: Other models' opinions kept in memory at once (each a copy of the table's fields, a few MB for FER2013).
+KEPT_OPINIONS = 4
 #: 48x48 faces are shown 4x larger with nearest-neighbour scaling, so the pixels stay crisp.
 FACE_SCALE = 4
 ALL = "all"
@@ -83,18 +96,69 @@ class Browser:
     ``corrected``: returns the ``sample_id`` of faces whose label the relabel store changed
     (asked only when the label-status filter is used); ``history``: one face's decisions;
     ``votes``: one face's current votes per answer (typed in the Relabel tab or imported).
-    Without a store all three are empty.
+    Without a store all three are empty. ``catalog``: the models whose opinion may be shown
+    instead of the table's (:meth:`for_model`); ``model``: the name of the model whose opinion the
+    table's columns hold (default: the catalog's default).
     """
 
     def __init__(self, table: FaceTable, *, corrected: Callable[[], set[str]] | None = None,
                  history: Callable[[str], pd.DataFrame] | None = None,
-                 votes: Callable[[str], dict[str, int]] | None = None) -> None:
+                 votes: Callable[[str], dict[str, int]] | None = None, catalog: ModelCatalog | None = None,
+                 model: str | None = None) -> None:
         self.table = table
         self.frame = table.frame
+        self.catalog = catalog
+        self.model = model or (catalog.default if catalog is not None else None)
         self._corrected = corrected or set
         self._history = history
         self._votes = votes
         self._scale = np.ones((FACE_SCALE, FACE_SCALE), dtype=np.uint8)
+        self._lock = threading.Lock()
+        self._others: dict[tuple[str, str, int], Browser] = {}  # (name, weights, mtime) -> that model's view
+        self._computing: dict[tuple[str, str, int], threading.Lock] = {}
+
+    # ------------------------------------------------------------ models
+
+    def models(self) -> list[str]:
+        """The names of the models whose opinion can be shown: the table's own first."""
+        names = self.catalog.names() if self.catalog is not None else []
+        own = [self.model] if self.model else []
+        return own + [n for n in names if n != self.model]
+
+    def for_model(self, name: str | None, *,
+                  on_chunk: Callable[[int, int], None] | None = None) -> "Browser":
+        """This data set seen through model ``name``'s opinion (``None``, ``""`` or the table's own: this one).
+
+        The first time a model is asked for, it is run over every face (:func:`fer_core.browse.model_opinion`,
+        cached on disk; ``on_chunk(done, total)`` reports progress); its view is then kept (the
+        :data:`KEPT_OPINIONS` latest). Raises :class:`~fer_core.catalog.UnknownModel` listing the names.
+        """
+        if not name or name == self.model:
+            return self
+        if self.catalog is None:
+            raise FERError(f"no model named {str(name)[:100]!r}; choose one of "
+                           f"{', '.join(self.models()) or 'none (this data set carries no model opinion)'}")
+        entry = self.catalog.entry(name)
+        weights = Path(entry.weights)
+        key = (entry.name, str(weights), weights.stat().st_mtime_ns if weights.is_file() else 0)
+        with self._lock:
+            view = self._others.get(key)
+            if view is not None:
+                return view
+            computing = self._computing.setdefault(key, threading.Lock())
+        with computing:  # one computation per model, however many people ask for it at once
+            with self._lock:
+                view = self._others.get(key)
+            if view is None:
+                opinion = model_opinion(self.table, self.catalog.predictor(entry.name), on_chunk=on_chunk)
+                view = Browser(self.table.with_columns(opinion), corrected=self._corrected, history=self._history,
+                               votes=self._votes, model=entry.name)
+                with self._lock:
+                    self._others[key] = view
+                    self._computing.pop(key, None)
+                    while len(self._others) > KEPT_OPINIONS:
+                        self._others.pop(next(iter(self._others)))
+        return view
 
     @property
     def splits(self) -> list[str]:
@@ -153,8 +217,9 @@ class Browser:
 
     def count_text(self, view: PageView) -> str:
         cross = self.cross_split_duplicates()
+        model = f" · the model's opinion: {html.escape(self.model)}" if self.model else ""
         return (f"**{view.matches:,}** of {len(self.frame):,} faces match · page {view.page} of {view.pages} · "
-                f"{cross:,} faces have a duplicate in another split")
+                f"{cross:,} faces have a duplicate in another split{model}")
 
     # ------------------------------------------------------------ details and plots
 
@@ -193,7 +258,8 @@ class Browser:
         rows = np.asarray(rows, dtype=np.int64)
         if folder is not None:
             return self._write_export(rows, folder, existed=False)
-        with EXPORTS.claim(EXPORTS.key(self.table.name, str(len(self.table)), rows.tobytes())) as (folder, existed):
+        key = EXPORTS.key(self.table.name, str(len(self.table)), self.model or "", rows.tobytes())
+        with EXPORTS.claim(key) as (folder, existed):
             return self._write_export(rows, folder, existed=existed)
 
     def _write_export(self, rows: np.ndarray, folder: Path, *, existed: bool) -> tuple[Path, Path]:
@@ -245,7 +311,10 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
     """The Browse tab's components and events; call inside ``gr.Blocks`` (and a ``gr.Tab``).
 
     ``selection_state``: a ``gr.State`` the "send to the relabel queue" button fills with the
-    selected rows (the Relabel tab reads it); without it the button is hidden.
+    selected rows (the Relabel tab reads it); without it the button is hidden. The model dropdown
+    (shown when ``browser`` has a catalog) chooses whose opinion the tab shows; its choices are
+    read again at every page load. ``browse`` takes the model's name last (default: the table's
+    own model); paging, the selected face and the downloads follow the model of the last selection.
     """
     import gradio as gr
 
@@ -265,8 +334,10 @@ def build_browse_tab(browser: Browser, selection_state=None) -> None:
         **_download_widgets(show_send=selection_state is not None),
         rows_state=gr.State(initial_rows),
         page_rows_state=gr.State(initial_view.rows),
+        model_state=gr.State(browser.model),
     )
     _wire_filters(browser, widgets)
+    _wire_model(browser, widgets)
     _wire_pages(browser, widgets)
     _wire_selection(browser, widgets, selection_state)
 
@@ -284,6 +355,7 @@ class _Widgets:
     label_status: Any
     agreement: Any
     duplicates: Any
+    model: Any
     component_sliders: list[Any]
     count: Any
     prev_button: Any
@@ -306,6 +378,7 @@ class _Widgets:
     send_button: Any
     rows_state: Any
     page_rows_state: Any
+    model_state: Any  # the model whose opinion selected ``rows_state``: paging, details and downloads follow it
 
     @property
     def filter_inputs(self) -> list[Any]:
@@ -330,6 +403,10 @@ def _filter_widgets(browser: Browser) -> dict[str, Any]:
         q_min = gr.Slider(0, 1, value=0, step=0.01, label="Quality at least", elem_classes=[FILTER_SLIDER_CLASS])
         q_max = gr.Slider(0, 1, value=1, step=0.01, label="Quality at most", elem_classes=[FILTER_SLIDER_CLASS])
         label_status = gr.Radio(["any", "original", "corrected"], value="any", label="Label status")
+        # A name typed by an API caller is checked by the handlers (a model added since the start included).
+        model = gr.Dropdown(browser.models(), value=browser.model, label="Model's opinion", allow_custom_value=True,
+                            visible=browser.catalog is not None, elem_id="browse-model", min_width=160,
+                            info="Whose probabilities the captions, agreement, order and details show")
         agreement = gr.Radio(["any", "agrees", "disagrees"], value="any", label="Model vs label")
         duplicates = gr.Radio(["any", "unique", "duplicated", "cross-split"], value="any", label="Duplicates")
     with gr.Accordion("Component scores", open=False):
@@ -342,7 +419,7 @@ def _filter_widgets(browser: Browser) -> dict[str, Any]:
                                                            elem_classes=[FILTER_SLIDER_CLASS]))
     gr.HTML("", js_on_load=FILTER_KEYS_JS, visible="hidden", elem_id="browse-filter-keys")
     return {"split": split, "emotions": emotions, "sort": sort, "seed": seed, "q_min": q_min, "q_max": q_max,
-            "label_status": label_status, "agreement": agreement, "duplicates": duplicates,
+            "label_status": label_status, "agreement": agreement, "duplicates": duplicates, "model": model,
             "component_sliders": component_sliders}
 
 
@@ -421,61 +498,105 @@ def _show(browser: Browser, rows: np.ndarray, page: int, size: int) -> tuple[Any
     return view.faces, browser.count_text(view), view.page, view.rows
 
 
-def _wire_filters(browser: Browser, w: _Widgets) -> None:
-    """Any filter, the order or the page size: select again, back to page 1, plots redrawn, downloads reset."""
+def _view(browser: Browser, model: str | None, on_chunk: Callable[[int, int], None] | None = None) -> Browser:
+    """``browser`` seen through model ``model``'s opinion; an unknown name is a message listing the names."""
     import gradio as gr
 
-    from fer_core._validation import FERError
+    try:
+        return browser.for_model(model, on_chunk=on_chunk)
+    except FERError as err:
+        raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
+
+
+def _filter_handler(browser: Browser):
+    """The filters' event function (also run after a model is chosen)."""
+    import gradio as gr
 
     def on_filter(*values):
-        *filters, size = values
+        *filters, size, model = values
         try:
             query = _query_of(list(filters))
         except FERError as err:
             raise gr.Error(str(err), print_exception=False) from None
-        rows = browser.select(query)
-        faces, text, page, shown = _show(browser, rows, 1, size)
-        plots = browser.plots(rows)
+        view = _view(browser, model)
+        rows = view.select(query)
+        faces, text, page, shown = _show(view, rows, 1, size)
+        plots = view.plots(rows)
         empty = pd.DataFrame({"bin": [], "faces": []})
         return (faces, text, page, rows, shown, plots["classes"], plots.get("quality", empty),
                 plots.get("quality_by_emotion", empty), plots.get("components", empty),
-                gr.update(value=None, interactive=False), gr.update(value=None, interactive=False))
+                gr.update(value=None, interactive=False), gr.update(value=None, interactive=False), view.model)
 
-    outputs = [w.gallery, w.count, w.page_number, w.rows_state, w.page_rows_state, w.class_plot, w.quality_plot,
-               w.quality_emotion_plot, w.component_plot, w.csv_file, w.parquet_file]
+    return on_filter
+
+
+def _filter_outputs(w: _Widgets) -> list[Any]:
+    return [w.gallery, w.count, w.page_number, w.rows_state, w.page_rows_state, w.class_plot, w.quality_plot,
+            w.quality_emotion_plot, w.component_plot, w.csv_file, w.parquet_file, w.model_state]
+
+
+def _wire_filters(browser: Browser, w: _Widgets) -> None:
+    """Any filter, the order or the page size: select again, back to page 1, plots redrawn, downloads reset."""
+    import gradio as gr
+
     # Sliders filter on release only (end of a drag, number box left or Enter, keys: FILTER_KEYS_JS),
     # never on change or input, which fire at every step of a drag.
     triggers = [w.split.change, w.emotions.change, w.sort.change, w.seed.submit, w.label_status.change,
                 w.agreement.change, w.duplicates.change, w.page_size.change, w.q_min.release, w.q_max.release,
                 *[s.release for s in w.component_sliders]]
-    gr.on(triggers, on_filter, [*w.filter_inputs, w.page_size], outputs, api_name="browse", show_progress="minimal")
+    gr.on(triggers, _filter_handler(browser), [*w.filter_inputs, w.page_size, w.model], _filter_outputs(w),
+          api_name="browse", show_progress="minimal")
+
+
+def _wire_model(browser: Browser, w: _Widgets) -> None:
+    """A model chosen: its opinion of every face (computed the first time, with a progress bar), then the
+    selection again as the filters say; the choices read again at every page load."""
+    import gradio as gr
+
+    def on_model(model, progress=gr.Progress()):  # noqa: B008 - how Gradio hands an event its progress bar
+        def on_chunk(done: int, total: int) -> None:
+            progress((done, total), desc=f"{model}: classifying every face", unit="faces")
+
+        _view(browser, model, on_chunk)
+
+    # One model's first run at a time: it takes the CPU for a while (30-40 s for FER2013).
+    w.model.input(on_model, [w.model], None, api_visibility="private", show_progress="full",
+                  show_progress_on=[w.gallery], concurrency_id="browse_model", concurrency_limit=1) \
+        .success(_filter_handler(browser), [*w.filter_inputs, w.page_size, w.model], _filter_outputs(w),
+                 api_visibility="private", show_progress="minimal")
+    gr.on(None, lambda: gr.update(choices=browser.models()), None, [w.model], api_visibility="private",
+          show_progress="hidden", queue=False)
 
 
 def _wire_pages(browser: Browser, w: _Widgets) -> None:
     """Previous, next, a typed page number, and a face selected in the gallery."""
     import gradio as gr
 
-    def on_page(rows, page, size, step):
+    def on_page(rows, page, size, model, step):
+        view = _view(browser, model)
         if rows is None:
-            rows = browser.select(BrowseQuery())
-        return _show(browser, rows, int(page or 1) + step, size)
+            rows = view.select(BrowseQuery())
+        return _show(view, rows, int(page or 1) + step, size)
 
-    def on_select(shown, evt: gr.SelectData):
+    def on_select(shown, model, evt: gr.SelectData):
         if shown is None or evt.index is None or not 0 <= evt.index < len(shown):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+        view = _view(browser, model)
         row = int(shown[evt.index])
-        large, fields, probabilities = browser.details(row)
-        return large, probabilities, fields, browser.history(row), browser.votes(row)
+        large, fields, probabilities = view.details(row)
+        label = f"Probabilities of {view.model}" if view.model else "Model probabilities"
+        return large, gr.update(value=probabilities, label=label), fields, view.history(row), view.votes(row)
 
-    inputs = [w.rows_state, w.page_number, w.page_size]
+    inputs = [w.rows_state, w.page_number, w.page_size, w.model_state]
     outputs = [w.gallery, w.count, w.page_number, w.page_rows_state]
-    w.prev_button.click(lambda r, p, s: on_page(r, p, s, -1), inputs, outputs, api_visibility="private",
+    w.prev_button.click(lambda r, p, s, m: on_page(r, p, s, m, -1), inputs, outputs, api_visibility="private",
                         show_progress="minimal")
-    w.next_button.click(lambda r, p, s: on_page(r, p, s, +1), inputs, outputs, api_name="next_page",
+    w.next_button.click(lambda r, p, s, m: on_page(r, p, s, m, +1), inputs, outputs, api_name="next_page",
                         show_progress="minimal")
-    w.page_number.submit(lambda r, p, s: on_page(r, p, s, 0), inputs, outputs, api_visibility="private",
+    w.page_number.submit(lambda r, p, s, m: on_page(r, p, s, m, 0), inputs, outputs, api_visibility="private",
                          show_progress="minimal")
-    w.gallery.select(on_select, [w.page_rows_state], [w.face_large, w.face_probs, w.face_fields, w.face_history, w.face_votes],
+    w.gallery.select(on_select, [w.page_rows_state, w.model_state],
+                     [w.face_large, w.face_probs, w.face_fields, w.face_history, w.face_votes],
                      api_visibility="private", show_progress="hidden")
 
 
@@ -488,14 +609,15 @@ def _wire_selection(browser: Browser, w: _Widgets, selection_state) -> None:
         gr.Info(f"{len(rows):,} faces sent: in the Relabel tab, choose \"Browse tab's selection\" and start.")
         return rows
 
-    def on_export(rows):
-        rows = browser.select(BrowseQuery()) if rows is None else rows
-        csv_path, parquet_path = browser.export(rows)
+    def on_export(rows, model):
+        view = _view(browser, model)
+        rows = view.select(BrowseQuery()) if rows is None else rows
+        csv_path, parquet_path = view.export(rows)
         return (gr.update(value=str(csv_path), interactive=True, label=f"Download CSV ({len(rows):,} faces)"),
                 gr.update(value=str(parquet_path), interactive=True, label=f"Download Parquet ({len(rows):,} faces)"))
 
     if selection_state is not None:
         w.send_button.click(on_send, [w.rows_state], [selection_state], api_name="send_to_queue")
     # Writing a large selection takes memory: it shares the budget of the other heavy events.
-    w.export_button.click(on_export, [w.rows_state], [w.csv_file, w.parquet_file], api_name="export_selection",
-                          concurrency_id=HEAVY)
+    w.export_button.click(on_export, [w.rows_state, w.model_state], [w.csv_file, w.parquet_file],
+                          api_name="export_selection", concurrency_id=HEAVY)

@@ -3,6 +3,9 @@
 The work is done by plain functions (:func:`analyse_photo`, :func:`predict_json`,
 :func:`annotate_frame`) that the tab's events and the ``predict`` API endpoint call, so they
 are tested without a browser. Gradio is imported only inside :func:`build_predict_tab`.
+
+The model is chosen by name from a :class:`~fer_core.catalog.ModelCatalog` (the tab's dropdown,
+the API's ``model`` parameter; default: the catalog's default model), and every answer names it.
 """
 
 import base64
@@ -17,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fer_core._validation import FERError, ImageError
+from fer_core.catalog import ModelCatalog
 from fer_core.config import EXAMPLES_DIR
 from fer_core.draw import draw_predictions, fit_for_display, overlay_saliency
 from fer_core.explain import grad_cam, heatmap_overlay
@@ -69,8 +73,9 @@ class PhotoAnalysis:
     scale: float  # display pixels per photo pixel
     predictions: list[FacePrediction]
     message: str
-    model: str
+    model: str  # the name of the model that answered (a catalog name)
     saliency: list[np.ndarray] | None = field(default=None, repr=False)
+    model_version: str = ""  # its architecture and code version (``Predictor.model_name``)
 
     def kept(self) -> "PhotoAnalysis":
         """A copy without the photo, for the session."""
@@ -132,11 +137,13 @@ def analyse_photo(
     whole_image: bool = False,
     explain: bool = False,
     predictor: Predictor | None = None,
+    model: str | None = None,
 ) -> PhotoAnalysis:
     """Find and classify every face of a photo (anything :func:`fer_core.images.load_image` reads).
 
     ``whole_image=False`` still takes the whole image as the face when nothing is detected in a
     small image shaped like a face crop (said so in the message). ``explain`` adds Grad-CAM maps.
+    ``model``: the name the answer gives ``predictor`` (default: its ``model_name``).
 
     Raises
     ------
@@ -150,7 +157,8 @@ def analyse_photo(
         rgb, score_threshold=threshold, min_face_size=min_size, whole_image=True if whole_image else None
     )
     display, scale = fit_for_display(rgb)
-    analysis = PhotoAnalysis(display, scale, predictions, _describe(predictions, whole_image), predictor.model_name)
+    analysis = PhotoAnalysis(display, scale, predictions, _describe(predictions, whole_image),
+                             model or predictor.model_name, model_version=predictor.model_name)
     if explain and predictions:
         faces = np.stack([p.face for p in predictions])
         labels = [predictor.labels.index(p.label) for p in predictions]
@@ -159,9 +167,11 @@ def analyse_photo(
     return analysis
 
 
-def predict_json(source: Any, *, predictor: Predictor | None = None, **settings: Any) -> dict[str, Any]:
-    """The ``predict`` API answer: ``{"faces": [{"box", "label", "confidence", "probabilities"}], "model"}``."""
-    analysis = analyse_photo(source, predictor=predictor, **settings)
+def predict_json(source: Any, *, predictor: Predictor | None = None, model: str | None = None,
+                 **settings: Any) -> dict[str, Any]:
+    """The ``predict`` API answer: ``{"faces": [{"box", "label", "confidence", "probabilities"}], "model",
+    "model_version"}``; ``model`` names the model that answered (see :func:`analyse_photo`)."""
+    analysis = analyse_photo(source, predictor=predictor, model=model, **settings)
     return {
         "faces": [
             {"box": list(p.box), "label": p.label, "confidence": round(p.confidence, 6),
@@ -169,6 +179,7 @@ def predict_json(source: Any, *, predictor: Predictor | None = None, **settings:
             for p in analysis.predictions
         ],
         "model": analysis.model,
+        "model_version": analysis.model_version,
     }
 
 
@@ -206,16 +217,18 @@ def annotate_frame(
     return draw_predictions(display, predictions, scale=scale)
 
 
-def faces_table(predictions: list[FacePrediction]) -> pd.DataFrame:
-    """One row per face: number, box, top label, confidence, every probability, detector score."""
+def faces_table(predictions: list[FacePrediction], model: str | None = None) -> pd.DataFrame:
+    """One row per face: number, box, top label, confidence, every probability, detector score, and
+    the ``model`` that answered (a column only when named)."""
+    named = {"model": model} if model is not None else {}
     rows = []
     for number, p in enumerate(predictions, start=1):
         x, y, w, h = p.box
         rows.append({"face": number, "label": p.label, "confidence": round(p.confidence, 4),
                      "x": x, "y": y, "w": w, "h": h,
                      **{name: round(v, 4) for name, v in p.probabilities.items()},
-                     "detector_score": None if p.detector_score is None else round(p.detector_score, 4)})
-    columns = ["face", "label", "confidence", "x", "y", "w", "h"]
+                     "detector_score": None if p.detector_score is None else round(p.detector_score, 4), **named})
+    columns = ["face", "label", "confidence", "x", "y", "w", "h", *named]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
 
 
@@ -238,7 +251,8 @@ DOWNLOADS = TempFiles("predictions", ttl_s=900)
 def _write_exports(analysis: PhotoAnalysis, table: pd.DataFrame) -> tuple[str, str]:
     """The face table as CSV and the API's JSON, in :data:`DOWNLOADS` (the same result reuses its files)."""
     payload = {"faces": [{"box": list(p.box), "label": p.label, "confidence": p.confidence,
-                          "probabilities": p.probabilities} for p in analysis.predictions], "model": analysis.model}
+                          "probabilities": p.probabilities} for p in analysis.predictions], "model": analysis.model,
+               "model_version": analysis.model_version}
     text = json.dumps(payload, indent=2)
     csv_text = table.to_csv(index=False)
     with DOWNLOADS.claim(DOWNLOADS.key(text, csv_text)) as (folder, existed):
@@ -316,28 +330,39 @@ def example_paths() -> list[str]:
     return [str(EXAMPLES_DIR / name) for name in order if (EXAMPLES_DIR / name).is_file()]
 
 
-def build_predict_tab(predictor: Predictor | None = None) -> None:
+def _choose(catalog: ModelCatalog, name: str | None) -> tuple[str, Predictor]:
+    """The model called ``name`` (``None`` or ``""``: the catalog's default): its name and predictor.
+
+    Raises :class:`~fer_core.catalog.UnknownModel` (a ``FERError``) listing the names there are.
+    """
+    entry = catalog.entry(name or None)
+    return entry.name, catalog.predictor(entry.name)
+
+
+def build_predict_tab(catalog: ModelCatalog | None = None) -> None:
     """The Predict tab's components and events; call inside ``gr.Blocks`` (and a ``gr.Tab``).
 
-    ``predictor``: the model its photos, webcam frames and API calls use (default: the bundled one).
+    ``catalog``: the models its photos, webcam frames and API calls choose from by name (default:
+    the bundled ones); the model dropdown starts on the catalog's default, and its choices are read
+    again on every page load (models may be added while the app runs).
     """
     import gradio as gr
 
-    predictor = predictor or get_predictor()
+    catalog = catalog if catalog is not None else ModelCatalog()
     empty_table = faces_table([])
-    # Load the model and the detector now, so the first visitor does not wait for them.
-    annotate_frame(np.zeros((240, 320, 3), dtype=np.uint8), predictor=predictor)
-    ui = _predict_layout(empty_table)
+    # Load the default model and the detector now, so the first visitor does not wait for them.
+    annotate_frame(np.zeros((240, 320, 3), dtype=np.uint8), predictor=catalog.predictor())
+    ui = _predict_layout(empty_table, catalog)
     # Predictions only (a few kB a face, not the photo), forgotten an hour after the last photo.
     analysis_state = gr.State(None, time_to_live=3600)
-    on = _photo_handlers(empty_table, predictor)
-    photo, min_face, sensitivity, whole_image, explain = (ui[k] for k in ("photo", "min_face", "sensitivity",
-                                                                          "whole_image", "explain"))
+    on = _photo_handlers(empty_table, catalog)
+    photo, min_face, sensitivity, whole_image, explain, model = (ui[k] for k in (
+        "photo", "min_face", "sensitivity", "whole_image", "explain", "model"))
     photo_outputs = [ui[k] for k in ("annotated", "message", "face_pick", "probabilities", "face_view", "table",
                                      "csv_file", "json_file")] + [analysis_state]
     gr.on(
-        triggers=[photo.change, min_face.release, sensitivity.release, whole_image.input, explain.input],
-        fn=on["photo"], inputs=[photo, min_face, sensitivity, whole_image, explain], outputs=photo_outputs,
+        triggers=[photo.change, min_face.release, sensitivity.release, whole_image.input, explain.input, model.input],
+        fn=on["photo"], inputs=[photo, min_face, sensitivity, whole_image, explain, model], outputs=photo_outputs,
         api_name="photo", api_visibility="private", show_progress="minimal", concurrency_id=HEAVY,
     )
     pick_outputs = [ui["annotated"], ui["probabilities"], ui["face_view"]]
@@ -349,17 +374,22 @@ def build_predict_tab(predictor: Predictor | None = None) -> None:
               show_progress="hidden", concurrency_id=HEAVY)
     # A stream holds its place for as long as the camera is on: its own limit, so that live views
     # never keep photos and API calls waiting; its frames are small (FRAME_MAX_PIXELS).
-    ui["webcam"].stream(on["frame"], [ui["webcam"], min_face, sensitivity], [ui["webcam_out"]], stream_every=0.02,
-                        time_limit=300, concurrency_limit=WEBCAM_STREAMS, concurrency_id="webcam",
+    ui["webcam"].stream(on["frame"], [ui["webcam"], min_face, sensitivity, model], [ui["webcam_out"]],
+                        stream_every=0.02, time_limit=300, concurrency_limit=WEBCAM_STREAMS, concurrency_id="webcam",
                         api_visibility="private", show_progress="hidden")
+    # Models added while the app runs appear at the next page load; the default may have changed too.
+    gr.on(None, lambda: gr.update(choices=catalog.names(), value=catalog.default), None, [model],
+          api_visibility="private", show_progress="hidden", queue=False)
 
-    _build_api(predictor)
+    _build_api(catalog)
 
 
-def _predict_layout(empty_table: pd.DataFrame) -> dict[str, Any]:
-    """The Predict tab's settings, Photo and Webcam tabs; returns the components by name."""
+def _predict_layout(empty_table: pd.DataFrame, catalog: ModelCatalog) -> dict[str, Any]:
+    """The Predict tab's model, settings, Photo and Webcam tabs; returns the components by name."""
     import gradio as gr
 
+    model = gr.Dropdown(catalog.names(), value=catalog.default, label="Model", elem_id="predict-model",
+                        info="Which model answers: photos, the webcam and the downloads say which one did")
     # Settings fold away: on a phone they would otherwise fill the first screen before the photo.
     with gr.Accordion("Settings: face size, sensitivity, whole image, explanation", open=False):
         with gr.Row():
@@ -398,13 +428,13 @@ def _predict_layout(empty_table: pd.DataFrame) -> dict[str, Any]:
                                      elem_id="webcam-in")
                 webcam_out = gr.Image(label="Faces, live", interactive=False, format="jpeg", streaming=True,
                                       elem_id="webcam-out")
-    return {"min_face": min_face, "sensitivity": sensitivity, "whole_image": whole_image, "explain": explain,
-            "photo": photo, "message": message, "annotated": annotated, "face_pick": face_pick,
+    return {"model": model, "min_face": min_face, "sensitivity": sensitivity, "whole_image": whole_image,
+            "explain": explain, "photo": photo, "message": message, "annotated": annotated, "face_pick": face_pick,
             "face_view": face_view, "probabilities": probabilities, "table": table, "csv_file": csv_file,
             "json_file": json_file, "webcam": webcam, "webcam_out": webcam_out}
 
 
-def _photo_handlers(empty_table: pd.DataFrame, predictor: Predictor) -> dict[str, Any]:
+def _photo_handlers(empty_table: pd.DataFrame, catalog: ModelCatalog) -> dict[str, Any]:
     """The Predict tab's event functions: a photo, a face picked or clicked, a webcam frame."""
     import gradio as gr
 
@@ -412,22 +442,23 @@ def _photo_handlers(empty_table: pd.DataFrame, predictor: Predictor) -> dict[str
         return (None, text, gr.update(choices=[], value=None), None, None, empty_table,
                 gr.update(value=None, interactive=False), gr.update(value=None, interactive=False), None)
 
-    def on_photo(image, min_size, sens, whole, show_saliency):
+    def on_photo(image, min_size, sens, whole, show_saliency, model_name=None):
         if image is None:
             return cleared("Upload a photo, paste one, or click an example.")
         try:
-            analysis = analyse_photo(image, predictor=predictor, min_face_size=min_size, sensitivity=sens,
-                                     whole_image=whole, explain=show_saliency)
+            name, predictor = _choose(catalog, model_name)
+            analysis = analyse_photo(image, predictor=predictor, model=name, min_face_size=min_size,
+                                     sensitivity=sens, whole_image=whole, explain=show_saliency)
         except FERError as err:  # said once, in the message box, not as a red badge on every panel
             return cleared(f"**{_error_title(err)}.** {html.escape(_public_message(err, image))}")
         preds = analysis.predictions
         choices = [(f"{i + 1}: {DISPLAY_NAMES.get(p.label, p.label)} {p.confidence:.0%}", i)
                    for i, p in enumerate(preds)]
-        frame = faces_table(preds)
+        frame = faces_table(preds, model=analysis.model)
         csv_path, json_path = _write_exports(analysis, frame)
         return (
             analysis.picture(0 if preds else None),
-            analysis.message,
+            f"{analysis.message}\n\nModel: **{html.escape(analysis.model)}**",
             gr.update(choices=choices, value=0 if preds else None),
             _probabilities(preds[0]) if preds else None,
             analysis.face_view(0) if preds else None,
@@ -454,11 +485,12 @@ def _photo_handlers(empty_table: pd.DataFrame, predictor: Predictor) -> dict[str
         index = face_at(analysis.predictions, x, y)
         return gr.skip() if index is None else index
 
-    def on_frame(frame, min_size, sens):
+    def on_frame(frame, min_size, sens, model_name=None):
         if frame is None:
             return None
         try:
-            return annotate_frame(frame, predictor=predictor, min_face_size=min_size, sensitivity=sens)
+            return annotate_frame(frame, predictor=_choose(catalog, model_name)[1], min_face_size=min_size,
+                                  sensitivity=sens)
         except FERError as err:
             raise _as_gradio_error(err, frame) from None
 
@@ -481,19 +513,36 @@ def _api_upload(payload: Any) -> str | bytes:
     return _undecoded_upload(image)
 
 
-def _build_api(predictor: Predictor) -> None:
+def _api_model(model: Any) -> str | None:
+    """The ``model`` parameter of an API call: a name, or nothing for the default model."""
+    import gradio as gr
+
+    if model is None or model == "":
+        return None
+    if not isinstance(model, str):
+        raise gr.Error(f"model must be a model's name (text), got {type(model).__name__}", print_exception=False)
+    return model
+
+
+def _build_api(catalog: ModelCatalog) -> None:
     """The API-only endpoints ``predict`` and ``annotate_frame``."""
     import gradio as gr
     from gradio.data_classes import ImageData
 
-    def predict(image: ImageData | None, whole_image: bool = False) -> dict[str, Any]:
+    def predict(image: ImageData | None, whole_image: bool = False, model: str | None = None) -> dict[str, Any]:
         """Every face of one image: box [x, y, w, h], top label, confidence and the seven probabilities.
 
-        ``whole_image=True`` classifies the whole image as one face (for face crops).
+        ``whole_image=True`` classifies the whole image as one face (for face crops). ``model``: the
+        name of the model to ask (default: the app's default model); the answer's ``model`` names
+        the one that answered.
         """
+        try:
+            name, predictor = _choose(catalog, _api_model(model))
+        except FERError as err:  # an unknown name: the message lists the names there are
+            raise gr.Error(html.escape(str(err), quote=False), title="Cannot do this", print_exception=False) from None
         source = _api_upload(image)
         try:
-            return predict_json(source, predictor=predictor, whole_image=bool(whole_image))
+            return predict_json(source, predictor=predictor, model=name, whole_image=bool(whole_image))
         except FERError as err:
             raise _as_gradio_error(err, source) from None
 
@@ -511,7 +560,7 @@ def _build_api(predictor: Predictor) -> None:
         if image is None:
             raise gr.Error("no image was sent", print_exception=False)
         try:
-            return annotate_frame(image, predictor=predictor)
+            return annotate_frame(image, predictor=catalog.predictor())
         except FERError as err:
             raise _as_gradio_error(err, image) from None
 

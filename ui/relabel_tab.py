@@ -23,6 +23,8 @@ from annotate import STRATEGIES, AnnotateError, Queue, QueuedFace, Store, StoreB
 from annotate.export import export_corrections, export_ferplus
 from annotate.labels import ANSWER_NAMES
 from annotate.probabilities import oof_probabilities
+from fer_core.browse import PROBABILITY_COLUMNS
+from fer_core.catalog import ModelCatalog
 from fer_core.datasets import FaceTable
 from fer_core.labels import DISPLAY_NAMES, EMOTIONS
 from ui.limits import TempFiles
@@ -124,13 +126,34 @@ class Session:
 
 
 class RelabelDesk:
-    """The queue(s) of one data set and what the tab shows of a face."""
+    """The queue(s) of one data set and what the tab shows of a face.
 
-    def __init__(self, store: Store, table: FaceTable, *, model_version: str) -> None:
+    ``model_version`` is recorded with every answer. ``model_name``: the model whose opinion the
+    table's probability columns hold (a :class:`~fer_core.catalog.ModelCatalog` name; default the
+    bundled model's name); ``oof_model``: the model whose folds made the out-of-fold probabilities
+    (:data:`annotate.probabilities.OOF_PATH`, shipped with the bundled default model; default its
+    name). The face's description names the one whose probabilities it shows. ``catalog``: the
+    app's models, for the tab's parts that choose or add one.
+    """
+
+    def __init__(self, store: Store, table: FaceTable, *, model_version: str, model_name: str | None = None,
+                 oof_model: str | None = None, catalog: ModelCatalog | None = None) -> None:
         self.store = store
         self.table = table
         self.model_version = model_version
-        self.probabilities, self.oof_rows = oof_probabilities(table.frame, table.images)
+        self.catalog = catalog
+        bundled = _bundled_model_name() if model_name is None or oof_model is None else ""
+        self.model_name = model_name or bundled
+        self.oof_model = oof_model or bundled
+        own = [c for c in PROBABILITY_COLUMNS if c in table.frame]
+        # Out-of-fold rows where the shipped file has the face, the table's own model's elsewhere.
+        oof, self.oof_rows = oof_probabilities(table.frame.drop(columns=own), table.images)
+        from_oof = np.zeros(len(table), dtype=bool) if oof is None else ~np.isnan(oof).any(axis=1)
+        self._oof_ids = set(table.frame["sample_id"].to_numpy()[from_oof].tolist())
+        self.probabilities = table.frame[own].to_numpy(dtype=np.float64) if len(own) == len(PROBABILITY_COLUMNS) \
+            else oof
+        if self.probabilities is not None and oof is not None:
+            self.probabilities[from_oof] = oof[from_oof]
         columns = [c for c in ("sample_id", "emotion", "quality_score") if c in table.frame]
         self.queue = Queue(store, table.frame[columns], dataset=table.name, probabilities=self.probabilities,
                            images=table.images)
@@ -263,7 +286,8 @@ class RelabelDesk:
             lines.insert(0, f"Undid your answer **{html.escape(face.undone_label)}** on this face: answer again.")
         if face.probabilities:
             top = sorted(face.probabilities.items(), key=lambda kv: -kv[1])[:3]
-            lines.append("Model's top three: " + ", ".join(f"{DISPLAY_NAMES[k]} {v:.0%}" for k, v in top))
+            lines.append("Model's top three: " + ", ".join(f"{DISPLAY_NAMES[k]} {v:.0%}" for k, v in top)
+                         + f" ({html.escape(self.probabilities_source(face.sample_id))})")
         if face.quality_score is not None:
             row = np.flatnonzero(self.table.frame["sample_id"].to_numpy() == face.sample_id)
             quality = f"Quality {face.quality_score:.2f}"
@@ -278,6 +302,13 @@ class RelabelDesk:
                               sorted(counts.items(), key=lambda kv: -kv[1]) if n)
             lines.append(f"{face.opinions} earlier answer(s) by others: {shown}")
         return "\n\n".join(lines)
+
+    def probabilities_source(self, sample_id: str) -> str:
+        """Whose probabilities the queue has for a face: the out-of-fold ones of the bundled model's folds, or
+        the model's that the table's probability columns came from."""
+        if sample_id in self._oof_ids:
+            return f"out-of-fold probabilities of {self.oof_model}"
+        return f"probabilities of {self.model_name}"
 
     def exports(self, folder: Path | None = None) -> list[Path]:
         """The corrections (CSV, Parquet) and FER+-style vote counts, in ``folder``.
@@ -300,6 +331,15 @@ class RelabelDesk:
             export_corrections(self.store, paths[1], self.table.name)
             export_ferplus(self.store, paths[2], self.table.name)
         return paths
+
+
+@functools.cache
+def _bundled_model_name() -> str:
+    """The name of the bundled default model (whose folds made the shipped out-of-fold probabilities)."""
+    from fer_core.catalog import model_name
+    from fer_core.weights import DEFAULT_WEIGHTS, read_card
+
+    return model_name(DEFAULT_WEIGHTS, read_card(DEFAULT_WEIGHTS))
 
 
 def _switch_message(bound: str, other: str) -> str:
