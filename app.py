@@ -104,7 +104,7 @@ def open_annotations_saying(db: str | None = None):
 
 
 def build_demo(table, store=None, *, identity: str = "name", notice: str | None = None,
-               weights: str | None = None, catalog=None) -> gr.Blocks:
+               weights: str | None = None, catalog=None, data: str | None = None) -> gr.Blocks:
     """The app over an enriched table (:func:`load_data`) and a relabel store.
 
     ``store`` defaults to :func:`open_annotations` of ``$FER_DB_URL`` (read through
@@ -114,10 +114,14 @@ def build_demo(table, store=None, *, identity: str = "name", notice: str | None 
     answers will not be kept). ``catalog``: the models the tabs choose from by name (a
     :class:`~fer_core.catalog.ModelCatalog`; default: the bundled ones, with ``weights`` as the
     default model when given); ``table``'s model columns are its default model's opinion.
+    ``data``: the path ``table`` was read from, which the Relabel tab's *Train on corrections*
+    panel trains on (without it the panel says what it needs).
     """
     import gradio as gr
 
+    from annotate.finetune import FineTuneJob
     from fer_core.catalog import ModelCatalog
+    from fer_core.config import default_cache_dir
     from ui.browse_tab import Browser, build_browse_tab
     from ui.predict_tab import build_predict_tab
     from ui.relabel_tab import RelabelDesk, build_relabel_tab
@@ -126,6 +130,8 @@ def build_demo(table, store=None, *, identity: str = "name", notice: str | None 
     default = catalog.default  # the model whose opinion the table carries (load_data)
     predictor = catalog.predictor(default)
     store = store if store is not None else open_annotations(Settings.from_env().db_url)
+    # Built at start: a training the last run of the server left behind is marked stopped.
+    job = FineTuneJob(default_cache_dir() / "fine_tune", table, data=data)
 
     def corrected() -> set[str]:
         resolved = store.resolved_labels(table.name)
@@ -149,7 +155,7 @@ def build_demo(table, store=None, *, identity: str = "name", notice: str | None 
                                      model=default), selection)
         with gr.Tab("Relabel"):
             build_relabel_tab(RelabelDesk(store, table, model_version=predictor.model_name, model_name=default,
-                                          catalog=catalog), selection, identity=identity)
+                                          catalog=catalog), selection, identity=identity, catalog=catalog, job=job)
     return demo
 
 
@@ -293,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     with step("building the tabs (model, detector, relabel queue)"):
-        demo = build_demo(table, store, identity=identity, notice=notice, catalog=catalog)
+        demo = build_demo(table, store, identity=identity, notice=notice, catalog=catalog, data=args.data)
     with step(f"starting the server on http://{args.host}:{args.port}"):
         launch(demo, host=args.host, port=args.port, prevent_thread_lock=True, auth=users or None)
     # `docker stop` and process managers send SIGTERM: stop as on Ctrl-C, so that Gradio deletes the

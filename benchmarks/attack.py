@@ -314,11 +314,11 @@ def path_cases(app: App, client: RawClient, outside_image: Path) -> list[Outcome
     for name, path in paths.items():
         payload = {"path": path}
         outcomes.append(measured(app, f"predict: {name}", lambda p=payload: refused_without_leak(
-            client.call("predict", [p, False]))))
+            client.call("predict", [p, False, None]))))
         outcomes.append(measured(app, f"annotate_frame: {name}", lambda p=payload: refused_without_leak(
             client.call("annotate_frame", [p]))))
         outcomes.append(measured(app, f"photo event: {name}", lambda p=payload: _photo_refused(
-            client.event("photo", [p, 20, 0.4, False, False]))))
+            client.event("photo", [p, 20, 0.4, False, False, None]))))
     return outcomes
 
 
@@ -344,10 +344,10 @@ def upload_cases(app: App, client: RawClient) -> list[Outcome]:
     outcomes = []
     for name, make in BOMBS.items():
         payload = client.upload(make(), "bomb" + (".tif" if "TIFF" in name else ".ico" if "ICO" in name else ".png"))
-        outcomes.append(measured(app, f"bomb: {name}", lambda p=payload: _refused(client.call("predict", [p, False]))))
+        outcomes.append(measured(app, f"bomb: {name}", lambda p=payload: _refused(client.call("predict", [p, False, None]))))
     for name, make in REDUCED.items():
         payload = client.upload(make(), "huge.jpg")
-        outcomes.append(measured(app, name, lambda p=payload: client.call("predict", [p, False])))
+        outcomes.append(measured(app, name, lambda p=payload: client.call("predict", [p, False, None])))
     return outcomes
 
 
@@ -390,9 +390,9 @@ def concurrent_worst(app: App, client: RawClient) -> Outcome:
     frame_side, worst_frame = largest_accepted(lambda s: png_bytes(s, s, colour_type=6), max_pixels=FRAME_MAX_PIXELS)
     big, frame = client.upload(worst, "worst.png"), client.upload(worst_frame, "frame.png")
     relabel = client.page_inputs("relabel_start", _relabel_inputs(client, "worst-case"))
-    jobs = {"predict": lambda: client.call("predict", [big, False]),
+    jobs = {"predict": lambda: client.call("predict", [big, False, None]),
             "annotate_frame": lambda: client.call("annotate_frame", [frame]),
-            "photo": lambda: client.event("photo", [big, 20, 0.4, False, True]),
+            "photo": lambda: client.event("photo", [big, 20, 0.4, False, True, None]),
             "export_selection": lambda: client.call("export_selection", []),
             "relabel_start": lambda: client.event("relabel_start", relabel)}
 
@@ -423,7 +423,7 @@ def sessions_case(app: App, client: RawClient, sessions: int = 200) -> Outcome:
     def run() -> tuple[bool, str]:
         before = app.rss_mb()
         with ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda _: client.event("photo", [photo, 20, 0.4, False, False]), range(sessions)))
+            results = list(pool.map(lambda _: client.event("photo", [photo, 20, 0.4, False, False, None]), range(sessions)))
         grown = app.rss_mb() - before
         return all(ok for ok, _ in results) and grown < 300, f"{sessions} photo sessions: memory {grown:+.0f} MB"
 
@@ -440,7 +440,7 @@ def leak_case(app: App, client: RawClient, seconds: float, clients: int = 16) ->
         def one_client(_: int) -> int:
             calls = 0
             while time.monotonic() < deadline:
-                client.call("predict", [photo, False])
+                client.call("predict", [photo, False, None])
                 calls += 1
             return calls
 
@@ -482,7 +482,7 @@ def burst_case(app: App, client: RawClient, burst: int = 66) -> Outcome:
 
     def run() -> tuple[bool, str]:
         with ThreadPoolExecutor(burst) as pool:
-            futures = [pool.submit(client.call, "predict", [big, False]) for _ in range(burst)]
+            futures = [pool.submit(client.call, "predict", [big, False, None]) for _ in range(burst)]
             time.sleep(1.0)  # the burst is queued now
             session = uuid.uuid4().hex
             started = time.perf_counter()

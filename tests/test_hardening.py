@@ -73,9 +73,9 @@ def test_paths_that_were_not_uploaded_are_refused_alike(raw: RawClient, secret_f
     answers = set()
     for path in secret_files.values():  # the same answer whether the path exists or not
         if event == "photo":
-            succeeded, answer = raw.event("photo", [{"path": path}, 20, 0.4, False, False])
+            succeeded, answer = raw.event("photo", [{"path": path}, 20, 0.4, False, False, None])
         else:
-            succeeded, answer = raw.call(event, [{"path": path}, False] if event == "predict" else [{"path": path}])
+            succeeded, answer = raw.call(event, [{"path": path}, False, None] if event == "predict" else [{"path": path}])
         assert "not uploaded" in answer, answer
         assert "fer-secret" not in answer and "root:" not in answer and path not in answer
         if event != "photo":
@@ -86,9 +86,9 @@ def test_paths_that_were_not_uploaded_are_refused_alike(raw: RawClient, secret_f
 
 def test_uploads_and_the_example_photos_are_accepted(raw: RawClient) -> None:
     uploaded = raw.upload(photo_jpeg(), "photo.jpg")
-    ok, answer = raw.call("predict", [uploaded, False])
+    ok, answer = raw.call("predict", [uploaded, False, None])
     assert ok and '"label"' in answer
-    ok, answer = raw.call("predict", [{"path": str(EXAMPLES_DIR / "astronaut.jpg")}, False])
+    ok, answer = raw.call("predict", [{"path": str(EXAMPLES_DIR / "astronaut.jpg")}, False, None])
     assert ok and '"label"' in answer
 
 
@@ -189,7 +189,7 @@ def test_a_photo_session_keeps_predictions_not_the_photo(launched) -> None:
     demo, raw = launched
     photo = raw.upload(photo_jpeg(), "photo.jpg")
     session = "photo-session-1"
-    ok, _ = raw.event("photo", [photo, 20, 0.4, False, True], session=session)
+    ok, _ = raw.event("photo", [photo, 20, 0.4, False, True, None], session=session)
     assert ok
     (kept,) = _photo_states(demo, session)
     assert kept.display is None and len(kept.predictions) == 1
@@ -201,7 +201,7 @@ def test_a_photo_session_keeps_predictions_not_the_photo(launched) -> None:
 
 def test_a_failed_photo_is_said_once_in_the_message(raw: RawClient) -> None:
     text = raw.upload(b"not an image at all\n" * 20, "notes.jpg")
-    ok, answer = raw.event("photo", [text, 20, 0.4, False, False])
+    ok, answer = raw.event("photo", [text, 20, 0.4, False, False, None])
     assert ok, "no red Error badge on every panel"
     assert "Cannot read this image" in answer and "not an image at all" not in answer
 
@@ -218,7 +218,7 @@ def test_sessions_without_a_page_are_forgotten_and_pages_kept(launched) -> None:
         photo = raw.upload(photo_jpeg(), "b.jpg")
         before = set(holder.session_data)
         for _ in range(5):
-            assert raw.call("predict", [photo, False])[0]
+            assert raw.call("predict", [photo, False, None])[0]
         api_sessions = set(holder.session_data) - before
         assert len(api_sessions) >= 5, "each /call/ request opened a session"
         later = datetime.datetime.now() + datetime.timedelta(seconds=janitor.api_idle_s + 1)
@@ -236,7 +236,7 @@ def test_an_api_call_does_not_copy_every_setting_and_deep_links_are_closed(launc
     demo, raw = launched
     photo = raw.upload(photo_jpeg(), "c.jpg")
     before = set(demo.state_holder.session_data)
-    assert raw.call("predict", [photo, False])[0]
+    assert raw.call("predict", [photo, False, None])[0]
     (session,) = set(demo.state_holder.session_data) - before
     copied = demo.state_holder.session_data[session].config_values
     assert 0 < len(copied) <= 6 < len(demo.blocks), "only the event's own inputs and outputs"
@@ -296,11 +296,11 @@ def test_photo_downloads_do_not_grow_with_calls(launched) -> None:
 
     _, raw = launched
     photo = raw.upload(photo_jpeg(), "photo.jpg")
-    raw.event("photo", [photo, 20, 0.4, False, False])
+    raw.event("photo", [photo, 20, 0.4, False, False, None])
     size = DOWNLOADS.size_bytes()
     folders = len(list(DOWNLOADS.root.iterdir()))
     for _ in range(5):
-        assert raw.event("photo", [photo, 20, 0.4, False, False])[0]
+        assert raw.event("photo", [photo, 20, 0.4, False, False, None])[0]
     assert DOWNLOADS.size_bytes() == size and len(list(DOWNLOADS.root.iterdir())) == folders
 
 
@@ -348,7 +348,7 @@ def test_uploads_and_downloads_go_when_the_app_is_stopped(tmp_path: Path) -> Non
     try:
         raw = RawClient(app.url)
         photo = raw.upload(photo_jpeg(), "visitor.jpg")
-        assert raw.event("photo", [photo, 20, 0.4, False, False])[0]
+        assert raw.event("photo", [photo, 20, 0.4, False, False, None])[0]
         assert raw.call("export_selection", [])[0] and raw.call("relabel_export", [])[0]
         before = {f.name for f in app.tmp.rglob("*") if f.is_file()}
         assert {"visitor.jpg", "faces.csv", "corrections.csv"} <= before

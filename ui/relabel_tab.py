@@ -376,9 +376,10 @@ def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: 
 
     if identity not in IDENTITIES:
         raise ValueError(f"unknown identity {identity!r}; use one of {', '.join(IDENTITIES)}")
-    source_note = (f"Model probabilities: out-of-fold for {desk.oof_rows:,} training faces, the bundled model's "
+    model = html.escape(desk.model_name)
+    source_note = (f"Model probabilities: out-of-fold for {desk.oof_rows:,} training faces, {model}'s "
                    "for the others." if desk.oof_rows else
-                   "Model probabilities: the bundled model's (on its own training faces they are overconfident).")
+                   f"Model probabilities: {model}'s (on its own training faces they are overconfident).")
     prompt = "Enter your name and start the queue." if identity == "name" else "Sign in, then start the queue."
     on = _handlers(desk, identity, prompt)
     with gr.Row():
