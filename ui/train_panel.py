@@ -220,6 +220,31 @@ class TrainPanel:
 # ------------------------------------------------------------------------------ Gradio
 
 
+def _panel_layout(identity: str, name: Any) -> dict[str, Any]:
+    """The accordion's components (the tab's name box is reused when given)."""
+    import gradio as gr
+
+    with gr.Accordion("Train on corrections", open=False) as accordion:
+        about = gr.Markdown()
+        if name is None:
+            name = gr.Textbox(label="Your name", max_length=MAX_NAME, visible=identity == "name")
+        with gr.Row():
+            start = gr.Button("Start training on the answers", variant="primary", scale=3)
+            cancel = gr.Button("Cancel the training", variant="stop", visible=False, scale=1)
+        status = gr.Markdown("No training yet.")
+        figures = gr.Markdown()
+        with gr.Row():
+            serve = gr.Button("Serve it (switch the app to the new model)", visible=False)
+            discard = gr.Button("Discard it", variant="stop", visible=False)
+        log = gr.Textbox(label="Training log (last lines)", lines=8, max_lines=12, interactive=False, autoscroll=True)
+        with gr.Accordion("Commands for a full run", open=False):
+            commands = gr.Code(language="shell", interactive=False, label="commands")
+        timer = gr.Timer(TICK_S, active=False)
+    return {"accordion": accordion, "about": about, "name": name, "start": start, "cancel": cancel,
+            "status": status, "figures": figures, "serve": serve, "discard": discard, "log": log,
+            "commands": commands, "timer": timer}
+
+
 def build_train_panel(desk: Any, *, catalog: Any = None, job: FineTuneJob | None = None, identity: str = "name",
                       name: Any = None) -> TrainPanel | None:
     """The "Train on corrections" accordion; call inside the Relabel tab (``gr.Blocks``).
@@ -238,23 +263,10 @@ def build_train_panel(desk: Any, *, catalog: Any = None, job: FineTuneJob | None
     if job.dataset != desk.table.name:
         raise ValueError(f"the job trains on {job.dataset!r}, the tab annotates {desk.table.name!r}")
     panel = TrainPanel(job, catalog, desk.store, identity=identity)
-    with gr.Accordion("Train on corrections", open=False) as accordion:
-        about = gr.Markdown()
-        if name is None:
-            name = gr.Textbox(label="Your name", max_length=MAX_NAME, visible=identity == "name")
-        with gr.Row():
-            start = gr.Button("Start training on the answers", variant="primary", scale=3)
-            cancel = gr.Button("Cancel the training", variant="stop", visible=False, scale=1)
-        status = gr.Markdown("No training yet.")
-        figures = gr.Markdown()
-        with gr.Row():
-            serve = gr.Button("Serve it (switch the app to the new model)", visible=False)
-            discard = gr.Button("Discard it", variant="stop", visible=False)
-        log = gr.Textbox(label="Training log (last lines)", lines=8, max_lines=12, interactive=False, autoscroll=True)
-        with gr.Accordion("Commands for a full run", open=False):
-            commands = gr.Code(language="shell", interactive=False, label="commands")
-        timer = gr.Timer(TICK_S, active=False)
-
+    w = _panel_layout(identity, name)
+    accordion, about, name, timer = w["accordion"], w["about"], w["name"], w["timer"]
+    status, figures, log, commands = w["status"], w["figures"], w["log"], w["commands"]
+    start, cancel, serve, discard = w["start"], w["cancel"], w["serve"], w["discard"]
     shown = [status, figures, log, commands, start, cancel, serve, discard]
 
     def show() -> list[Any]:
