@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"webcam path, 640x480 frames through the app: {pipelined_fps:.1f} frames/s with {args.window} frames "
           f"in flight, {fps:.1f} frames/s one at a time (the frame function alone, in process: "
           f"{handler_fps:.1f} frames/s)")
-    print(f"(cpu: {cpu_description()}; model {first['model']})")
+    print(f"(cpu: {cpu_description()}; model {first.get('model_version', first['model'])})")
     return 0
 
 
