@@ -77,6 +77,7 @@ class TestDocumentedCommands:
         assert not missing, f"README.md and docs/*.md no longer name {missing}"
         assert "app.py" in COMMANDS
 
+    @pytest.mark.slow
     @pytest.mark.parametrize("name", list(COMMANDS))
     def test_runs_as_written(self, name: str, helps: dict[str, subprocess.CompletedProcess[str]]) -> None:
         result = helps[name]

@@ -102,6 +102,7 @@ def group_gone(pid: int) -> bool:
 
 @pytest.mark.slow
 class TestFineTune:
+    @pytest.mark.slow
     def test_a_run_trains_reports_both_label_sets_and_is_served(self, parts, table) -> None:
         panel, job, catalog, store = parts
         run = panel.start("ann")
@@ -161,6 +162,7 @@ class TestFineTune:
             panel.discard("ann")
         assert job.latest().served_by == "ann"
 
+    @pytest.mark.slow
     def test_cancel_stops_the_process_group_and_leaves_no_model(self, parts) -> None:
         panel, job, catalog, store = parts
         run = panel.start("ann")
@@ -269,6 +271,7 @@ class TestNotReady:
         assert "train_start" not in {fn.api_name for fn in demo.fns.values()}
 
 
+@pytest.mark.slow
 @pytest.mark.slow
 def test_the_panel_through_the_launched_app(small_set, table, tmp_path: Path) -> None:
     import gradio as gr
