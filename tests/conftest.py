@@ -73,3 +73,8 @@ def val_faces() -> tuple[np.ndarray, np.ndarray, list[Path]]:
     images = np.stack([read_grey(p) for p, _ in picked])
     labels = np.array([label for _, label in picked])
     return images, labels, [p for p, _ in picked]
+
+
+# The fine-tuned second model (tests/second_model.py), registered here so that it is made once per
+# session: a fixture imported into several test modules would be one fixture per module.
+from second_model import tuned_weights  # noqa: E402, F401

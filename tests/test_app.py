@@ -14,7 +14,7 @@ import pytest
 
 import app
 from conftest import REPO, free_port
-from second_model import COPY_NAME, TUNED_NAME, copy_bundled, copy_model, tuned_weights  # noqa: F401 - a fixture
+from second_model import COPY_NAME, TUNED_NAME, copy_bundled, copy_model
 
 
 def _wait_for_config(url: str, process: subprocess.Popen | None = None, timeout: float = 90) -> dict:
@@ -148,7 +148,7 @@ class TestWeightsSetting:
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, tuned_weights: Path):  # noqa: F811 - the fixture
+def served(tmp_path_factory: pytest.TempPathFactory, tuned_weights: Path):
     """The app launched over a catalog of the bundled model, a copy under another name and a fine-tuned one."""
     from annotate import open_store
     from benchmarks.app_bench import api_client
@@ -204,7 +204,7 @@ class TestModelsByName:
         assert self._predict(client, "")["model"] == "fer_model"  # empty: the default
 
     def test_a_model_added_while_running_is_served_and_can_become_the_default(self, served,
-                                                                           tuned_weights: Path) -> None:  # noqa: F811
+                                                                           tuned_weights: Path) -> None:
         client, catalog, folder = served
         catalog.add(copy_model(tuned_weights, folder), name="added now")
         try:

@@ -14,12 +14,12 @@ from fer_core.browse import OPINION_COLUMNS, PROBABILITY_COLUMNS, BrowseQuery
 from fer_core.catalog import ModelCatalog, UnknownModel
 from fer_core.labels import EMOTIONS
 from fer_core.quality import COMPONENT_COLUMNS
-from second_model import COPY_NAME, TUNED_NAME, copy_bundled, copy_model, tuned_weights  # noqa: F401 - a fixture
+from second_model import COPY_NAME, TUNED_NAME, copy_bundled, copy_model
 from ui.browse_tab import Browser, query_from_inputs
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory, tuned_weights: Path) -> ModelCatalog:  # noqa: F811 - the fixture
+def catalog(tmp_path_factory: pytest.TempPathFactory, tuned_weights: Path) -> ModelCatalog:
     """The bundled model (the default), a copy of it under another name, and a model fine-tuned from it."""
     folder = tmp_path_factory.mktemp("models")
     copy_bundled(folder)

@@ -15,13 +15,13 @@ from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import load_faces
 from fer_core.predict import Predictor
 from fer_core.weights import DEFAULT_WEIGHTS, card_path
-from second_model import COPY_NAME, TUNED_NAME, copy_bundled, copy_model, tuned_weights  # noqa: F401 - a fixture
+from second_model import COPY_NAME, TUNED_NAME, copy_bundled, copy_model
 
 BUNDLED = "fer_model"  # the bundled default model's name (its file's stem: its card has no name)
 
 
 @pytest.fixture()
-def folder(tmp_path: Path, tuned_weights: Path) -> Path:  # noqa: F811 - the fixture imported above
+def folder(tmp_path: Path, tuned_weights: Path) -> Path:
     """A models folder: the bundled model under another name, and the fine-tuned model."""
     models = tmp_path / "models"
     copy_bundled(models)
@@ -89,7 +89,7 @@ class TestPredictors:
 
 
 class TestChanges:
-    def test_add_set_default_remove(self, folder: Path, tuned_weights: Path,  # noqa: F811 - the fixture
+    def test_add_set_default_remove(self, folder: Path, tuned_weights: Path,
                                     tmp_path: Path, faces: np.ndarray) -> None:
         catalog = ModelCatalog(folder=folder)
         trained = copy_model(tuned_weights, tmp_path / "trained_now")
@@ -107,7 +107,7 @@ class TestChanges:
         with pytest.raises(UnknownModel, match="choose one of"):
             catalog.entry("retrained")
 
-    def test_bundled_models_stay(self, folder: Path, tuned_weights: Path) -> None:  # noqa: F811 - the fixture
+    def test_bundled_models_stay(self, folder: Path, tuned_weights: Path) -> None:
         catalog = ModelCatalog(folder=folder)
         with pytest.raises(FERError, match="bundled model's name"):
             catalog.add(tuned_weights, name=COPY_NAME)

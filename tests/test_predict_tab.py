@@ -18,7 +18,7 @@ from conftest import SHARED_FER, free_port, needs_shared, read_grey
 from fer_core.config import EXAMPLES_DIR
 from fer_core.predict import get_predictor
 from fixtures_scenes import encode, exif_jpeg, fer_scene, flat_jpeg, gradient, match_faces, png_header_only
-from second_model import COPY_NAME, TUNED_NAME, copy_bundled, copy_model, tuned_weights  # noqa: F401 - a fixture
+from second_model import COPY_NAME, TUNED_NAME, copy_bundled, copy_model
 from ui.predict_tab import (
     DEFAULT_MIN_FACE,
     DEFAULT_SENSITIVITY,
@@ -271,7 +271,7 @@ def test_the_live_view_finds_every_face_of_the_example_photos() -> None:
 
 
 @pytest.fixture()
-def two_models(tmp_path: Path, tuned_weights: Path):  # noqa: F811 - the fixture imported above
+def two_models(tmp_path: Path, tuned_weights: Path):
     """The Predict tab alone over a catalog of the bundled model, a copy under another name and a fine-tuned one."""
     import gradio as gr
 
@@ -296,7 +296,7 @@ def _event(demo, **attributes):
 
 class TestModelChoice:
     def test_the_dropdown_lists_every_model_the_default_chosen_and_reads_them_again_on_load(
-            self, two_models, tuned_weights: Path, tmp_path: Path) -> None:  # noqa: F811 - the fixture
+            self, two_models, tuned_weights: Path, tmp_path: Path) -> None:
         demo, catalog = two_models
         dropdown = _block(demo, "predict-model")
         assert [value for _, value in dropdown.choices] == ["fer_model", COPY_NAME, TUNED_NAME]

@@ -66,6 +66,7 @@ class TestTraining:
         a, b = _log(tmp_path / "a"), _log(tmp_path / "b")
         assert [r["train_loss"] for r in a] == pytest.approx([r["train_loss"] for r in b], rel=1e-4)
 
+    @pytest.mark.slow
     def test_killed_run_resumes_where_it_stopped(self, tmp_path: Path) -> None:
         command = [sys.executable, "-m", "fer_core.train", str(SAMPLE_PATH), "--val", str(SAMPLE_PATH), *TINY,
                    "--epochs", "4"]
