@@ -8,34 +8,21 @@ top-left corner, in the scene's pixels. Same faces and seed, same scene.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import cv2
 import numpy as np
 
-from fer_core.faces import FaceBox
+from fer_core.faces import FaceBox, box_xywh
 from fer_core.images import to_grey
 
 __all__ = ["box_iou", "compose_scene", "no_face_images"]
 
 
-def _xywh(box: FaceBox | Sequence[float]) -> tuple[float, float, float, float]:
-    if isinstance(box, FaceBox):
-        return float(box.x), float(box.y), float(box.w), float(box.h)
-    try:
-        x, y, w, h = (float(v) for v in box)
-    except (TypeError, ValueError):
-        raise TypeError(f"box must be a FaceBox or (x, y, w, h), got {box!r}") from None
-    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-        raise ValueError(f"box must have finite coordinates and positive width and height, got {box!r}")
-    return x, y, w, h
-
-
 def box_iou(a: FaceBox | Sequence[float], b: FaceBox | Sequence[float]) -> float:
     """Intersection over union of two ``(x, y, w, h)`` boxes (or :class:`~fer_core.faces.FaceBox`), in [0, 1]."""
-    ax, ay, aw, ah = _xywh(a)
-    bx, by, bw, bh = _xywh(b)
+    ax, ay, aw, ah = box_xywh(a)
+    bx, by, bw, bh = box_xywh(b)
     iw = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
     ih = max(0.0, min(ay + ah, by + bh) - max(ay, by))
     inter = iw * ih

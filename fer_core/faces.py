@@ -53,6 +53,7 @@ from .images import ImageSource, load_image, to_grey
 
 __all__ = [
     "FaceBox",
+    "box_xywh",
     "DetectorBackend",
     "DetectorUnavailable",
     "BACKENDS",
@@ -394,7 +395,8 @@ def _working_scale(height: int, width: int, max_side: int = DETECT_MAX_SIDE) -> 
 # --------------------------------------------------------------------------- preprocessing
 
 
-def _box_xywh(box: FaceBox | Sequence[float]) -> tuple[float, float, float, float]:
+def box_xywh(box: FaceBox | Sequence[float]) -> tuple[float, float, float, float]:
+    """``(x, y, w, h)`` of a :class:`FaceBox` or a 4-sequence; TypeError / ValueError for anything else."""
     if isinstance(box, FaceBox):
         return float(box.x), float(box.y), float(box.w), float(box.h)
     try:
@@ -431,7 +433,7 @@ def crop_square(
     tuple of int
         ``(x, y, S, S)``; it may extend beyond the image.
     """
-    x, y, w, h = _box_xywh(box)
+    x, y, w, h = box_xywh(box)
     if not margin > -1.0:
         raise ValueError(f"margin must be > -1, got {margin}")
     side = max(1, round((1.0 + margin) * math.sqrt(w * h)))
