@@ -41,7 +41,7 @@ from fer_core._validation import FERError
 from fer_core.catalog import check_model_name
 from fer_core.datasets import load_faces
 from fer_core.predict import Predictor
-from fer_core.training.val_labels import ORIGINAL, ValLabels
+from fer_core.training.val_labels import ORIGINAL, ValLabels, read_val_labels
 from fer_core.weights import DEFAULT_WEIGHTS, card_path, load_model, save_model
 
 #: Faces per emotion in the fixed val sample.
@@ -214,22 +214,9 @@ def val_label_sets(card: dict, val, args: argparse.Namespace) -> ValLabels:
 
     Says so when the run chose its best epoch on other labels than these.
     """
-    from fer_core.label_sets import load_label_set
-
     id_to_class = np.asarray(card["fer2013_id_to_class"])
-    original = id_to_class[val.labels]
     run_chose = card.get("training", {}).get("selected_on", ORIGINAL)
-    if not args.val_labels:
-        found = ValLabels(original)
-    else:
-        label_set = load_label_set(args.val_labels, val, name=args.val_labels_name)
-        if label_set.name == ORIGINAL:
-            raise FERError(f"--val-labels: {ORIGINAL!r} names the val faces' own labels; "
-                           "give the file's set another name with --val-labels-name")
-        if not label_set.labelled.any():
-            raise FERError(f"--val-labels: {label_set.file} gives none of the {len(val):,} val faces a label")
-        second = np.where(label_set.labelled, id_to_class[np.maximum(label_set.labels, 0)], -1)
-        found = ValLabels(original, second, label_set.name, label_set.summary())
+    found = read_val_labels(val, args.val_labels, args.val_labels_name, lambda ids: id_to_class[ids])
     if run_chose != found.name:
         print(f"note: the run chose its best epoch on the {run_chose!r} labels; the runtime, the mirror gate and "
               f"the temperature are chosen on the {found.name!r} labels" +

@@ -14,6 +14,7 @@ Notation: N val faces, C training classes; labels are class indices, -1 for "no 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from fer_core.datasets import FaceTable
     from fer_core.training.data import LabelMap, TrainingData
 
-__all__ = ["ORIGINAL", "SECOND_PREFIX", "ValLabels", "load_val_labels", "check_selection", "trained_on"]
+__all__ = ["ORIGINAL", "SECOND_PREFIX", "ValLabels", "load_val_labels", "read_val_labels", "check_selection", "trained_on"]
 
 #: The name of the val faces' own labels in reports and cards.
 ORIGINAL = "original"
@@ -81,16 +82,24 @@ class ValLabels:
 
 def load_val_labels(args: argparse.Namespace, val: FaceTable, label_map: LabelMap) -> ValLabels:
     """The val faces' own labels and, with ``args.val_labels``, the label file's (through ``--merge``)."""
-    original = label_map(val.labels)
-    if not getattr(args, "val_labels", None):
+    return read_val_labels(val, getattr(args, "val_labels", None), getattr(args, "val_labels_name", None),
+                           label_map)
+
+
+def read_val_labels(val: FaceTable, file: str | None, name: str | None,
+                    to_class: Callable[[np.ndarray], np.ndarray]) -> ValLabels:
+    """The val faces' own labels and, with ``file``, that label set's, both as class indices (``to_class``
+    maps FER2013 ids to the model's classes); faces the file leaves unlabelled are -1."""
+    original = to_class(val.labels)
+    if not file:
         return ValLabels(original)
-    found = load_label_set(args.val_labels, val, name=args.val_labels_name)
+    found = load_label_set(file, val, name=name)
     if found.name == ORIGINAL:
         raise FERError(f"--val-labels: {ORIGINAL!r} names the val faces' own labels; "
                        "give the file's set another name with --val-labels-name")
     if not found.labelled.any():
         raise FERError(f"--val-labels: {found.file} gives none of the {len(val):,} val faces a label")
-    second = np.where(found.labelled, label_map(np.maximum(found.labels, 0)), -1)
+    second = np.where(found.labelled, to_class(np.maximum(found.labels, 0)), -1)
     return ValLabels(original, second, found.name, found.summary())
 
 
