@@ -12,7 +12,7 @@ epoch on val. At the end it writes ``model.safetensors`` with its model card ``m
 and ``curve.png``.
 
 ``--corrections FILE`` trains on the labels of the annotation tool's corrections export
-(``python -m annotate.export corrections``; see :mod:`fer_core.training.corrections`);
+(``python -m annotate.corrections``; see :mod:`fer_core.training.corrections`);
 ``--val-labels FILE`` gives the val faces a second label set (e.g. their FER+ majority labels,
 ``python -m annotate.ferplus``) on which the best epoch, the mirror gate and the temperature are
 chosen, and the card reports val against both (see :mod:`fer_core.training.val_labels`);
@@ -117,7 +117,7 @@ def _add_data_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--merge", action="append", default=[], help="fold one emotion into another, e.g. disgust=angry")
     group.add_argument("--cache-dir", default=None, help="data set cache folder")
     group.add_argument("--corrections", default=None, metavar="FILE",
-                       help="corrections file (CSV or Parquet) exported by `python -m annotate.export corrections` "
+                       help="corrections file (CSV or Parquet) exported by `python -m annotate.corrections` "
                             "or the Relabel tab: its resolved labels correct the training faces")
     group.add_argument("--corrections-dataset", default=None, metavar="NAME",
                        help="the training faces' data set name in the corrections file; None: the loaded data "

@@ -1,6 +1,6 @@
 """Corrections of the training labels, read from the file the annotation tool exports.
 
-``python -m annotate.export corrections --db fer_annotations.db --out corrections.csv`` (or
+``python -m annotate.corrections --db fer_annotations.db --out corrections.csv`` (or
 the Relabel tab's *Corrections* export, CSV or Parquet) writes one row per face with votes.
 Training reads these columns (others are ignored):
 
@@ -62,7 +62,7 @@ class Corrections:
 def _read_table(file: Path) -> pd.DataFrame:
     if not file.is_file():
         raise FERError(f"--corrections: no file at {str(file)!r} (export one with "
-                       "`python -m annotate.export corrections --db DB --out corrections.csv`)")
+                       "`python -m annotate.corrections --db DB --out corrections.csv`)")
     try:
         if file.suffix.lower() == ".parquet":
             return pd.read_parquet(file)
