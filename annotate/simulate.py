@@ -121,22 +121,15 @@ def campaign_queue(store: Any, train: FaceTable, dataset: str, *, seed: int) -> 
                  seed=seed)
 
 
-def corrections_prefix(store: Any, dataset: str, shown: list[str], budget: int | None, path: Path) -> int:
-    """Write the corrections of the first ``budget`` faces shown to ``path``; returns how many labels they change."""
-    from .export import corrections
-
-    keep = set(shown if budget is None else shown[:budget])
-    table = corrections(store, dataset)
-    table = table[table["sample_id"].isin(keep)].reset_index(drop=True)
-    export_corrections_table(table, path)
-    return int(table["changed"].sum())
-
-
-def export_corrections_table(table: pd.DataFrame, path: Path) -> None:
-    """Write a corrections table as :func:`annotate.export.export_corrections` writes the store's."""
+def corrections_prefix(table: pd.DataFrame, shown: list[str], budget: int | None, path: Path) -> int:
+    """Write the rows of ``table`` (the campaign's corrections, :func:`annotate.export.corrections`) for the
+    first ``budget`` faces shown to ``path``; returns how many labels they change."""
     from .export import _write
 
-    _write(table, path, None)
+    keep = set(shown if budget is None else shown[:budget])
+    table = table[table["sample_id"].isin(keep)].reset_index(drop=True)
+    _write(table, path, None)  # as export_corrections writes the store's
+    return int(table["changed"].sum())
 
 
 def evaluate_weights(weights: Path, val: FaceTable, ferplus: np.ndarray) -> dict[str, Any]:
@@ -202,6 +195,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def _run_points(args: argparse.Namespace, budgets: list[int | None], store: Any, dataset: str,
                 shown: list[str], val: FaceTable, ferplus: np.ndarray) -> None:
+    from .export import corrections
+
+    answered = corrections(store, dataset)  # read once: each budget keeps a prefix of it
     recipe = FineTune(Path(args.init), args.epochs, args.lr, args.soft_labels, args.max_steps, args.threads)
     out = Path(args.out)
     for budget in budgets:
@@ -213,7 +209,7 @@ def _run_points(args: argparse.Namespace, budgets: list[int | None], store: Any,
         changed = 0
         if budget != 0:
             corrections = point.with_suffix(".corrections.csv")
-            changed = corrections_prefix(store, dataset, shown, budget, corrections)
+            changed = corrections_prefix(answered, shown, budget, corrections)
         seen = len(shown) if budget is None else min(budget, len(shown))
         line: dict[str, Any] = {"strategy": args.strategy, "answer": args.answer, "seed": args.seed, "budget": name,
                                 "faces_seen": seen, "labels_changed": changed, "epochs": args.epochs,
