@@ -15,6 +15,9 @@
 5. Each model is evaluated on DATA's val faces against both label sets: the original labels and
    the FER+ majority (:mod:`annotate.ferplus`).
 
+With ``--all-votes`` there is no campaign: every vote of every face is imported into the store
+(:func:`annotate.import_votes.import_votes`), the point where the whole crowd answered everything.
+
 The campaign is run once, to the largest budget; a smaller budget is the same campaign stopped
 earlier (the queue's order and the seeded answers do not depend on the budget), so its
 corrections are those of the first N faces. Results go to ``DIR/results.jsonl``, one line per
@@ -30,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +48,7 @@ from fer_core.labels import EMOTIONS
 from .campaign import ANSWER_MODES, VoteAnswers, run_campaign
 from .errors import AnnotateError
 from .ferplus import ferplus_labels_for
-from .import_votes import read_vote_table, rows_of_faces
+from .import_votes import VoteTable, import_votes, read_vote_table, rows_of_faces
 from .labels import VOTE_LABELS
 from .probabilities import oof_probabilities
 from .queue import STRATEGIES, Queue
@@ -113,6 +116,14 @@ def vote_counts(table: FaceTable, votes_path: Path, data_root: Path) -> np.ndarr
     return counts
 
 
+def _votes_on(table: FaceTable, votes_path: Path, data_root: Path) -> VoteTable:
+    """The rows of the vote table whose faces ``table`` holds (a vote table may cover more faces)."""
+    votes = read_vote_table(votes_path)
+    keep = rows_of_faces(votes, table, data_root, missing_ok=True) >= 0
+    return replace(votes, keys=[k for k, kept in zip(votes.keys, keep) if kept], counts=votes.counts[keep],
+                   lines=votes.lines[keep])
+
+
 def campaign_queue(store: Any, train: FaceTable, dataset: str, *, seed: int) -> Queue:
     """The Relabel tab's queue over the training faces (out-of-fold probabilities where shipped)."""
     probabilities, _ = oof_probabilities(train.frame, train.images)
@@ -154,6 +165,14 @@ def _split(table: FaceTable, split: str) -> FaceTable:
     return table.select(rows)
 
 
+def _campaign_name(args: argparse.Namespace) -> str:
+    """Names a campaign's files: strategy, answers (``k3`` for three votes drawn), soft labels, seed."""
+    if args.all_votes:
+        return f"all-votes{'-soft' if args.soft_labels else ''}-seed{args.seed}"
+    answer = f"k{args.k}" if args.answer == "k" else args.answer
+    return f"{args.strategy}-{answer}{'-soft' if args.soft_labels else ''}-seed{args.seed}"
+
+
 def _train_point(args: argparse.Namespace, recipe: FineTune, out: Path, corrections: Path | None) -> Path:
     """Fine-tune one point (skipped when its model already exists: a rerun resumes the curve)."""
     weights = out / "model.safetensors"
@@ -190,6 +209,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-steps", type=int, default=None, help="training steps per epoch (quick checks)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for training")
     parser.add_argument("--no-train", action="store_true", help="run the campaign and export; train nothing")
+    parser.add_argument("--all-votes", action="store_true",
+                        help="instead of a campaign, import every vote of every face (annotate.import_votes): "
+                             "the point where the whole crowd answered everything (budget 'all', strategy 'all-votes')")
     return parser
 
 
@@ -204,14 +226,16 @@ def _run_points(args: argparse.Namespace, budgets: list[int | None], store: Any,
         name = "all" if budget is None else str(budget)
         # Budget 0 trains on no answer, whatever the strategy: one baseline per seed, shared.
         point = out / (f"baseline-seed{args.seed}" if budget == 0
-                       else f"{args.strategy}-{args.answer}-seed{args.seed}-b{name}")
+                       else f"{_campaign_name(args)}-b{name}")
         corrections = None
         changed = 0
         if budget != 0:
             corrections = point.with_suffix(".corrections.csv")
             changed = corrections_prefix(answered, shown, budget, corrections)
         seen = len(shown) if budget is None else min(budget, len(shown))
-        line: dict[str, Any] = {"strategy": args.strategy, "answer": args.answer, "seed": args.seed, "budget": name,
+        answer = "all ten" if args.all_votes else f"k{args.k}" if args.answer == "k" else args.answer
+        strategy = "all-votes" if args.all_votes else args.strategy
+        line: dict[str, Any] = {"strategy": strategy, "answer": answer, "seed": args.seed, "budget": name,
                                 "faces_seen": seen, "labels_changed": changed, "epochs": args.epochs,
                                 "soft_labels": args.soft_labels}
         print(f"budget {name}: {seen:,} faces seen, {changed:,} labels changed", flush=True)
@@ -236,10 +260,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     val = load_faces(args.val) if args.val else _split(table, "val")
     counts = vote_counts(train, Path(args.votes), data_root)
     ferplus = ferplus_labels_for(val, args.votes, data_root if not args.val else Path(args.val).parent)
-    db = out / f"{args.strategy}-{args.answer}-seed{args.seed}.db"
+    db = out / f"{_campaign_name(args)}.db"
     db.unlink(missing_ok=True)  # each campaign starts from an empty store
     started = time.perf_counter()
     with open_store(str(db)) as store:
+        if args.all_votes:
+            # Every face, all of its votes: the corrections resolve each face to its plurality.
+            import_votes(store, _votes_on(table, Path(args.votes), data_root), table, data_root=data_root,
+                         dataset=table.name)
+            shown = [str(s) for s, n in zip(train.frame["sample_id"], counts.sum(axis=1)) if n > 0]
+            print(f"imported the votes of {len(shown):,} training faces in {time.perf_counter() - started:.0f} s")
+            _run_points(args, [b for b in budgets if b in (0, None)], store, table.name, shown, val, ferplus)
+            return 0
         queue = campaign_queue(store, train, table.name, seed=args.seed)
         answers = VoteAnswers(counts, args.answer, k=args.k, seed=args.seed)
         largest = None if None in budgets else max(budgets)

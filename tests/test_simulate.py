@@ -156,3 +156,28 @@ def test_the_command_runs_the_campaign_trains_each_budget_and_the_card_counts_th
     assert curve.returncode == 0, curve.stderr
     assert "| likely_label_error | majority | 15 |" in curve.stdout
     assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+
+def test_all_votes_imports_every_vote_and_changes_the_labels_the_crowd_changes(small_set, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "all"
+    command = [sys.executable, "-m", "annotate.simulate", str(small_set), "--votes", str(VOTES), "--all-votes",
+               "--budget", "0", "all", "--no-train", "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(p["strategy"], p["budget"]) for p in lines] == [("all-votes", "0"), ("all-votes", "all")]
+    # Every training face was answered, and a label changes where the crowd's plurality names another
+    # emotion (a tie, contempt, unknown or not-a-face leaves it as given or drops it).
+    table = load_faces(small_set, use_cache=False, progress=False)
+    train = table.select(table.frame["split"].to_numpy() == "train")
+    counts = vote_counts(train, VOTES, small_set)
+    single = (counts == counts.max(axis=1, keepdims=True)).sum(axis=1) == 1
+    winner = counts.argmax(axis=1)  # VOTE_LABELS: the seven emotions first
+    changed = int((single & (winner < len(EMOTIONS)) & (winner != train.labels)).sum())
+    assert lines[1]["faces_seen"] == len(train) and lines[1]["labels_changed"] == changed > 0
+    corrections = pd.read_csv(out / "all-votes-seed0-ball.corrections.csv")
+    assert len(corrections) == len(train) and int(corrections["changed"].sum()) == changed
