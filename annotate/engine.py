@@ -21,11 +21,23 @@ SQLite settings, applied to every new connection (see :func:`_sqlite_on_connect`
 Write transactions start with ``BEGIN IMMEDIATE`` on SQLite: the write lock is taken before
 the first read, so a read-then-write transaction (pick a free face, then lease it) is
 serialised across processes and never fails with ``SQLITE_BUSY_SNAPSHOT`` mid-way. Reads use
-a plain (deferred) ``BEGIN``. Other databases use their default ``BEGIN``; there the lease
-table's primary key catches a race and the transaction is retried.
+a plain (deferred) ``BEGIN``.
+
+PostgreSQL (``postgresql+psycopg://user:password@host:port/database``, driver ``psycopg`` 3):
+write transactions first take a transaction-scoped advisory lock (``pg_advisory_xact_lock``,
+one key per database, released at commit or rollback), the same guarantee as SQLite's
+``BEGIN IMMEDIATE``: writers run one after the other, so a read-then-write transaction sees
+no other writer between its read and its write; readers are never blocked (MVCC). The lease
+table's primary key would catch a race anyway, and the transaction would be retried.
+Connections are checked before use (``pool_pre_ping``) and a connection attempt gives up
+after :data:`CONNECT_TIMEOUT_S`.
 
 Busy and locked errors that outlast the busy timeout are retried by :func:`retry` with
 exponential backoff for :data:`RETRY_DEADLINE_S`; only then does :class:`StoreBusyError` reach a caller.
+A lost connection to a database server (it restarted, or is restarting) is retried the same way
+for :data:`RECONNECT_DEADLINE_S`; then :class:`StoreUnavailableError` says so. A transaction cut
+off while it committed may have committed: the store's writes are written so that running them
+again adds nothing twice (see :meth:`annotate.store.Store.record_decision`).
 """
 
 from __future__ import annotations
@@ -39,9 +51,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
 from .errors import AnnotateError, StoreBusyError
 
@@ -51,6 +63,9 @@ __all__ = [
     "ENV_VAR",
     "BUSY_TIMEOUT_S",
     "RETRY_DEADLINE_S",
+    "RECONNECT_DEADLINE_S",
+    "CONNECT_TIMEOUT_S",
+    "StoreUnavailableError",
     "DbChoice",
     "choose_default_db",
     "default_db_url",
@@ -59,6 +74,7 @@ __all__ = [
     "writer",
     "is_sqlite",
     "is_transient",
+    "is_disconnect",
     "retry",
     "integrity_check",
 ]
@@ -73,6 +89,11 @@ ENV_VAR: str = "FER_DB_URL"
 BUSY_TIMEOUT_S: float = 30.0
 #: How long :func:`retry` keeps retrying busy/locked errors before giving up (seconds).
 RETRY_DEADLINE_S: float = 120.0
+#: How long :func:`retry` keeps reconnecting to a database server that cannot be reached (seconds):
+#: long enough to hide a server's restart, short enough for a person waiting on an answer.
+RECONNECT_DEADLINE_S: float = 10.0
+#: How long one connection attempt to a database server may take (seconds).
+CONNECT_TIMEOUT_S: int = 5
 
 # Execution option that marks a connection whose transactions write (BEGIN IMMEDIATE on SQLite).
 _WRITE_OPTION = "annotate_write"
@@ -81,8 +102,21 @@ _WRITE_OPTION = "annotate_write"
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 # PostgreSQL SQLSTATEs worth retrying: serialization failure, deadlock, lock not available.
 _PG_TRANSIENT = {"40001", "40P01", "55P03"}
+# PostgreSQL SQLSTATEs of a server going away or not there yet: admin/crash shutdown, starting up
+# (class 08, connection exceptions, is matched by its prefix).
+_PG_DISCONNECT = {"57P01", "57P02", "57P03"}
+# The key of the advisory lock that PostgreSQL write transactions take (ASCII "FER_").
+_PG_WRITE_LOCK = 0x4645525F
 
 T = TypeVar("T")
+
+
+class StoreUnavailableError(StoreBusyError):
+    """The database server could not be reached for :data:`RECONNECT_DEADLINE_S` seconds (down, restarting).
+
+    Nothing half-written stays behind: the transaction that met the lost connection was rolled
+    back by the server, or committed whole. Try again once the server is back.
+    """
 
 
 @dataclass(frozen=True)
@@ -190,8 +224,12 @@ def create_store_engine(url: str | os.PathLike[str] | URL) -> Engine:
     message, "unable to open database file", does not say which folder).
     """
     url = to_url(url)
-    if url.get_backend_name() != "sqlite":
+    if url.get_backend_name() == "postgresql":
         # pool_pre_ping: a team server restarts; a dead pooled connection is replaced, not reported.
+        engine = create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_S})
+        event.listen(engine, "begin", _postgresql_on_begin)
+        return engine
+    if url.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     database = url.database or ""
     if database and database != ":memory:" and not database.startswith("file:"):
@@ -228,10 +266,17 @@ def _sqlite_on_begin(conn: Any) -> None:
     conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
+def _postgresql_on_begin(conn: Any) -> None:
+    """Write transactions (see :func:`writer`) take the store's advisory lock first; reads take nothing."""
+    if conn.get_execution_options().get(_WRITE_OPTION, False):
+        conn.execute(select(func.pg_advisory_xact_lock(_PG_WRITE_LOCK)))
+
+
 def writer(engine: Engine) -> Engine:
     """A view of ``engine`` whose transactions take the write lock up front on SQLite.
 
-    Shares the connection pool of ``engine``; use it for every transaction that writes.
+    On PostgreSQL they take the store's advisory lock first (writers one at a time, as on
+    SQLite). Shares the connection pool of ``engine``; use it for every transaction that writes.
     """
     return engine.execution_options(**{_WRITE_OPTION: True})
 
@@ -251,13 +296,32 @@ def is_transient(exc: BaseException) -> bool:
     return sqlstate in _PG_TRANSIENT
 
 
+def is_disconnect(exc: BaseException) -> bool:
+    """True when ``exc`` means the database server cannot be reached or dropped the connection.
+
+    SQLAlchemy's own judgement (``connection_invalidated``), a failed connection attempt (no
+    SQLSTATE), or a PostgreSQL SQLSTATE of class 08 (connection exception) or 57P01-57P03
+    (server shutting down or starting up). Never true on SQLite, which has no server.
+    """
+    if not isinstance(exc, OperationalError) or exc.orig is None:
+        return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+    if exc.connection_invalidated:
+        return True
+    if getattr(exc.orig, "sqlite_errorcode", None) is not None or type(exc.orig).__module__.startswith("sqlite3"):
+        return False
+    sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in _PG_DISCONNECT
+
+
 def retry(fn: Callable[[], T], *, deadline_s: float = RETRY_DEADLINE_S,
           on_retry: Callable[[BaseException], None] | None = None) -> T:
     """Call ``fn`` until it does not raise a transient database error, with exponential backoff.
 
     ``fn`` must be a whole transaction (it is re-run from the start). Waits start at 5 ms and
     double up to 0.5 s, with jitter so that colliding writers spread out. After ``deadline_s``
-    seconds the last error is raised as :class:`StoreBusyError`.
+    seconds the last error is raised as :class:`StoreBusyError`. A lost connection
+    (:func:`is_disconnect`) is retried for :data:`RECONNECT_DEADLINE_S` seconds (read when
+    called), then raised as :class:`StoreUnavailableError`.
     """
     start = time.monotonic()
     delay = 0.005
@@ -265,9 +329,16 @@ def retry(fn: Callable[[], T], *, deadline_s: float = RETRY_DEADLINE_S,
         try:
             return fn()
         except DBAPIError as exc:
-            if not is_transient(exc):
+            lost = is_disconnect(exc)
+            if not lost and not is_transient(exc):
                 raise
-            if time.monotonic() - start > deadline_s:
+            waited = time.monotonic() - start
+            if lost and waited > RECONNECT_DEADLINE_S:
+                raise StoreUnavailableError(
+                    f"the annotation database server cannot be reached ({_first_line(exc.orig)}); it may be "
+                    "restarting. Nothing was half-written: try again in a moment"
+                ) from exc
+            if not lost and waited > deadline_s:
                 raise StoreBusyError(
                     f"the annotation database stayed locked for more than {deadline_s:.0f} s ({exc.orig}); "
                     "another process may be stuck holding it"
@@ -276,6 +347,11 @@ def retry(fn: Callable[[], T], *, deadline_s: float = RETRY_DEADLINE_S,
                 on_retry(exc)
             time.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 0.5)
+
+
+def _first_line(error: BaseException | None) -> str:
+    """The first line of a driver error (psycopg's messages go on with hints)."""
+    return (str(error).strip().splitlines() or ["no message"])[0]
 
 
 def integrity_check(engine: Engine) -> str | None:

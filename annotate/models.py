@@ -11,7 +11,9 @@
     (``label`` empty, ``reverses_id`` = the answer it cancels). Nothing is ever updated or
     deleted; ``reverses_id`` is unique, so an answer is undone at most once. Each answer
     records what the annotator was shown: the model version and the queue strategy.
-    ``id`` order is commit order, and "latest" always means highest ``id``.
+    "Latest" always means highest ``id``. On SQLite, and on PostgreSQL where write
+    transactions take the store's advisory lock (:mod:`annotate.engine`), writers run one at a
+    time, so ``id`` order is commit order on both.
 ``leases``
     Which face is in front of which annotator until when. ``face_id`` is the primary key, so
     a face has at most one lease row; an expired row is dead and is replaced by the next taker.

@@ -405,6 +405,7 @@ class Queue:
         *,
         note: str | None = None,
         require_lease: bool = False,
+        created_at: datetime | None = None,
     ) -> DecisionRecord:
         """Record ``annotator``'s answer on ``sample_id`` and release their lease; returns after the commit.
 
@@ -412,10 +413,12 @@ class Queue:
         ``model_version`` and ``strategy``: what the annotator was shown. ``note``: free text.
         ``require_lease``: refuse (:class:`AnnotateError`, nothing recorded) unless ``annotator``
         holds the face's lease (:meth:`next_face` or :meth:`undo` gave it to them, and no one
-        else has taken it since).
+        else has taken it since). ``created_at``: the answer's time, which makes sending it again
+        after a lost connection add nothing twice (see :meth:`Store.record_decision`).
         """
         return self.store.record_decision(annotator, self.dataset, sample_id, label, model_version=model_version,
-                                          strategy=strategy, note=note, require_lease=require_lease)
+                                          strategy=strategy, note=note, require_lease=require_lease,
+                                          created_at=created_at)
 
     def undo(self, annotator: str, *, decision_id: int | None = None, lease_minutes: float = 10.0) -> QueuedFace | None:
         """Undo ``annotator``'s latest answer in this data set and put that face back in front of them.

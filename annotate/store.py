@@ -370,6 +370,7 @@ class Store:
         strategy: str | None = None,
         note: str | None = None,
         require_lease: bool = False,
+        created_at: datetime | None = None,
     ) -> DecisionRecord:
         """Append ``annotator``'s answer on a face, release their lease on it, commit, then return the row.
 
@@ -379,6 +380,11 @@ class Store:
         With ``require_lease`` the answer is refused (:class:`AnnotateError`, nothing recorded)
         unless ``annotator`` holds the face's lease row: their own lease, live or run out but
         not yet taken by anyone else (see :func:`_check_holds_lease`).
+
+        ``created_at`` (aware; default the store's clock now) is the answer's time and makes the
+        call idempotent: when ``annotator`` already has this answer on this face at this time
+        (a commit whose acknowledgement a lost connection swallowed, or the same answer sent
+        again with the time of its first try), that row is returned and nothing is added.
         """
         label = check_label(label)
         dataset = check_dataset(dataset)
@@ -387,10 +393,18 @@ class Store:
         strategy = check_tag(strategy, "strategy name")
         note = check_note(note)
         aid = self._annotator_id(annotator, create=True)
+        if created_at is not None and created_at.tzinfo is None:
+            raise AnnotateError("created_at must be a timezone-aware datetime")
+        now = self.now() if created_at is None else created_at.astimezone(UTC)
 
         def add(conn: Connection) -> DecisionRecord:
             face_id = self._face(conn, dataset, sample_id)
-            now = self.now()
+            done = conn.execute(_answer_columns().where(
+                Decision.annotator_id == aid, Decision.face_id == face_id, Decision.created_at == now,
+                Decision.label == label)).first()
+            if done is not None:  # this very answer is in already: a retry adds nothing
+                return DecisionRecord(done.id, annotator, dataset, sample_id, label, done.created_at,
+                                      done.model_version, done.strategy, done.note)
             if require_lease:
                 _check_holds_lease(conn, face_id, aid, sample_id, now)
             result = conn.execute(insert(Decision).values(

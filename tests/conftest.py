@@ -78,3 +78,36 @@ def val_faces() -> tuple[np.ndarray, np.ndarray, list[Path]]:
 # The fine-tuned second model (tests/second_model.py), registered here so that it is made once per
 # session: a fixture imported into several test modules would be one fixture per module.
 from second_model import tuned_weights  # noqa: E402, F401
+
+# -- PostgreSQL: one throwaway server per test session (tests/pg_server.py), one database per test ------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A PostgreSQL server of the tests' own, started once per session; skips, saying why, where none can start."""
+    from pg_server import start_server
+
+    server, reason = start_server()
+    if server is None:
+        pytest.skip(reason)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL server, dropped after the test."""
+    url = pg_server.create_database()
+    yield url
+    if pg_server.running:
+        pg_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty annotation database on each backend: a SQLite file in ``tmp_path``, then a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'ann.db'}"
+    return request.getfixturevalue("pg_url")

@@ -1,4 +1,5 @@
-"""The relabelling queue on a real SQLite file: strategies, filters, leases, second opinions, progress, exports."""
+"""The relabelling queue on a real SQLite file and a real PostgreSQL database: strategies, filters, leases,
+second opinions, progress, exports (the ``store`` fixture runs each test on both backends, see ``db_url``)."""
 
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from fer_core.labels import EMOTIONS
 
 
 @pytest.fixture
-def store(tmp_path: Path, clock: Clock) -> Store:
-    s = open_store(str(tmp_path / "ann.db"), now=clock)
+def store(db_url: str, clock: Clock) -> Store:
+    s = open_store(db_url, now=clock)
     yield s
     s.close()
 
