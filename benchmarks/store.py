@@ -1,6 +1,8 @@
-"""Reliability bench of the annotation store: ``python -m benchmarks.store --db FILE``.
+"""Reliability bench of the annotation store: ``python -m benchmarks.store --db FILE_OR_URL``.
 
-Three checks against one SQLite file, each in fresh processes (multiprocessing, spawn):
+Three checks against one store, a SQLite file or a PostgreSQL database
+(``postgresql+psycopg://user:password@host:port/database``), each in fresh processes
+(multiprocessing, spawn):
 
 throughput
     8 processes submit 1,000 decisions in total, all at once (started behind a barrier).
@@ -9,15 +11,17 @@ throughput
 kill
     A writer submits decisions in a loop and sends each decision id to this process through a
     pipe as soon as ``record_decision`` returns; it is killed with SIGKILL at a random moment
-    mid-stream. Pass: the file opens cleanly, ``PRAGMA integrity_check`` is ``ok`` and every
-    acknowledged decision is in it. Repeated ``--kills`` times.
+    mid-stream. Pass: the store opens cleanly, every acknowledged decision is in it, and on
+    SQLite ``PRAGMA integrity_check`` is ``ok`` (PostgreSQL has no such check: ``n/a``).
+    Repeated ``--kills`` times.
 collisions
     Annotator processes ask the queue for the next face at the same instant (behind a
     barrier), answer it, and do it again, for ``--rounds`` rounds. Pass: no face was ever
     handed to two annotators.
 
-The bench writes thousands of test rows, so it refuses an existing file unless ``--overwrite``
-(which deletes it first). The whole run takes well under a minute on two cores.
+The bench writes thousands of test rows, so it refuses an existing SQLite file, or a PostgreSQL
+database that already holds an annotation store, unless ``--overwrite`` (which deletes the file,
+or drops the store's tables). The whole run takes well under a minute on two cores.
 """
 
 from __future__ import annotations
@@ -81,7 +85,7 @@ class KillResult:
 
     @property
     def ok(self) -> bool:
-        return (self.lost == 0 and all(i == "ok" for i in self.integrity)
+        return (self.lost == 0 and all(i in ("ok", "n/a") for i in self.integrity)
                 and all(c == -signal.SIGKILL for c in self.exit_codes))
 
 
@@ -180,7 +184,7 @@ def _collect(results: Any, n: int, procs: list[Any]) -> list[Any]:
 
 
 def bench_throughput(path: str | Path, *, processes: int = 8, decisions: int = 1000) -> ThroughputResult:
-    """``processes`` spawned writers submit ``decisions`` decisions in total to the SQLite file ``path``."""
+    """``processes`` spawned writers submit ``decisions`` decisions in total to the store at ``path`` (file or URL)."""
     ctx = mp.get_context("spawn")
     dataset = f"bench-throughput-{uuid.uuid4().hex[:8]}"
     store = open_store(str(path))
@@ -279,8 +283,12 @@ def bench_collisions(path: str | Path, *, processes: int = 8, rounds: int = 10) 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.store", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", required=True, help="SQLite file to create and test (must not exist, see --overwrite)")
-    parser.add_argument("--overwrite", action="store_true", help="delete FILE (and its -wal/-shm) first")
+    parser.add_argument("--db", required=True,
+                        help="SQLite file to create (must not exist, see --overwrite) or PostgreSQL URL "
+                             "(postgresql+psycopg://user:password@host:port/database; its database must hold no "
+                             "annotation store, see --overwrite)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete FILE (and its -wal/-shm) first, or drop the store's tables of the database")
     parser.add_argument("--processes", type=int, default=8,
                         help="concurrent writer and annotator processes (default 8)")
     parser.add_argument("--decisions", type=int, default=1000,
@@ -290,23 +298,60 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = get_args_parser().parse_args(argv)
-    path = Path(args.db).expanduser().resolve()
+def _prepare_sqlite(path: Path, overwrite: bool) -> str | None:
+    """Delete the bench's SQLite file when allowed; the reason it may not be used, else ``None``."""
     companions = [path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")]
-    if path.exists() and not args.overwrite:
-        print(f"{path} exists; the bench writes thousands of test decisions. Give a new file or --overwrite.",
-              file=sys.stderr)
-        return 2
+    if path.exists() and not overwrite:
+        return f"{path} exists; the bench writes thousands of test decisions. Give a new file or --overwrite."
     if not path.parent.is_dir():
-        print(f"folder {path.parent} does not exist", file=sys.stderr)
-        return 2
+        return f"folder {path.parent} does not exist"
     for f in companions:
         f.unlink(missing_ok=True)
-    began = time.perf_counter()
-    print(f"annotate bench on {path} (SQLite, WAL, synchronous=FULL), cpu: {cpu_description()}")
+    return None
 
-    t = bench_throughput(path, processes=args.processes, decisions=args.decisions)
+
+def _prepare_server(url: str, overwrite: bool) -> tuple[str | None, str]:
+    """Check (or, with ``overwrite``, empty) a server database; the reason it may not be used, and its description."""
+    from sqlalchemy import MetaData, inspect
+
+    from annotate.engine import create_store_engine
+
+    engine = create_store_engine(url)
+    shown = engine.url.render_as_string(hide_password=True)
+    try:
+        with engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            version = ".".join(map(str, engine.dialect.server_version_info or ()))
+        if tables & {"alembic_version", "decisions"} and not overwrite:
+            return (f"{shown} already holds an annotation store; the bench writes thousands of test decisions. "
+                    "Give an empty database or --overwrite (drops its tables)."), ""
+        if overwrite:
+            metadata = MetaData()
+            metadata.reflect(engine, only=[t for t in ("leases", "decisions", "faces", "annotators",
+                                                       "alembic_version") if t in tables])
+            metadata.drop_all(engine)
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server is reported, not raised
+        return f"cannot use {shown}: {exc}", ""
+    finally:
+        engine.dispose()
+    return None, f"{shown} ({engine.dialect.name} {version})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if "://" in args.db and not args.db.startswith("sqlite"):
+        db = args.db
+        refusal, described = _prepare_server(db, args.overwrite)
+    else:
+        path = Path(args.db.removeprefix("sqlite:///")).expanduser().resolve()
+        db, refusal, described = str(path), _prepare_sqlite(path, args.overwrite), f"{path} (SQLite, WAL, synchronous=FULL)"
+    if refusal is not None:
+        print(refusal, file=sys.stderr)
+        return 2
+    began = time.perf_counter()
+    print(f"annotate bench on {described}, cpu: {cpu_description()}")
+
+    t = bench_throughput(db, processes=args.processes, decisions=args.decisions)
     print(f"throughput : {t.processes} processes, {t.submitted} decisions submitted, {t.rows} rows present, "
           f"{t.duplicates} duplicated, {t.missing} missing, {t.errors} errors reached a caller "
           f"({t.retries} busy retries inside the store); {t.per_second:.0f} decisions/s over {t.seconds:.2f} s "
@@ -314,12 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     for e in t.error_examples:
         print(f"    error: {e}")
 
-    k = bench_kill(path, kills=args.kills)
+    k = bench_kill(db, kills=args.kills)
     print(f"kill -9    : {k.kills} writers killed mid-submit (exit codes {k.exit_codes}); integrity_check "
           f"{'/'.join(k.integrity)}; {k.acknowledged} acknowledged decisions, {k.lost} lost, "
           f"{k.unacknowledged_rows} committed but not yet acknowledged -> {'PASS' if k.ok else 'FAIL'}")
 
-    c = bench_collisions(path, processes=args.processes, rounds=args.rounds)
+    c = bench_collisions(db, processes=args.processes, rounds=args.rounds)
     print(f"collisions : {c.processes} annotators x {c.rounds} simultaneous rounds, {c.handed_out} faces handed out, "
           f"{c.collisions} collisions ({c.same_round_collisions} within a round), {c.empty} empty, "
           f"{c.errors} errors -> {'PASS' if c.ok else 'FAIL'}")
