@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
 
     k = bench_kill(db, kills=args.kills)
     print(f"kill -9    : {k.kills} writers killed mid-submit (exit codes {k.exit_codes}); integrity_check "
-          f"{'/'.join(k.integrity)}; {k.acknowledged} acknowledged decisions, {k.lost} lost, "
+          f"{'/'.join(k.integrity) if set(k.integrity) != {'n/a'} else 'n/a'}; {k.acknowledged} acknowledged decisions, {k.lost} lost, "
           f"{k.unacknowledged_rows} committed but not yet acknowledged -> {'PASS' if k.ok else 'FAIL'}")
 
     c = bench_collisions(db, processes=args.processes, rounds=args.rounds)

@@ -551,3 +551,17 @@ def test_agreement_is_computed_again_only_when_older_than_asked(store: Store) ->
     vote(store, "c", "f0", "sad")
     assert store.agreement("fer", max_age=60) is first  # within the age asked: the same figure
     assert store.agreement("fer").unanimous == 0.0  # max_age 0 (the default): computed anew
+
+
+def test_an_answer_sent_again_with_its_time_is_recorded_once(store: Store, clock: Clock) -> None:
+    """A retry after a lost connection sends the answer with the time it was given: one row, however often."""
+    given_at = clock()
+    first = store.record_decision("a", "fer", "f0", "happy", created_at=given_at)
+    again = store.record_decision("a", "fer", "f0", "happy", created_at=given_at)
+    assert again == first and store.decisions()["id"].tolist() == [first.id]
+    store.record_decision("a", "fer", "f0", "sad", created_at=given_at)  # another answer: recorded
+    clock.advance(seconds=1)
+    store.record_decision("a", "fer", "f0", "happy")  # the same answer later: recorded too
+    assert store.decisions()["label"].tolist() == ["happy", "sad", "happy"]
+    with pytest.raises(AnnotateError, match="timezone-aware"):
+        store.record_decision("a", "fer", "f0", "happy", created_at=datetime(2025, 1, 1))

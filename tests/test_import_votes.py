@@ -1,4 +1,8 @@
-"""annotate.import_votes: FER+ votes of real shared faces into a real SQLite store, and back out."""
+"""annotate.import_votes: FER+ votes of real shared faces into a real store, and back out.
+
+The import, its all-or-nothing refusal and the command run on both backends (``db_url``: a SQLite
+file, then a database on the session's throwaway PostgreSQL server, tests/pg_server.py).
+"""
 
 from __future__ import annotations
 
@@ -52,21 +56,21 @@ def expected_counts(rows: pd.DataFrame) -> np.ndarray:
     return out
 
 
-def run_import(db: Path, csv: Path, root: Path, **kw) -> object:
+def run_import(db: Path | str, csv: Path, root: Path, **kw) -> object:
     with open_store(str(db)) as store:
         return import_votes(store, read_vote_table(csv), load_faces(root, use_cache=False, progress=False),
                             data_root=root, progress=False, **kw)
 
 
-def test_import_records_each_vote_as_a_named_annotators_decision(tmp_path, small_set):
+def test_import_records_each_vote_as_a_named_annotators_decision(tmp_path, db_url, small_set):
     root, rows = small_set
     csv = tmp_path / "votes.csv"
     rows.to_csv(csv, index=False)
-    report = run_import(tmp_path / "s.db", csv, root)
+    report = run_import(db_url, csv, root)
     assert report.faces == len(rows) and report.added == int(rows.iloc[:, 2:].to_numpy().sum())
     assert report.annotators[0] == "ferplus-1" and len(report.annotators) == rows.iloc[:, 2:].sum(axis=1).max()
 
-    with open_store(str(tmp_path / "s.db")) as store:
+    with open_store(db_url) as store:
         table = store.resolved_labels("fer_small").set_index("sample_id")
         sample_ids = [p.rsplit(".", 1)[0] for p in rows["path"]]
         got = table.loc[sample_ids, [f"votes_{label}" for label in VOTE_LABELS]].to_numpy()
@@ -81,11 +85,11 @@ def test_import_records_each_vote_as_a_named_annotators_decision(tmp_path, small
         assert agreement.kappa == pytest.approx(fleiss_kappa(full, method="fleiss"))
 
 
-def test_a_second_import_adds_nothing_and_a_changed_table_updates_the_votes(tmp_path, small_set):
+def test_a_second_import_adds_nothing_and_a_changed_table_updates_the_votes(tmp_path, db_url, small_set):
     root, rows = small_set
     csv = tmp_path / "votes.csv"
     rows.to_csv(csv, index=False)
-    db = tmp_path / "s.db"
+    db = db_url
     first = run_import(db, csv, root)
     again = run_import(db, csv, root)
     assert again.added == 0 and again.undone == 0 and again.unchanged == first.added
@@ -128,11 +132,11 @@ def test_the_tools_own_export_reads_back_identically(tmp_path, small_set):
     (lambda f: f.drop(columns=["disgust"]), "lacks the column(s) ['disgust']"),
     (lambda f: pd.concat([f, f.iloc[[2]]]), "repeats an earlier row"),
 ])
-def test_a_bad_row_is_reported_by_line_and_nothing_is_written(tmp_path, small_set, edit, message):
+def test_a_bad_row_is_reported_by_line_and_nothing_is_written(tmp_path, db_url, small_set, edit, message):
     root, rows = small_set
     csv = tmp_path / "votes.csv"
     edit(rows.copy()).to_csv(csv, index=False)
-    db = tmp_path / "s.db"
+    db = db_url
     with pytest.raises(AnnotateError, match="nothing was imported|lacks the column") as info:
         run_import(db, csv, root)
     assert message in str(info.value)
@@ -141,12 +145,11 @@ def test_a_bad_row_is_reported_by_line_and_nothing_is_written(tmp_path, small_se
         assert len(store.resolved_labels(include_undecided=True)) == 0
 
 
-def test_the_command_imports_and_reports_a_bad_file_without_a_traceback(tmp_path, small_set):
+def test_the_command_imports_and_reports_a_bad_file_without_a_traceback(tmp_path, db_url, small_set):
     root, rows = small_set
     csv = tmp_path / "votes.csv"
     rows.to_csv(csv, index=False)
-    command = [sys.executable, "-m", "annotate.import_votes", str(csv), "--db", str(tmp_path / "s.db"),
-               "--data", str(root)]
+    command = [sys.executable, "-m", "annotate.import_votes", str(csv), "--db", db_url, "--data", str(root)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"{len(rows):,} faces" in done.stdout and "ferplus-1 .." in done.stdout

@@ -1,9 +1,11 @@
-"""The Relabel tab: the desk's work on a real SQLite store, and the tab driven through the launched app."""
+"""The Relabel tab: the desk's work on a real SQLite store, a lost PostgreSQL connection, and the tab driven
+through the launched app."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pandas as pd
 import pytest
@@ -249,6 +251,59 @@ class TestDesk:
         for answer, _, key in ANSWERS:
             assert f'"{key}": "relabel-{answer}"' in KEYBOARD_JS
         assert '"Backspace": "relabel-undo"' in KEYBOARD_JS
+
+
+class TestLostConnection:
+    """The session's PostgreSQL server stops mid-session and comes back (tests/pg_server.py)."""
+
+    @pytest.fixture()
+    def pg_desk(self, table, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> RelabelDesk:
+        import annotate.engine
+
+        monkeypatch.setattr(annotate.engine, "RECONNECT_DEADLINE_S", 0.5)  # give up at once, not after 10 s
+        desk = RelabelDesk(open_store(pg_url), table, model_version="test-model")
+        yield desk
+        desk.store.close()
+
+    def test_an_answer_given_while_the_server_is_down_is_kept_and_retried(self, pg_desk, pg_server) -> None:
+        from ui.relabel_tab import _handlers
+
+        settings = Settings(strategy="low_quality")
+        session = Session()
+        face = pg_desk.start(session, "ana", settings)
+        pg_server.stop_server()
+        try:
+            answer = _handlers(pg_desk, "name", "")["answer"]("happy")
+            inputs = (None, None, session, "ana", "whole data set", None, "low_quality", [], 0.0, 1.0, False, 3)
+            with pytest.raises(gr.Error) as info:  # a message for the annotator, not a traceback
+                answer(*inputs)
+            assert "cannot be reached" in info.value.message and "Retry (r)" in info.value.message
+            assert "“Happy” on this face is kept in this tab, not saved yet" in info.value.message
+            assert session.pending[:2] == (face.sample_id, "happy") and session.face == face
+        finally:
+            pg_server.start_server()
+        after = pg_desk.retry(session, "ana", settings)
+        log = pg_desk.store.decisions(pg_desk.table.name)
+        assert log[["sample_id", "label"]].values.tolist() == [[face.sample_id, "happy"]]
+        assert session.pending is None and session.decisions == log["id"].tolist()
+        assert after is not None and after.sample_id != face.sample_id
+
+    def test_an_answer_that_reached_the_database_before_the_break_is_not_recorded_twice(self, pg_desk) -> None:
+        settings = Settings(strategy="low_quality")
+        session = Session()
+        face = pg_desk.start(session, "ben", settings)
+        session.pending = (face.sample_id, "sad", pg_desk.store.now())
+        # The first send committed, but the connection broke before the tab heard back.
+        pg_desk.store.record_decision("ben", pg_desk.table.name, face.sample_id, "sad", require_lease=True,
+                                      created_at=session.pending[2])
+        pg_desk.retry(session, "ben", settings)
+        log = pg_desk.store.decisions(pg_desk.table.name)
+        assert log["label"].tolist() == ["sad"] and session.decisions == log["id"].tolist()
+
+    def test_retry_with_nothing_unsaved_starts_the_queue(self, pg_desk) -> None:
+        session = Session()
+        face = pg_desk.retry(session, "cy", Settings(strategy="low_quality"))
+        assert session.annotator == "cy" and session.face == face and pg_desk.store.decisions().empty
 
 
 def test_relabel_through_the_launched_app(table, tmp_path: Path) -> None:

@@ -9,17 +9,24 @@ annotator (:data:`IDENTITIES`: the typed name, the ``--auth`` user, or the Huggi
 account); answers and undo go under that annotator only, undo reverses only the answers this
 session gave, and an answer counts only on the face this session holds the lease of. Another
 name needs an explicit *Switch annotator*.
+
+A lost database connection (a PostgreSQL server restarting): the store reconnects for a few
+seconds on its own; past that the annotator reads what happened and what to do, never a
+traceback. An answer that could not be saved stays in the session (:attr:`Session.pending`)
+with the time it was given, and *Retry* (key r) sends it again: saved once, never lost, never twice.
 """
 
 import functools
 import html
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from annotate import STRATEGIES, AnnotateError, Queue, QueuedFace, Store, StoreBusyError
+from annotate.engine import StoreUnavailableError
 from annotate.export import export_corrections, export_ferplus
 from annotate.labels import ANSWER_NAMES
 from annotate.probabilities import oof_probabilities
@@ -50,6 +57,7 @@ IDENTITIES: tuple[str, ...] = ("name", "password", "huggingface")
 #: Prefix of annotator names that come from a Hugging Face account.
 HF_PREFIX = "hf:"
 
+_OTHER_KEYS = ['"Backspace": "relabel-undo"', '"r": "relabel-retry"']
 KEYBOARD_JS = """
 () => {
   const keys = {%s};
@@ -66,7 +74,7 @@ KEYBOARD_JS = """
     button.click();
   });
 }
-""" % ", ".join([f'"{key}": "relabel-{answer}"' for answer, _, key in ANSWERS] + ['"Backspace": "relabel-undo"'])  # noqa: UP031 - %s keeps the JavaScript's braces literal
+""" % ", ".join([f'"{key}": "relabel-{answer}"' for answer, _, key in ANSWERS] + _OTHER_KEYS)  # noqa: UP031 - %s keeps the JavaScript's braces literal
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,8 @@ class Session:
     annotator: str | None = None  #: bound by the first Start; changed only by :meth:`RelabelDesk.switch`
     face: QueuedFace | None = None  #: the face in front of this session (leased to :attr:`annotator`)
     decisions: list[int] = field(default_factory=list)  #: ids of the answers this session gave, oldest first
+    #: ``(sample_id, label, time given)`` of an answer not saved yet (the database could not be reached)
+    pending: tuple[str, str, datetime] | None = None
 
 
 class RelabelDesk:
@@ -209,11 +219,50 @@ class RelabelDesk:
         annotator = self._bound(session, who)
         if session.face is None:
             raise AnnotateError("there is no face in front of you: press Start")
-        record = self.queue_for(selection).submit(annotator, session.face.sample_id, label,
-                                                  model_version=self.model_version, strategy=settings.strategy,
-                                                  require_lease=True)
+        sample_id = session.face.sample_id
+        if session.pending is None or session.pending[:2] != (sample_id, label):
+            session.pending = (sample_id, label, self.store.now())
+        return self._send(session, annotator, settings, selection)
+
+    def retry(self, session: Session, who: str, settings: Settings,
+              selection: np.ndarray | None = None) -> QueuedFace | None:
+        """After a lost connection: send the session's unsaved answer again, then lease the next face.
+
+        With nothing unsaved it is a Start (the face in front of the session, or the next one).
+        The answer keeps the time it was first given, so one that did reach the database
+        before the connection broke is not recorded twice.
+        """
+        if session.annotator is None or session.pending is None:
+            return self.start(session, who, settings, selection)
+        return self._send(session, self._bound(session, who), settings, selection)
+
+    def _send(self, session: Session, annotator: str, settings: Settings,
+              selection: np.ndarray | None) -> QueuedFace | None:
+        """Save :attr:`Session.pending` (refused: nothing recorded; database unreachable: kept), then the next face."""
+        sample_id, label, given_at = session.pending
+        try:
+            record = self.queue_for(selection).submit(annotator, sample_id, label, model_version=self.model_version,
+                                                      strategy=settings.strategy, require_lease=True,
+                                                      created_at=given_at)
+        except StoreUnavailableError as err:
+            raise StoreUnavailableError(
+                f"The annotation database cannot be reached (its server may be restarting). Your answer "
+                f"“{ANSWER_NAMES.get(label, label)}” on this face is kept in this tab, not saved yet: press "
+                "Retry (r) in a moment. Nothing is lost."
+            ) from err
+        except AnnotateError:
+            session.pending = None  # refused for good (the lease went to someone else): nothing to retry
+            raise
+        session.pending = None
         session.decisions.append(record.id)
-        session.face = self.next_face(annotator, settings, selection)
+        session.face = None
+        try:
+            session.face = self.next_face(annotator, settings, selection)
+        except StoreUnavailableError as err:
+            raise StoreUnavailableError(
+                f"Your answer “{ANSWER_NAMES.get(label, label)}” is saved. The annotation database cannot be "
+                "reached for your next face (its server may be restarting): press Retry (r) in a moment."
+            ) from err
         return session.face
 
     def undo(self, session: Session, selection: np.ndarray | None = None, *,
@@ -367,8 +416,8 @@ def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: 
     anyone), ``"password"`` (the app is launched with ``auth=``: the annotator is the signed-in
     user) or ``"huggingface"`` (a Space with ``hf_oauth: true``: a sign-in button, the annotator
     is ``hf:<username>``). With sign-in, exporting everyone's answers needs a signed-in user.
-    Endpoints: ``relabel_start``, ``relabel_<answer>`` and ``relabel_undo`` (parameters: name,
-    faces, then the queue settings), ``relabel_switch`` and ``relabel_export``. ``catalog`` (default
+    Endpoints: ``relabel_start``, ``relabel_<answer>``, ``relabel_undo`` and ``relabel_retry``
+    (parameters: name, faces, then the queue settings), ``relabel_switch`` and ``relabel_export``. ``catalog`` (default
     ``desk.catalog``) and ``job`` (an :class:`annotate.finetune.FineTuneJob` over the desk's data
     set) add the *Train on corrections* panel (:mod:`ui.train_panel`); without both it is not shown.
     """
@@ -403,6 +452,8 @@ def build_relabel_tab(desk: RelabelDesk, selection_state: Any = None, identity: 
         button.click(on["answer"](answer), inputs, outputs, api_name=f"relabel_{answer}", show_progress="hidden",
                      trigger_mode="once")
     ui["undo"].click(on["undo"], inputs, outputs, api_name="relabel_undo", show_progress="hidden", trigger_mode="once")
+    ui["retry"].click(on["retry"], inputs, outputs, api_name="relabel_retry", show_progress="hidden",
+                      trigger_mode="once").then(**view)
     ui["switch"].click(on["switch"], [session], [session, *outputs[:3]], api_name="relabel_switch").then(**view)
     ui["export"].click(on["export"], None, [ui["files"]], api_name="relabel_export")
     from ui.train_panel import build_train_panel
@@ -460,6 +511,12 @@ def _handlers(desk: RelabelDesk, identity: str, prompt: str) -> dict[str, Any]:
         return show(face, state, settings, chosen)
 
     @_guarded
+    def retry(request: gr.Request, profile: gr.OAuthProfile | None, state, typed, scope_value, selection, *values):
+        settings = settings_from_inputs(*values)
+        chosen = _selection_of(scope_value, selection)
+        return show(desk.retry(state, who(typed, request, profile), settings, chosen), state, settings, chosen)
+
+    @_guarded
     def switch(state):
         return desk.switch(state), None, prompt, ""
 
@@ -469,8 +526,8 @@ def _handlers(desk: RelabelDesk, identity: str, prompt: str) -> dict[str, Any]:
             who(None, request, profile)  # everyone's answers go to signed-in users only
         return [str(p) for p in desk.exports()]
 
-    return {"signed_in": signed_in, "start": start, "answer": answer, "undo": undo, "switch": switch,
-            "export": export}
+    return {"signed_in": signed_in, "start": start, "answer": answer, "undo": undo, "retry": retry,
+            "switch": switch, "export": export}
 
 
 def _selection_of(scope_value: str, selection: Any) -> np.ndarray | None:
@@ -495,12 +552,14 @@ def _identity_view(identity: str, state: Session) -> tuple[Any, Any]:
 
 
 def _guarded(fn):
-    """``fn`` with :class:`FERError` (AnnotateError, bad settings) shown as a message, never a traceback.
+    """``fn`` with :class:`FERError` (AnnotateError, bad settings, a database out of reach) shown as a
+    message, never a traceback; another database error too, with what to do.
 
     ``functools.wraps`` keeps ``fn``'s signature, so Gradio still passes ``gr.Request`` and
     ``gr.OAuthProfile`` to it. The message is escaped: Gradio renders it as HTML.
     """
     import gradio as gr
+    from sqlalchemy.exc import DBAPIError
 
     from fer_core._validation import FERError
 
@@ -510,6 +569,10 @@ def _guarded(fn):
             return fn(*args)
         except FERError as err:
             raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
+        except DBAPIError as err:
+            reason = html.escape((str(err.orig).strip().splitlines() or ["no reason given"])[0], quote=False)
+            raise gr.Error(f"The annotation database failed ({reason}). An answer not saved is kept in this tab: "
+                           "press Retry (r) in a moment.", print_exception=False) from None
     return run
 
 
@@ -548,6 +611,7 @@ def _tab_layout(desk: RelabelDesk, source_note: str, prompt: str) -> dict[str, A
                                             variant="secondary")
                                   for answer, title, key in ANSWERS[7:]]
                 ui["undo"] = gr.Button("Undo (Backspace)", elem_id="relabel-undo", size="sm")
+                ui["retry"] = gr.Button("Retry (r)", elem_id="relabel-retry", size="sm")
     with gr.Accordion("Export the corrections", open=False):
         ui["export"] = gr.Button("Prepare the exports", size="sm")
         ui["files"] = gr.File(label="corrections (CSV, Parquet) and FER+-style vote counts", file_count="multiple",
