@@ -37,9 +37,9 @@ def alembic_config() -> Config:
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Run ``alembic upgrade revision`` on ``engine``'s database; a no-op when already there.
 
-    The migrations run inside one write transaction (``BEGIN IMMEDIATE`` on SQLite, where
-    DDL is transactional): two processes opening a new file at once migrate it one after
-    the other, and the second finds it already at head.
+    The migrations run inside one write transaction (``BEGIN IMMEDIATE`` on SQLite, the store's
+    advisory lock on PostgreSQL; DDL is transactional on both): two processes opening a new
+    database at once migrate it one after the other, and the second finds it already at head.
 
     Raises :class:`AnnotateError` for a database written by a newer version of the tool (a
     revision this copy does not ship) and for a file that is not a database.

@@ -2,8 +2,9 @@
 
 Used programmatically by :func:`annotate.migrate.upgrade`, which passes an open connection
 in ``config.attributes["connection"]`` (already inside a write transaction, so concurrent
-openers of a new SQLite file run the migrations one after the other). From the command
-line, ``alembic -x url=sqlite:///fer_annotations.db upgrade head`` with a config whose
+openers of a new database run the migrations one after the other, on SQLite and on
+PostgreSQL). From the command line, ``alembic -x url=sqlite:///fer_annotations.db upgrade
+head`` (or ``-x url=postgresql+psycopg://user:password@host/database``) with a config whose
 ``script_location`` is this folder works too; without ``-x url`` the default database
 (:func:`annotate.engine.default_db_url`) is used.
 """
