@@ -18,8 +18,10 @@ and ``curve.png``.
 chosen, and the card reports val against both (see :mod:`fer_core.training.val_labels`);
 ``--folds K`` trains K models instead, each on K-1 folds, and writes every training face's
 out-of-fold probabilities (see :mod:`fer_core.folds`). Under ``torchrun --nproc-per-node N``
-the N processes share every batch (``--batch-size`` is the whole batch) and the first one
-evaluates and writes the files.
+the N processes share every batch (``--batch-size`` is the whole batch) and train as one
+process does: the same order, augmentation and global batches, BatchNorm over the whole batch
+(:mod:`fer_core.training.sync_bn`), each process's share of the loss; the first one evaluates
+and writes the files (docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,7 +61,13 @@ from fer_core.time_budget import (
     plan_epochs,
 )
 from fer_core.training.card import card_base, model_card, plot_curve, write_logs
-from fer_core.training.checkpoint import check_out, init_weights, load_checkpoint, save_checkpoint
+from fer_core.training.checkpoint import (
+    check_out,
+    init_weights,
+    load_checkpoint,
+    save_checkpoint,
+    save_process_state,
+)
 from fer_core.training.data import LabelMap, TrainingData, load_training_data, prepare_training_data
 from fer_core.training.optim import (
     CLASS_WEIGHTINGS,
@@ -71,18 +79,21 @@ from fer_core.training.optim import (
     make_ema,
     teacher_probabilities,
 )
+from fer_core.training.sync_bn import synchronise_batchnorm
 from fer_core.training.utils import (
     AMP_MODES,
     DEVICES,
     ONE_PROCESS,
     Processes,
-    all_sum,
+    all_sum_tensor,
     autocast_dtype,
+    backend_name,
     broadcast,
     close_processes,
     device_name,
     init_processes,
     predict_logits,
+    shard,
     to_input,
 )
 from fer_core.training.val_labels import SECOND_PREFIX, ValLabels, check_selection, load_val_labels
@@ -185,6 +196,10 @@ def _add_run_args(group: argparse._ArgumentGroup) -> None:
                        help="bf16 autocast: auto (where the hardware has it), on or off")
     group.add_argument("--threads", type=int, default=None, help="CPU threads; None: all cores")
     group.add_argument("--no-progress", action="store_true", help="no progress bar")
+    group.add_argument("--dump-state", default=None, metavar="DIR",
+                       help="at the end of training, each process writes its weights, weight EMA (BatchNorm buffers "
+                            "included) and every step's loss to DIR/rank_<R>.safetensors: to check that torchrun's "
+                            "processes ended alike and match a run in one process (docs/distributed.md)")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
@@ -215,6 +230,7 @@ class Setup:
     amp: torch.dtype | None
     processes: Processes
     ema_decay: float
+    step_losses: list[float] = field(default_factory=list)  #: every step's loss (the whole batch's) in this run
 
     @property
     def evaluated(self) -> nn.Module:
@@ -233,12 +249,29 @@ def epoch_steps(faces: int, args: argparse.Namespace, world_size: int = 1) -> in
     return min(steps, args.max_steps) if args.max_steps else steps
 
 
+def loss_denominators(setup: Setup, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """What the means of a global batch's loss divide by: the cross-entropy's (the summed class weights of
+    ``y`` (B,) class indices, as ``F.cross_entropy`` with weights does; B for ``y`` (B, C) probabilities)
+    and the distillation's (B)."""
+    if y.ndim == 1:
+        return setup.loss_weights[y].sum(), len(y)
+    return torch.tensor(float(len(y)), device=y.device), len(y)
+
+
 def compute_loss(setup: Setup, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace, *,
-                 step: int, total_steps: int) -> torch.Tensor:
-    """Cross-entropy (class weights, label smoothing; ``y`` class indices or probabilities) plus self-distillation."""
+                 step: int, total_steps: int,
+                 denominators: tuple[torch.Tensor, int] | None = None) -> torch.Tensor:
+    """Cross-entropy (class weights, label smoothing; ``y`` class indices or probabilities) plus self-distillation.
+
+    ``denominators`` (:func:`loss_denominators` of the global batch; default: of ``y``) makes the
+    result this process's share of the global batch's loss: the processes' shares sum to the
+    loss one process computes on the whole batch.
+    """
+    ce_total, count = loss_denominators(setup, y) if denominators is None else denominators
     with torch.autocast(setup.device.type, dtype=setup.amp or torch.float32, enabled=setup.amp is not None):
         logits = setup.model(x)
-    loss = F.cross_entropy(logits.float(), y, weight=setup.loss_weights, label_smoothing=args.label_smoothing)
+    loss = F.cross_entropy(logits.float(), y, weight=setup.loss_weights, label_smoothing=args.label_smoothing,
+                           reduction="sum") / ce_total
     if args.self_kd:
         # Self-distillation from the weights' moving average (a "mean teacher"), its share rising
         # over the run as in progressive self-knowledge distillation (Kim et al., 2021): early on the
@@ -246,50 +279,72 @@ def compute_loss(setup: Setup, x: torch.Tensor, y: torch.Tensor, args: argparse.
         # FER2013's noisy labels.
         share = args.self_kd * min(1.0, step / max(total_steps - 1, 1))
         soft = teacher_probabilities(setup.ema.module.eval(), x, args.kd_temperature, setup.amp)
-        loss = (1 - share) * loss + share * distillation_loss(logits, soft, args.kd_temperature)
+        kd = distillation_loss(logits, soft, args.kd_temperature) * len(x) / count  # batchmean -> share of the batch
+        loss = (1 - share) * loss + share * kd
     return loss
+
+
+def _process_batch(setup: Setup, images: torch.Tensor, batch: torch.Tensor,
+                   generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of a global ``batch`` (B,) of face indices: the model input and the indices.
+
+    The augmentation is drawn for the whole global batch from ``generator``, which every process
+    seeds alike, so a face gets the same transform whatever the number of processes (each process
+    augments the whole batch, a small cost next to the model's).
+    """
+    x = to_input(images[batch])
+    if setup.augment is not None:
+        x = augment_batch(x, setup.augment, generator)
+    mine = shard(x, setup.processes).contiguous(memory_format=torch.channels_last)
+    return mine, shard(batch, setup.processes)
 
 
 def train_one_epoch(setup: Setup, images: torch.Tensor, targets: torch.Tensor, args: argparse.Namespace, *,
                     epoch: int, step: int, total_steps: int, warmup: int, planned: int) -> dict[str, Any]:
     """One pass over ``images`` (N, 48, 48) uint8 with ``targets`` (N,) or (N, C), in an order seeded by (seed, epoch).
 
-    Returns the mean training loss, the steps taken, the last learning rate and the next step's number.
+    Under torchrun every process draws the same order and global batches, trains on its share
+    (:func:`fer_core.training.utils.shard`) and backpropagates its share of the global batch's
+    loss times the world size (DDP averages the gradients): the gradient of one process's step.
+    Returns the mean training loss, the steps taken, the last learning rate and the next step's
+    number; the steps' losses are appended to ``setup.step_losses``.
     """
     from tqdm.auto import tqdm
 
     device, processes = setup.device, setup.processes
-    # Seeds derived from (seed, epoch): a resumed run draws exactly what the first run would have.
-    torch.manual_seed(args.seed * 1000 + epoch)
+    # Seeds derived from (seed, epoch): a resumed run draws exactly what the first run would have. The
+    # global generator (dropout) gets one stream per process; process 0's is that of a run in one process.
+    torch.manual_seed(args.seed * 1000 + epoch + 7919 * processes.rank)
     generator = torch.Generator(device=device).manual_seed(args.seed * 1000 + epoch)
     order = torch.randperm(len(images), generator=generator, device=device)  # the same in every process
-    augment_generator = (torch.Generator(device=device).manual_seed((args.seed * 1000 + epoch) * 1009 + processes.rank)
-                         if processes.distributed else generator)
     n_steps = epoch_steps(len(order), args, processes.world_size)
     setup.model.train()
-    total_loss, seen, lr = 0.0, 0, args.lr
+    losses = torch.zeros(n_steps, dtype=torch.float64, device=device)  # this process's shares, summed below
+    sizes, lr = [], args.lr
     bar = tqdm(range(n_steps), desc=f"epoch {epoch + 1}/{planned}", leave=False,
                disable=args.no_progress or not processes.is_main)
     for i in bar:
-        index = order[i * args.batch_size:(i + 1) * args.batch_size][processes.rank::processes.world_size]
-        x = to_input(images[index])
-        if setup.augment is not None:
-            x = augment_batch(x, setup.augment, augment_generator).contiguous(memory_format=torch.channels_last)
+        batch = order[i * args.batch_size:(i + 1) * args.batch_size]
+        x, mine = _process_batch(setup, images, batch, generator)
         lr = lr_at(step, total_steps, warmup, args.lr)
         for group in setup.optimizer.param_groups:
             group["lr"] = lr
-        loss = compute_loss(setup, x, targets[index], args, step=step, total_steps=total_steps)
+        loss = compute_loss(setup, x, targets[mine], args, step=step, total_steps=total_steps,
+                            denominators=loss_denominators(setup, targets[batch]))
         setup.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss * processes.world_size).backward()
         setup.optimizer.step()
         setup.ema.update_parameters(setup.module)
         step += 1
-        total_loss += loss.item() * len(index)
-        seen += len(index)
-        bar.set_postfix(loss=f"{total_loss / seen:.3f}")
-    total_loss, seen = all_sum([total_loss, seen], processes, device)
-    return {"train_loss": total_loss / max(seen, 1), "steps": n_steps, "lr": lr, "train_faces": len(order),
-            "step": step}
+        losses[i] = loss.detach()
+        sizes.append(len(batch))
+        if not bar.disable and (i % 10 == 0 or i == n_steps - 1):  # .item() waits for the GPU: not every step
+            bar.set_postfix(loss=f"{losses[i].item() * processes.world_size:.3f}")
+    losses = all_sum_tensor(losses, processes).cpu()
+    setup.step_losses.extend(losses.tolist())
+    weights = torch.tensor(sizes, dtype=torch.float64)
+    return {"train_loss": float((losses * weights).sum() / weights.sum().clamp_min(1)), "steps": n_steps,
+            "lr": lr, "train_faces": len(order), "world_size": processes.world_size, "step": step}
 
 
 @torch.inference_mode()
@@ -317,6 +372,8 @@ def _setup(args: argparse.Namespace, out: Path, data: TrainingData, label_map: L
     module = create_model(args.model, num_classes=len(label_map.names), **kwargs)
     if args.init and not resume:
         init_weights(module, args.init, architecture=args.model, names=label_map.names)
+    if processes.distributed:  # BatchNorm over the whole batch, as in one process
+        module = synchronise_batchnorm(module, device)
     module = module.to(device).to(memory_format=torch.channels_last)
     ema = make_ema(module, max(args.ema_decay, 0.0))
     optimizer = build_optimizer(module, args.opt, lr=args.lr, weight_decay=args.weight_decay)
@@ -441,6 +498,9 @@ def train_model(args: argparse.Namespace, out: Path, data: TrainingData, val: Fa
             planned = _end_epoch(setup, args, out, state, row, val=val, val_labels=val_labels, label_map=label_map,
                                  planned=planned, wall_used=wall_used, steps_per_epoch=steps_per_epoch, start=start)
         planned = broadcast(planned, processes)
+    if args.dump_state:
+        save_process_state(Path(args.dump_state), processes.rank, model=setup.module, ema=setup.ema,
+                           step_losses=setup.step_losses)
     if not processes.is_main:
         broadcast(None, processes)  # wait for the first process to write the model
         return None
@@ -492,7 +552,8 @@ def _finish(args: argparse.Namespace, out: Path, setup: Setup, state: dict[str, 
                       val_metrics={"plain": plain, "flip_tta": flip},
                       inference={"flip_tta": bool(use_flip), "flip_tta_min_gain": FLIP_TTA_MIN_GAIN},
                       calibration=calibration, extra=card_extra,
-                      selection={"selected_on": val_labels.name, "val_by_labels": by_labels})
+                      selection={"selected_on": val_labels.name, "val_by_labels": by_labels},
+                      backend=backend_name(setup.processes))
     save_model(best, out / "model.safetensors", card)
     plot_curve(state["log"], out / "curve.png", second=None if val_labels.second is None else val_labels.name)
     chosen_on = "" if val_labels.second is None else f" (chosen on the {val_labels.name} labels)"

@@ -8,6 +8,7 @@ import json
 import shlex
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,9 +59,24 @@ def card_base(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
             "labels": list(names)}
 
 
+def _distributed(log: list[dict[str, Any]], world_size: int, backend: str | None) -> dict[str, Any] | None:
+    """The card's ``distributed`` entry: how the run was shared between torchrun's processes (None: one process
+    throughout). ``epochs_by_world_size`` counts the epochs trained in each number of processes (a run
+    resumed with another ``--nproc-per-node`` has several)."""
+    sizes = Counter(int(row.get("world_size", 1)) for row in log)
+    if world_size <= 1 and set(sizes) <= {1}:
+        return None
+    return {"world_size": world_size, "backend": backend,
+            "epochs_by_world_size": {str(size): sizes[size] for size in sorted(sizes)},
+            "batch": "--batch-size faces per step in all, shared between the processes",
+            "batchnorm": "statistics of the whole batch across the processes (synchronised)",
+            "augmentation": "drawn per face from the seed, the same whatever the number of processes"}
+
+
 def _training(args: argparse.Namespace, data: TrainingData, val_faces: int, state: dict[str, Any],
-              device: torch.device, world_size: int) -> dict[str, Any]:
-    """The card's ``training`` block: data, command, epochs, time, machine and recipe."""
+              device: torch.device, world_size: int, backend: str | None = None) -> dict[str, Any]:
+    """The card's ``training`` block: data, command, epochs, time, machine (``processes``: the world size) and
+    recipe."""
     return {
         "data": args.data, "val": args.val or f"{args.data} (val split)",
         "train_faces": int(len(data)), "faces_trained_on": int(data.keep.sum()), "val_faces": int(val_faces),
@@ -71,6 +87,7 @@ def _training(args: argparse.Namespace, data: TrainingData, val_faces: int, stat
                          "wall_seconds_used": round(state.get("wall_seconds_used", 0.0), 1)}
                         if args.time_budget else None),
         "device": str(device), "device_name": device_name(device), "processes": world_size,
+        "distributed": _distributed(state["log"], world_size, backend),
         "augment": asdict(AugmentConfig()) if not args.no_augment else None,
         "init": {"file": Path(args.init).name, "sha256": _sha256(args.init)} if args.init else None,
         "self_kd": ({"weight": args.self_kd, "temperature": args.kd_temperature, "teacher": "weight EMA",
@@ -85,12 +102,14 @@ def _training(args: argparse.Namespace, data: TrainingData, val_faces: int, stat
 def model_card(args: argparse.Namespace, *, label_map: LabelMap, data: TrainingData, val_faces: int,
                state: dict[str, Any], device: torch.device, world_size: int, n_params: int,
                val_metrics: dict[str, Any], inference: dict[str, Any], calibration: dict[str, Any],
-               extra: dict[str, Any], selection: dict[str, Any] | None = None) -> dict[str, Any]:
+               extra: dict[str, Any], selection: dict[str, Any] | None = None,
+               backend: str | None = None) -> dict[str, Any]:
     """The model card written beside ``model.safetensors`` (``extra`` merged into its ``training`` block).
 
     ``selection`` (also merged into ``training``) says which val labels chose the model
     (``selected_on``) and gives val accuracy, macro-F1 and per-class recall as served against
     each label set (``val_by_labels``: ``original`` and the ``--val-labels`` set by its name).
+    ``world_size`` and ``backend`` (``gloo``, ``nccl``; None in one process) describe torchrun's processes.
     """
     from fer_core.model import MODEL_CONFIGS
 
@@ -103,7 +122,8 @@ def model_card(args: argparse.Namespace, *, label_map: LabelMap, data: TrainingD
         "fer2013_id_to_class": label_map.index.tolist(),
         "input": {"size": [IMAGE_SIZE, IMAGE_SIZE], "channels": 1, "scale": "grey level / 255",
                   "mean": INPUT_MEAN, "std": INPUT_STD, "crop": "whole 48x48 face, FER2013 framing"},
-        "training": {**_training(args, data, val_faces, state, device, world_size), **(selection or {}), **extra},
+        "training": {**_training(args, data, val_faces, state, device, world_size, backend), **(selection or {}),
+                     **extra},
         "val_metrics": val_metrics,
         "inference": inference,
         "calibration": calibration,

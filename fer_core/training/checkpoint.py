@@ -18,7 +18,8 @@ from torch import nn
 from fer_core._io import atomic_write
 from fer_core._validation import FERError
 
-__all__ = ["CHECKPOINT_FILE", "check_out", "save_checkpoint", "load_checkpoint", "init_weights"]
+__all__ = ["CHECKPOINT_FILE", "check_out", "save_checkpoint", "load_checkpoint", "init_weights", "save_process_state",
+           "process_state_path"]
 
 CHECKPOINT_FILE = "checkpoint.json"
 
@@ -66,6 +67,32 @@ def load_checkpoint(out: Path, *, model: nn.Module, ema: nn.Module, optimizer: t
             opt_state["state"].setdefault(int(pid), {})[name] = value
     optimizer.load_state_dict(opt_state)
     return meta
+
+
+def process_state_path(folder: Path, rank: int) -> Path:
+    """Where :func:`save_process_state` writes process ``rank``'s state."""
+    return Path(folder) / f"rank_{rank}.safetensors"
+
+
+def save_process_state(folder: Path, rank: int, *, model: nn.Module, ema: nn.Module,
+                       step_losses: list[float]) -> Path:
+    """``--dump-state DIR``: one process's state at the end of training, as ``DIR/rank_<R>.safetensors``.
+
+    Holds ``model.*`` and ``ema.*`` (the state dicts, BatchNorm buffers included) and
+    ``step_losses`` (S,) float64, every step's loss of the whole batch in this run; what a test
+    compares between torchrun's processes and against a run in one process.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()})
+    tensors["step_losses"] = torch.tensor(step_losses, dtype=torch.float64)
+    path = process_state_path(folder, rank)
+    with atomic_write(path) as tmp:
+        save_file(tensors, str(tmp))
+    return path
 
 
 def init_weights(model: nn.Module, path: str | Path, *, architecture: str, names: list[str]) -> None:

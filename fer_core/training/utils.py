@@ -33,6 +33,9 @@ __all__ = [
     "init_processes",
     "close_processes",
     "all_sum",
+    "all_sum_tensor",
+    "backend_name",
+    "shard",
     "broadcast",
     "barrier",
     "to_input",
@@ -131,6 +134,32 @@ def all_sum(values: list[float], processes: Processes, device: torch.device) -> 
     total = torch.tensor(values, dtype=torch.float64, device=device)
     torch.distributed.all_reduce(total)
     return total.tolist()
+
+
+def all_sum_tensor(values: torch.Tensor, processes: Processes) -> torch.Tensor:
+    """``values`` summed element-wise over the processes (a new tensor; a copy with one process)."""
+    total = values.clone()
+    if processes.distributed:
+        torch.distributed.all_reduce(total)
+    return total
+
+
+def backend_name(processes: Processes) -> str | None:
+    """The process group's backend (``gloo``, ``nccl``), or None with one process."""
+    if not processes.distributed or not torch.distributed.is_initialized():
+        return None
+    return str(torch.distributed.get_backend())
+
+
+def shard(batch: torch.Tensor, processes: Processes) -> torch.Tensor:
+    """The rows of a global ``batch`` (B, ...) that this process trains on: every ``world_size``-th from ``rank``
+    (a view; ``batch`` itself with one process).
+
+    This is the distributed sampler: every process draws the same seeded order of the epoch and
+    cuts it into the same global batches (those of one process with the same ``--batch-size``),
+    then keeps its share of each. Shares differ in size by at most one face.
+    """
+    return batch[processes.rank::processes.world_size] if processes.distributed else batch
 
 
 def broadcast(value: Any, processes: Processes) -> Any:
