@@ -105,9 +105,19 @@ def pg_url(pg_server) -> str:
         pg_server.drop_database(url)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A new, empty annotation database on each backend: a SQLite file in ``tmp_path``, then a PostgreSQL database."""
+def _backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'ann.db'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new, empty annotation database on each backend: a SQLite file in ``tmp_path``, then a PostgreSQL database."""
+    return _backend_url(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def db_url_pg_slow(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """As ``db_url``, with the PostgreSQL case marked slow: for tests that take seconds there (a launched app)."""
+    return _backend_url(request, tmp_path)

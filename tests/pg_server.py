@@ -70,6 +70,7 @@ class PgServer:
         self.port = _free_port()
         self._as_root = hasattr(os, "geteuid") and os.geteuid() == 0
         self.running = False
+        self._engine = None  # one AUTOCOMMIT engine for CREATE / DROP DATABASE (a new one costs 0.2 s)
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run a PostgreSQL program, as the ``postgres`` user when this process is root."""
@@ -98,6 +99,8 @@ class PgServer:
 
     def stop_server(self, mode: str = "fast") -> None:
         """Stop the server (``pg_ctl stop -m fast``: open connections are cut, as in a restart)."""
+        if self._engine is not None:
+            self._engine.dispose()
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
         self.running = False
 
@@ -119,12 +122,10 @@ class PgServer:
     def _admin(self, statement: str) -> None:
         from sqlalchemy import create_engine, text
 
-        engine = create_engine(self.url(), isolation_level="AUTOCOMMIT")
-        try:
-            with engine.connect() as conn:
-                conn.execute(text(statement))
-        finally:
-            engine.dispose()
+        if self._engine is None:
+            self._engine = create_engine(self.url(), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+        with self._engine.connect() as conn:
+            conn.execute(text(statement))
 
     def log(self) -> str:
         """The server's log so far (for a failure message)."""
@@ -134,6 +135,8 @@ class PgServer:
     def stop(self) -> None:
         """Stop the server and delete its folder."""
         try:
+            if self._engine is not None:
+                self._engine.dispose()
             if self.running:
                 self.stop_server("immediate")
         finally:

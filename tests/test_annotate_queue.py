@@ -24,6 +24,9 @@ from annotate.store import Store
 from conftest import Clock
 from fer_core.labels import EMOTIONS
 
+#: For tests of the ranking alone (no lease, no vote): the SQLite case is enough.
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+
 
 @pytest.fixture
 def store(db_url: str, clock: Clock) -> Store:
@@ -80,22 +83,26 @@ def test_strategy_registry() -> None:
     assert all(s.description for s in STRATEGIES.values())
 
 
+@SQLITE_ONLY
 def test_likely_label_error_order(queue: Queue) -> None:
     # cleanlab flags exactly the planted errors, lowest self-confidence (0.01, 0.02, 0.03) first.
     assert queue.order("likely_label_error").tolist() == [22, 23, 21]
     assert queue.label_quality()[[21, 22, 23]] == pytest.approx([0.03, 0.01, 0.02])
 
 
+@SQLITE_ONLY
 def test_model_disagrees_order(queue: Queue) -> None:
     # Most confident disagreement first: 0.96, 0.95, 0.93.
     assert queue.order("model_disagrees").tolist() == [23, 21, 22]
 
 
+@SQLITE_ONLY
 def test_low_quality_order(queue: Queue) -> None:
     expected = [3, 10, 23, 22, 21, 20, 19, 18, 17, 16, 15, 14, 13, 12, 11, 9, 8, 7, 6, 4, 2, 1, 0]
     assert queue.order("low_quality").tolist() == expected
 
 
+@SQLITE_ONLY
 def test_random_order_is_seeded(store: Store, queue: Queue) -> None:
     assert queue.order("random").tolist() == np.random.default_rng(0).permutation(24).tolist()
     again = Queue(store, known_table(), dataset="fer")
@@ -104,6 +111,7 @@ def test_random_order_is_seeded(store: Store, queue: Queue) -> None:
     assert other.order("random").tolist() != queue.order("random").tolist()
 
 
+@SQLITE_ONLY
 def test_filters(queue: Queue) -> None:
     assert queue.order("likely_label_error", emotions=["sad", "neutral"]).tolist() == [22, 23]
     assert queue.order("likely_label_error", emotions=0).tolist() == [21]
@@ -117,6 +125,7 @@ def test_filters(queue: Queue) -> None:
         queue.order("random", quality_range=(0.5, 0.1))
 
 
+@SQLITE_ONLY
 def test_strategy_errors(store: Store) -> None:
     q = simple_queue(store)
     assert q.strategies() == ["low_quality", "random"]

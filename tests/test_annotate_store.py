@@ -380,6 +380,7 @@ def test_names_and_text_are_stored_verbatim(store: Store) -> None:
     assert store.integrity_check() == ("ok" if store.engine.dialect.name == "sqlite" else None)
 
 
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # checked before the database is asked
 @pytest.mark.parametrize(
     ("call", "message"),
     [

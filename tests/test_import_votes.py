@@ -145,11 +145,12 @@ def test_a_bad_row_is_reported_by_line_and_nothing_is_written(tmp_path, db_url, 
         assert len(store.resolved_labels(include_undecided=True)) == 0
 
 
-def test_the_command_imports_and_reports_a_bad_file_without_a_traceback(tmp_path, db_url, small_set):
+def test_the_command_imports_and_reports_a_bad_file_without_a_traceback(tmp_path, db_url_pg_slow, small_set):
     root, rows = small_set
     csv = tmp_path / "votes.csv"
     rows.to_csv(csv, index=False)
-    command = [sys.executable, "-m", "annotate.import_votes", str(csv), "--db", db_url, "--data", str(root)]
+    command = [sys.executable, "-m", "annotate.import_votes", str(csv), "--db", db_url_pg_slow,
+               "--data", str(root)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"{len(rows):,} faces" in done.stdout and "ferplus-1 .." in done.stdout

@@ -306,13 +306,13 @@ class TestLostConnection:
         assert session.annotator == "cy" and session.face == face and pg_desk.store.decisions().empty
 
 
-def test_relabel_through_the_launched_app(table, db_url: str) -> None:
+def test_relabel_through_the_launched_app(table, db_url_pg_slow: str) -> None:
     """On both backends: the app's store opened as ``--db`` opens it (a SQLite file, a PostgreSQL URL)."""
     from gradio_client import Client
 
     import app
 
-    store = app.open_annotations(db_url)
+    store = app.open_annotations(db_url_pg_slow)
     demo = app.build_demo(table, store)
     port = free_port()
     app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
