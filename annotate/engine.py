@@ -105,6 +105,8 @@ _PG_TRANSIENT = {"40001", "40P01", "55P03"}
 # PostgreSQL SQLSTATEs of a server going away or not there yet: admin/crash shutdown, starting up
 # (class 08, connection exceptions, is matched by its prefix).
 _PG_DISCONNECT = {"57P01", "57P02", "57P03"}
+# Failed connection attempts that waiting does not cure (libpq's messages): raised at once.
+_PG_REFUSALS = ("authentication failed", "does not exist", "no pg_hba.conf entry", "could not translate host name")
 # The key of the advisory lock that PostgreSQL write transactions take (ASCII "FER_").
 _PG_WRITE_LOCK = 0x4645525F
 
@@ -300,7 +302,8 @@ def is_disconnect(exc: BaseException) -> bool:
     """True when ``exc`` means the database server cannot be reached or dropped the connection.
 
     SQLAlchemy's own judgement (``connection_invalidated``), a failed connection attempt (no
-    SQLSTATE), or a PostgreSQL SQLSTATE of class 08 (connection exception) or 57P01-57P03
+    SQLSTATE) other than a refusal that waiting does not cure (a wrong password, database or
+    host name), or a PostgreSQL SQLSTATE of class 08 (connection exception) or 57P01-57P03
     (server shutting down or starting up). Never true on SQLite, which has no server.
     """
     if not isinstance(exc, OperationalError) or exc.orig is None:
@@ -310,7 +313,9 @@ def is_disconnect(exc: BaseException) -> bool:
     if getattr(exc.orig, "sqlite_errorcode", None) is not None or type(exc.orig).__module__.startswith("sqlite3"):
         return False
     sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-    return sqlstate is None or sqlstate.startswith("08") or sqlstate in _PG_DISCONNECT
+    if sqlstate is None:  # the connection attempt failed: a wrong address or password is not worth waiting on
+        return not any(refusal in str(exc.orig).lower() for refusal in _PG_REFUSALS)
+    return sqlstate.startswith("08") or sqlstate in _PG_DISCONNECT
 
 
 def retry(fn: Callable[[], T], *, deadline_s: float = RETRY_DEADLINE_S,

@@ -25,7 +25,7 @@ from sqlalchemy import create_engine, func, insert, inspect, select
 from sqlalchemy.exc import OperationalError
 
 import annotate.engine
-from annotate import open_store
+from annotate import AnnotateError, open_store
 from annotate.engine import StoreUnavailableError, create_store_engine, is_disconnect, writer
 from annotate.export import export_corrections, ferplus_votes
 from annotate.import_votes import import_votes, read_vote_table
@@ -173,6 +173,10 @@ def test_lost_connections_are_told_apart_from_other_errors(pg_url: str) -> None:
         assert not is_disconnect(info.value)  # a real error is raised, not retried
     finally:
         engine.dispose()
+    started = time.monotonic()  # a database that does not exist: said at once, not after the reconnect deadline
+    with pytest.raises(AnnotateError, match='cannot open the annotation database .*"no_such_db" does not exist'):
+        open_store(pg_url.rsplit("/", 1)[0] + "/no_such_db")
+    assert time.monotonic() - started < annotate.engine.RECONNECT_DEADLINE_S
 
 
 # -- corrections, exports and imports against the server ------------------------------------------------------
