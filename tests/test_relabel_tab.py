@@ -300,6 +300,38 @@ class TestLostConnection:
         log = pg_desk.store.decisions(pg_desk.table.name)
         assert log["label"].tolist() == ["sad"] and session.decisions == log["id"].tolist()
 
+    @pytest.mark.slow
+    def test_through_the_launched_app_the_annotator_reads_a_message_and_retries(self, table, pg_url, pg_server,
+                                                                               monkeypatch) -> None:
+        from gradio_client import Client
+        from gradio_client.exceptions import AppError
+
+        import annotate.engine
+        import app
+
+        monkeypatch.setattr(annotate.engine, "RECONNECT_DEADLINE_S", 0.5)
+        store = app.open_annotations(pg_url)
+        demo = app.build_demo(table, store)
+        port = free_port()
+        app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            client = Client(f"http://127.0.0.1:{port}", verbose=False)
+            settings = ["low_quality", [], 0.0, 1.0, False, 3]
+            client.predict("dee", "whole data set", *settings, api_name="/relabel_start")
+            pg_server.stop_server()
+            try:
+                with pytest.raises(AppError, match="kept in this tab, not saved yet: press Retry") as info:
+                    client.predict("dee", "whole data set", *settings, api_name="/relabel_sad")
+                assert "Traceback" not in str(info.value)
+            finally:
+                pg_server.start_server()
+            _, text, progress = client.predict("dee", "whole data set", *settings, api_name="/relabel_retry")
+            assert "Given label" in text and "**1** done" in progress
+            assert store.decisions(table.name)["label"].tolist() == ["sad"]
+        finally:
+            demo.close()
+            store.close()
+
     def test_retry_with_nothing_unsaved_starts_the_queue(self, pg_desk) -> None:
         session = Session()
         face = pg_desk.retry(session, "cy", Settings(strategy="low_quality"))
