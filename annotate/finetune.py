@@ -582,9 +582,11 @@ class FineTuneJob:
         from sqlalchemy.engine import make_url
 
         url = make_url(store.url)
-        db = url.database if url.get_backend_name() == "sqlite" and url.database else store.url
-        lines = [shlex.join(["python", "-m", "annotate.corrections", "--db", db, "--dataset", self.dataset,
-                             "--out", "corrections.csv"])]
+        # A server's URL is shown with its password masked; the command reads it from FER_DB_URL instead.
+        db = (shlex.quote(url.database) if url.get_backend_name() == "sqlite" and url.database
+              else '"$FER_DB_URL"')
+        lines = [f"python -m annotate.corrections --db {db} "
+                 + shlex.join(["--dataset", self.dataset, "--out", "corrections.csv"])]
         train = ["python", "-m", "fer_core.train", str(self.data or "DATA"), *(["--val", self.val] if self.val else []),
                  "--out", out, "--corrections", "corrections.csv", "--corrections-dataset", self.dataset]
         latest = next((r for r in self.runs() if (r.folder / "val_labels.csv").is_file()), None)

@@ -307,3 +307,15 @@ def test_the_panel_through_the_launched_app(small_set, table, tmp_path: Path) ->
         demo.close()
         if job.active() is not None:
             job.cancel(by="teardown")
+
+
+def test_full_run_commands_never_show_a_server_password(tmp_path, table):
+    from types import SimpleNamespace
+
+    job = FineTuneJob(tmp_path / "ft_cmd", table, data=None, settings=QUICK)
+    server = SimpleNamespace(url="postgresql+psycopg://team:***@db.example:5432/fer")  # Store.url masks it
+    shown = job.full_run_commands(server)
+    assert 'python -m annotate.corrections --db "$FER_DB_URL" --dataset' in shown and "***" not in shown
+    with open_store(str(tmp_path / "my answers.db")) as store:
+        local = job.full_run_commands(store)
+    assert f"--db '{tmp_path / 'my answers.db'}'" in local
