@@ -66,7 +66,7 @@ def cache_key(*parts: str | bytes | int | np.ndarray | Path) -> str:
             add(b"f", file_digest.digest())
         elif isinstance(part, np.ndarray):
             add(b"a", f"{part.dtype.str}{part.shape}".encode())
-            add(b"d", np.ascontiguousarray(part).reshape(-1).view(np.uint8))
+            _add_array(digest, part)
         elif isinstance(part, str):
             add(b"s", part.encode())
         elif isinstance(part, bytes):
@@ -77,6 +77,23 @@ def cache_key(*parts: str | bytes | int | np.ndarray | Path) -> str:
             raise TypeError(f"a cache key part must be str, bytes, int, a numpy array or a Path, "
                             f"got {type(part).__name__}")
     return digest.hexdigest()
+
+
+def _add_array(digest: hashlib.blake2b, array: np.ndarray) -> None:
+    """Feed ``array``'s bytes to ``digest`` as ``add(b"d", bytes)`` would, 64 MiB at a time.
+
+    A large (memory-mapped) array is read in batches whose pages are released after use, so
+    hashing a million faces does not leave them all resident; the digest is the same either way.
+    """
+    from fer_core.datasets._stream import iter_batches
+
+    digest.update(b"d" + array.nbytes.to_bytes(8, "little"))
+    if array.ndim == 0 or array.nbytes <= _CHUNK * 8:
+        digest.update(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+        return
+    rows = max(1, (_CHUNK * 8) // max(1, array[0].nbytes))
+    for _, batch in iter_batches(array, size=rows):
+        digest.update(np.ascontiguousarray(batch).reshape(-1).view(np.uint8))
 
 
 def entry_path(kind: str, key: str, *, suffix: str, folder: str | Path | None = None) -> Path:

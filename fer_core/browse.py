@@ -85,13 +85,15 @@ def _model_files(weights: Path) -> tuple[Path, ...]:
     return (weights, card) if card.is_file() else (weights,)
 
 
-def _cache_key(table: FaceTable, weights: Path, has_quality: bool) -> str:
-    """What the derived columns depend on: faces, ids, labels, splits, the model's files, carried quality."""
+def _cache_key(table: FaceTable, weights: Path | None, has_quality: bool) -> str:
+    """What the derived columns depend on: faces, ids, labels, splits, the model's files (None: no model),
+    carried quality."""
     frame = table.frame
+    model = _model_files(weights) if weights is not None else ("no model",)
     return cache_key(
         "browse", BROWSE_VERSION, table.images, "\0".join(frame["sample_id"].astype(str)),
         frame["emotion"].to_numpy(dtype=np.int64), frame["split"].astype(str).str.cat(sep="\0"),
-        *_model_files(weights), "carried" if has_quality else "computed",
+        *model, "carried" if has_quality else "computed",
     )
 
 
@@ -136,13 +138,17 @@ def _duplicate_columns(table: FaceTable, *, progress: bool = False) -> pd.DataFr
 
 
 def enrich(table: FaceTable, *, weights: str | Path | None = None, predictor: Any = None, use_cache: bool = True,
-           progress: bool = False) -> FaceTable:
+           progress: bool = False, model: bool = True) -> FaceTable:
     """``table`` with quality, model and duplicate columns added (see the module docstring).
 
     The model is ``predictor`` (a :class:`~fer_core.predict.Predictor`, for example a
     :class:`~fer_core.catalog.ModelCatalog`'s), else the one of ``weights`` (default: the bundled
-    model). Quality fields a data set already carries are kept as they are. The derived columns
-    are read from the cache when the same faces, ids, labels and model were enriched before.
+    model). ``model=False`` leaves the model's columns out (the agreement filter and the
+    confidence orders then say they need them): running a model over a million faces takes
+    most of an hour on two CPU cores, the rest a few minutes. Quality fields a data set already
+    carries are kept as they are. The derived columns are read from the cache when the same
+    faces, ids, labels and model were enriched before. Every step reads the faces in batches,
+    so a memory-mapped table stays so.
     """
     from fer_core.predict import get_predictor
     from fer_core.weights import DEFAULT_WEIGHTS
@@ -156,8 +162,9 @@ def enrich(table: FaceTable, *, weights: str | Path | None = None, predictor: An
     def derive() -> pd.DataFrame:
         base = table if has_quality else add_quality(table, progress=progress)
         parts = [] if has_quality else [base.frame[list(QUALITY_COLUMNS)]]
-        model = predictor if predictor is not None else get_predictor(str(weights_path) if weights else None)
-        parts.append(_model_columns(table, model, progress=progress))
+        if model:
+            runner = predictor if predictor is not None else get_predictor(str(weights_path) if weights else None)
+            parts.append(_model_columns(table, runner, progress=progress))
         parts.append(_duplicate_columns(table, progress=progress))
         return pd.concat([p.reset_index(drop=True) for p in parts], axis=1)
 
@@ -165,7 +172,7 @@ def enrich(table: FaceTable, *, weights: str | Path | None = None, predictor: An
         derived = pd.read_parquet(path)
         return derived if len(derived) == len(table) else None
 
-    key = _cache_key(table, weights_path, has_quality)
+    key = _cache_key(table, weights_path, has_quality) if model else _cache_key(table, None, has_quality)
     derived, _ = cached("browse", key, derive, suffix=".parquet", read=read, write=write_frame, use_cache=use_cache)
     return table.with_columns(derived)
 

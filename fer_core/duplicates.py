@@ -158,28 +158,37 @@ def perceptual_hashes(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ``mirrored[i]`` is the same for ``face[:, ::-1]``. The Hamming distance of two hashes
         is ``numpy.bitwise_count(a ^ b)``.
     """
+    from fer_core.datasets._stream import iter_batches
+
     images = check_face_batch(images)
-    if len(images) == 0:
-        return np.zeros(0, np.uint64), np.zeros(0, np.uint64)
+    hashes, mirrored = np.zeros(len(images), np.uint64), np.zeros(len(images), np.uint64)
     size = (_RESIZED, _RESIZED)
-    small = np.empty((len(images), _RESIZED, _RESIZED), np.float64)
-    for i, face in enumerate(images):
-        small[i] = np.asarray(Image.fromarray(face).resize(size, Image.Resampling.LANCZOS))
     dct = _dct_matrix()
-    # low[n] = D @ small[n] @ D.T, (face, vertical frequency, horizontal frequency). numpy's own
-    # einsum loops, not BLAS: on a busy machine BLAS threads made this 10 times slower.
-    low = np.einsum("li,nik->nlk", dct, np.einsum("nij,kj->nik", small, dct))
     flip = np.where(np.arange(_HASH_SIZE) % 2 == 1, -1.0, 1.0)  # a flipped row: odd frequencies change sign
-    return _pack(low), _pack(low * flip)
+    # In batches, so that a million (memory-mapped) faces never need their 32x32 copies at once.
+    for start, batch in iter_batches(images):
+        small = np.empty((len(batch), _RESIZED, _RESIZED), np.float64)
+        for i, face in enumerate(batch):
+            small[i] = np.asarray(Image.fromarray(face).resize(size, Image.Resampling.LANCZOS))
+        # low[n] = D @ small[n] @ D.T, (face, vertical frequency, horizontal frequency). numpy's own
+        # einsum loops, not BLAS: on a busy machine BLAS threads made this 10 times slower.
+        low = np.einsum("li,nik->nlk", dct, np.einsum("nij,kj->nik", small, dct))
+        hashes[start : start + len(batch)] = _pack(low)
+        mirrored[start : start + len(batch)] = _pack(low * flip)
+    return hashes, mirrored
 
 
 def pixel_digests(images: np.ndarray) -> np.ndarray:
     """blake2b digest (16 bytes) of each face's pixels, ``(N,)`` of dtype ``S16``; equal digests: exact copies."""
+    from fer_core.datasets._stream import iter_batches
+
     images = check_face_batch(images)
-    return np.array(
-        [hashlib.blake2b(np.ascontiguousarray(face).tobytes(), digest_size=16).digest() for face in images],
-        dtype="S16",
-    )
+    digests = np.zeros(len(images), dtype="S16")
+    for start, batch in iter_batches(images):
+        digests[start : start + len(batch)] = [
+            hashlib.blake2b(np.ascontiguousarray(face).tobytes(), digest_size=16).digest() for face in batch
+        ]
+    return digests
 
 
 # --------------------------------------------------------------------------- pairs
@@ -305,23 +314,84 @@ def _band_pairs(
     return unique(direct), unique(mirror)
 
 
+def _mih_bands(max_distance: int) -> list[tuple[int, int]]:
+    """``(shift, width)`` of ``max_distance // 2 + 1`` bands: two hashes within ``k`` bits differ by at most
+    one bit on at least one of them (pigeonhole: ``k // (k // 2 + 1) <= 1``)."""
+    return _bands(max_distance // 2)
+
+
+def _mih_search(query: np.ndarray, base: np.ndarray, max_distance: int, *,
+                budget: int = 4_000_000) -> np.ndarray:
+    """Rows ``i, j, distance`` (``i < j``) with ``d(query[i], base[j]) <= max_distance``, each pair once.
+
+    Multi-index hashing with radius 1 (Norouzi et al., "Fast search in Hamming space with
+    multi-index hashing", CVPR 2012): for each band, each query's band value and its one-bit
+    variants are looked up in the base's sorted band values; only the faces found there are
+    compared on all 64 bits. The work grows with ``N`` times the faces sharing a band value, not
+    with ``N**2``; the lookups run in slices of at most ``budget`` candidates, so memory stays bounded.
+    """
+    n = len(base)
+    found = [np.zeros((0, 3), np.int64)]
+    for shift, width in _mih_bands(max_distance):
+        mask = np.uint64((1 << width) - 1)
+        band_q = (query >> np.uint64(shift)) & mask
+        band_b = (base >> np.uint64(shift)) & mask
+        order = np.argsort(band_b, kind="stable")
+        ordered = band_b[order]
+        for flip in [0, *(1 << b for b in range(width))]:
+            keys = band_q ^ np.uint64(flip)
+            low = np.searchsorted(ordered, keys, side="left")
+            count = np.searchsorted(ordered, keys, side="right") - low
+            ends = np.cumsum(count)
+            start = 0
+            while start < len(keys):  # slices of queries holding at most `budget` candidates
+                stop = max(start + 1, int(np.searchsorted(ends, ends[start] - count[start] + budget, side="right")))
+                i, q = _expand(low[start:stop], count[start:stop])
+                i, j = i + start, order[q]
+                keep = i < j
+                i, j = i[keep], j[keep]
+                d = np.bitwise_count(query[i] ^ base[j]).astype(np.int64)
+                close = d <= max_distance
+                found.append(np.stack([i[close], j[close], d[close]], axis=1))
+                start = stop
+    rows = np.concatenate(found)
+    _, first = np.unique(rows[:, 0] * n + rows[:, 1], return_index=True)  # found in several bands: once
+    return rows[first]
+
+
+def _mih_pairs(hashes: np.ndarray, mirrored: np.ndarray | None, max_distance: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_close_pairs` by multi-index hashing (:func:`_mih_search`), for data sets too large for bands."""
+    direct = _mih_search(hashes, hashes, max_distance)
+    if mirrored is None:
+        return direct, np.zeros((0, 3), np.int64)
+    one_way = _mih_search(hashes, mirrored, max_distance)  # d(h_i, m_j) within; the other direction next
+    mirror = _mirror_check(hashes, mirrored, one_way[:, 0], one_way[:, 1], max_distance)
+    return direct, mirror
+
+
 def _close_pairs(
     hashes: np.ndarray, mirrored: np.ndarray | None, max_distance: int, *, method: str = "auto"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs ``i < j`` within ``max_distance``: direct ``(M, 3)`` and mirrored ``(K, 3)`` rows ``i, j, distance``.
 
     A mirrored pair needs ``d(h_i, m_j)`` and ``d(m_i, h_j)`` within the distance; its distance
-    is the larger. ``method``: ``bands`` (exact, fast while few faces share band values),
-    ``brute`` (every pair) or ``auto`` (bands unless more than :data:`_BAND_LIMIT`
-    candidates, then brute force). Both give the same pairs.
+    is the larger. ``method``: ``bands`` (exact match on one of ``k + 1`` bands, fast while few
+    faces share band values), ``mih`` (multi-index hashing with one-bit variants on
+    ``k // 2 + 1`` wider bands: more lookups, far fewer candidates, for large data sets),
+    ``brute`` (every pair, quadratic) or ``auto`` (bands unless more than :data:`_BAND_LIMIT`
+    candidates, then mih; never quadratic). All give the same pairs.
     """
-    if method not in ("auto", "bands", "brute"):
-        raise ValueError(f"method must be auto, bands or brute, got {method!r}")
-    if method != "brute":
+    if method not in ("auto", "bands", "mih", "brute"):
+        raise ValueError(f"method must be auto, bands, mih or brute, got {method!r}")
+    if method == "brute":
+        return _brute_pairs(hashes, mirrored, max_distance)
+    if method in ("auto", "bands"):
         found = _band_pairs(hashes, mirrored, max_distance, limit=_BAND_LIMIT if method == "auto" else None)
         if found is not None:
             return found
-    return _brute_pairs(hashes, mirrored, max_distance)
+        if method == "bands":  # only max_distance >= 64: every pair is within it
+            return _brute_pairs(hashes, mirrored, max_distance)
+    return _mih_pairs(hashes, mirrored, max_distance)
 
 
 def _exact_pairs(digests: np.ndarray) -> np.ndarray:

@@ -189,10 +189,16 @@ def _raw_chunk(chunk: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _raw_statistics(images: np.ndarray, *, progress: bool = False) -> dict[str, np.ndarray]:
-    """Raw statistics of validated faces ``(N, 48, 48)``, each of shape (N,), computed in chunks."""
-    starts = range(0, len(images), CHUNK_SIZE)
-    bar = tqdm(starts, desc="quality", unit="chunk", disable=not progress or len(starts) < 8)
-    parts = [_raw_chunk(images[start : start + CHUNK_SIZE]) for start in bar]
+    """Raw statistics of validated faces ``(N, 48, 48)``, each of shape (N,), computed in chunks.
+
+    The faces may be memory-mapped (a large table): only one chunk is read at a time.
+    """
+    from fer_core.datasets._stream import iter_batches  # deferred: fer_core.datasets imports this module's users
+
+    batches = iter_batches(images, size=CHUNK_SIZE)  # a memory-mapped table's pages are released as it goes
+    total = -(-len(images) // CHUNK_SIZE)
+    bar = tqdm(batches, total=total, desc="quality", unit="chunk", disable=not progress or total < 8)
+    parts = [_raw_chunk(chunk) for _, chunk in bar]
     if not parts:  # no faces: empty columns of the right types
         one = _raw_chunk(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8))
         parts = [{key: values[:0] for key, values in one.items()}]

@@ -146,7 +146,7 @@ class TestDataSetEntries:
         frame = build_frame([f"f{i}" for i in range(n)], labels, ["val"] * n, [f"f{i}.png" for i in range(n)])
         source = save_table(FaceTable(images=images, frame=frame, name="t"), tmp_path / "faces.parquet")
         first = load_faces(source, cache_dir=tmp_path / "cache", progress=False)
-        (entry,) = (tmp_path / "cache" / "datasets").glob("*.npz")
+        (entry,) = (tmp_path / "cache" / "datasets").glob("*.npy")
         entry.write_bytes(entry.read_bytes()[:1000])
         again = load_faces(source, cache_dir=tmp_path / "cache", progress=False)
         np.testing.assert_array_equal(again.images, first.images)

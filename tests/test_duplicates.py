@@ -219,7 +219,7 @@ class TestHashes:
         assert summary["cross_split"] == {}
 
     @pytest.mark.parametrize("max_distance", [0, 1, 2, 4, 6, 9])
-    def test_bands_and_brute_force_find_the_same_pairs(self, max_distance: int) -> None:
+    def test_bands_mih_and_brute_force_find_the_same_pairs(self, max_distance: int) -> None:
         rng = np.random.default_rng(max_distance)
         base = rng.integers(0, 2**63, 300, dtype=np.int64).astype(np.uint64)
 
@@ -237,7 +237,8 @@ class TestHashes:
         bands = _close_pairs(hashes, mirrored, max_distance, method="bands")
         brute = _close_pairs(hashes, mirrored, max_distance, method="brute")
         assert _close_pairs(hashes, mirrored, max_distance)[0].shape == brute[0].shape  # auto
-        for found_bands, found_brute in zip(bands, brute):
+        mih = _close_pairs(hashes, mirrored, max_distance, method="mih")
+        for found_bands, found_brute in [*zip(bands, brute), *zip(mih, brute)]:
             assert len(found_bands) >= 10
 
             def ordered(rows: np.ndarray) -> np.ndarray:

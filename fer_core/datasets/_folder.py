@@ -20,11 +20,12 @@ import cv2
 import numpy as np
 
 from fer_core._validation import DatasetError, ImageError
-from fer_core.constants import IMAGE_EXTENSIONS, IMAGE_SIZE, SPLIT_ALIASES, UNSPLIT
+from fer_core.constants import IMAGE_EXTENSIONS, SPLIT_ALIASES, UNSPLIT
 from fer_core.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_DECODE_BYTES, ImageTooLarge, probe_image
 from fer_core.labels import EMOTION_TO_ID, normalise
 
 from ._progress import progress_bar
+from ._stream import BATCH, FaceWriter
 from ._table import FaceTable, build_frame, to_face48
 
 __all__ = ["FolderFile", "list_folder", "read_folder", "decode_face_checked"]
@@ -189,18 +190,25 @@ def read_folder(root: Path, *, files: list[FolderFile] | None = None, skipped: d
             f"folders (emotions: angry, disgust, fear, happy, sad, surprise, neutral; images: "
             f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
-    images = np.empty((len(files), IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    writer = FaceWriter()
+    pending: list[np.ndarray] = []
     reasons: dict[str, list[int]] = {"unreadable": [], "too_large": []}
     # cv2.imdecode releases the GIL, so two threads use both cores. Each thread decodes one
-    # file at a time, so the memory bound holds per thread.
+    # file at a time, so the memory bound holds per thread. Faces go to the writer in batches
+    # (to disk past its limit), so a million files never sit decoded in memory at once.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
         decoded = pool.map(_read_and_decode, (f.path for f in files), chunksize=256)
         bar = progress_bar(decoded, total=len(files), desc=f"decoding {root.name}", enable=progress)
         for i, face in enumerate(bar):
             if isinstance(face, str):
                 reasons[face].append(i)
-            else:
-                images[i] = face
+                continue
+            pending.append(face)
+            if len(pending) == BATCH:
+                writer.append(np.stack(pending))
+                pending = []
+    if pending:
+        writer.append(np.stack(pending))
     _warn_skipped(files, reasons, skipped)
     ok = np.ones(len(files), dtype=bool)
     ok[reasons["unreadable"] + reasons["too_large"]] = False
@@ -210,7 +218,7 @@ def read_folder(root: Path, *, files: list[FolderFile] | None = None, skipped: d
     frame = build_frame(
         [f.sample_id for f in kept], [f.label for f in kept], [f.split for f in kept], [str(f.path) for f in kept]
     )
-    return FaceTable(images=images[ok], frame=frame, name=root.name, skipped=skipped)
+    return FaceTable(images=writer.finish(), frame=frame, name=root.name, skipped=skipped)
 
 
 def _warn_listing(skipped: dict[str, int]) -> None:

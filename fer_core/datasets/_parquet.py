@@ -22,14 +22,17 @@ from typing import Any
 import cv2
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 from fer_core._validation import DatasetError, ImageError
 from fer_core.constants import IMAGE_SIZE, SPLIT_ALIASES, UNSPLIT
 from fer_core.images import DEFAULT_MAX_BYTES
 
+from . import _stream
 from ._csv import frame_from_pixel_rows, labels_to_ids
 from ._folder import decode_face_checked
 from ._progress import progress_bar
+from ._stream import BATCH, FaceWriter
 from ._table import FaceTable, build_frame
 
 __all__ = ["read_parquet", "read_hub", "parquet_files"]
@@ -56,7 +59,8 @@ def _split_from_name(path: Path) -> str:
     return UNSPLIT
 
 
-def _image_paths(values: list[Any], *, root: Path | None, allow_outside_root: bool, where: str) -> list[Path | None]:
+def _image_paths(values: list[Any], *, root: Path | None, allow_outside_root: bool, where: str,
+                 first_row: int = 0) -> list[Path | None]:
     """The file each ``{"path": ...}`` entry without bytes names, checked to lie inside ``root``.
 
     Raises :class:`DatasetError` naming the first row whose path is absolute, has a ``..``
@@ -86,7 +90,7 @@ def _image_paths(values: list[Any], *, root: Path | None, allow_outside_root: bo
             paths.append(root / path)
             continue
         raise DatasetError(
-            f"{where}: row {row}: the image is a file path outside the data set folder ({problem}); "
+            f"{where}: row {first_row + row}: the image is a file path outside the data set folder ({problem}); "
             "refused without reading it (pass allow_outside_root=True to read such paths)"
         )
     return paths
@@ -140,11 +144,34 @@ def _label_ids(dataset: Any, column: str) -> tuple[np.ndarray, pd.Series]:
     return labels_to_ids(values)
 
 
-def _from_dataset(dataset: Any, *, split: str, where: str, progress: bool, root: Path | None = None,
-                  allow_outside_root: bool = False) -> tuple[np.ndarray, pd.DataFrame, dict[str, int]]:
-    """Faces of one ``datasets.Dataset`` split; image file paths are read relative to ``root``.
+def _decode_column(dataset: Any, image_col: str, labels: np.ndarray, *, writer: FaceWriter, where: str,
+                   progress: bool, root: Path | None, allow_outside_root: bool) -> tuple[np.ndarray, int, int]:
+    """Decode the image column batch by batch into ``writer`` (rows with a known label only).
 
-    See :func:`_image_paths`.
+    Returns the rows kept, the rows whose image could not be decoded and those too large to.
+    Only one batch of encoded images is in memory at a time.
+    """
+    column = dataset.select_columns([image_col])
+    kept, unreadable, too_large = [], 0, 0
+    starts = range(0, len(column), BATCH)
+    bar = tqdm(starts, desc=f"decoding {where}", unit="batch", disable=not progress or len(starts) < 2)
+    for start in bar:
+        values = column[start : start + BATCH][image_col]
+        paths = _image_paths(values, root=root, allow_outside_root=allow_outside_root, where=where, first_row=start)
+        images, ok, large = _decode_images(values, paths, desc=where, progress=False)
+        too_large += large
+        unreadable += int((~ok).sum()) - large
+        keep = ok & (labels[start : start + len(values)] >= 0)
+        writer.append(images[keep])
+        kept.append(np.flatnonzero(keep) + start)
+    return (np.concatenate(kept) if kept else np.zeros(0, np.int64)), unreadable, too_large
+
+
+def _from_dataset(dataset: Any, *, split: str, where: str, progress: bool, writer: FaceWriter,
+                  root: Path | None = None, allow_outside_root: bool = False) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Fields of one ``datasets.Dataset`` split; its faces are appended to ``writer`` in row order.
+
+    Image file paths are read relative to ``root``; see :func:`_image_paths`.
     """
     columns = {c.lower(): c for c in dataset.column_names}
     label_col = next((columns[c] for c in LABEL_COLUMNS if c in columns), None)
@@ -158,7 +185,8 @@ def _from_dataset(dataset: Any, *, split: str, where: str, progress: bool, root:
         table = pd.DataFrame({"emotion": dataset[label_col], "pixels": dataset[columns["pixels"]]})
         images, frame, skipped = frame_from_pixel_rows(table, where=where, id_prefix=f"{split}/", progress=progress)
         frame["split"] = split
-        return images, frame, skipped
+        writer.append(images)
+        return frame, skipped
 
     import datasets as hf  # deferred: importing datasets costs about a second
 
@@ -174,10 +202,8 @@ def _from_dataset(dataset: Any, *, split: str, where: str, progress: bool, root:
             stacklevel=4,
         )
         skipped.update({f"unknown_class:{name}": int(count) for name, count in counts.items()})
-    values = dataset[image_col]
-    paths = _image_paths(values, root=root, allow_outside_root=allow_outside_root, where=where)
-    images, ok, too_large = _decode_images(values, paths, desc=f"decoding {where}", progress=progress)
-    unreadable = int((~ok).sum()) - too_large
+    rows, unreadable, too_large = _decode_column(dataset, image_col, labels, writer=writer, where=where,
+                                                 progress=progress, root=root, allow_outside_root=allow_outside_root)
     if unreadable:
         skipped["corrupt_images"] = unreadable
         warnings.warn(f"{where}: skipped {unreadable} rows whose image cannot be decoded", stacklevel=4)
@@ -185,8 +211,6 @@ def _from_dataset(dataset: Any, *, split: str, where: str, progress: bool, root:
         skipped["too_large_images"] = too_large
         warnings.warn(f"{where}: skipped {too_large} rows whose image is too large to decode within the "
                       "memory limit", stacklevel=4)
-    keep = ok & (labels >= 0)
-    rows = np.flatnonzero(keep)
     split_col = next((columns[c] for c in SPLIT_COLUMNS if c in columns), None)
     if split_col is not None:
         raw = pd.Series(dataset[split_col]).astype("string").str.strip().str.lower()
@@ -208,16 +232,16 @@ def _from_dataset(dataset: Any, *, split: str, where: str, progress: bool, root:
     for column in extra:
         if isinstance(dataset.features[column], hf.Value):
             frame[column] = pd.Series(dataset[column]).iloc[rows].to_numpy()
-    return images[rows], frame, skipped
+    return frame, skipped
 
 
-def _concat(parts: list[tuple[np.ndarray, pd.DataFrame, dict[str, int]]], name: str) -> FaceTable:
+def _concat(parts: list[tuple[pd.DataFrame, dict[str, int]]], name: str, writer: FaceWriter) -> FaceTable:
     skipped: dict[str, int] = {}
-    for _, _, s in parts:
+    for _, s in parts:
         for key, count in s.items():
             skipped[key] = skipped.get(key, 0) + count
-    images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
-    frame = pd.concat([p[1] for p in parts], ignore_index=True)
+    images = writer.finish()
+    frame = pd.concat([p[0] for p in parts], ignore_index=True)
     frame = build_frame(
         frame["sample_id"].tolist(), frame["emotion"].to_numpy(), frame["split"].tolist(), frame["source"].tolist()
     ).join(frame.drop(columns=["sample_id", "emotion", "emotion_name", "split", "source"]))
@@ -238,17 +262,20 @@ def read_parquet(path: Path, *, progress: bool = True, allow_outside_root: bool 
     by_split: dict[str, list[str]] = {}
     for f in files:
         by_split.setdefault(_split_from_name(f), []).append(str(f))
-    parts = []
+    parts, writer = [], FaceWriter()
+    # Small files are read into memory; larger ones become memory-mapped Arrow in the datasets
+    # cache, read batch by batch.
+    in_memory = sum(f.stat().st_size for f in files) <= _stream.IN_MEMORY_BYTES
     for split, split_files in by_split.items():
         try:
-            dataset = hf.Dataset.from_parquet(split_files, keep_in_memory=True)
+            dataset = hf.Dataset.from_parquet(split_files, keep_in_memory=in_memory)
         except Exception as err:  # pyarrow raises many kinds for a broken file
             raise DatasetError(f"cannot read Parquet file(s) {split_files}: {err}") from None
         where = Path(split_files[0]).name if len(split_files) == 1 else f"{path.name}/{split}"
         root = path if path.is_dir() else path.parent
         parts.append(_from_dataset(dataset, split=split, where=where, progress=progress, root=root,
-                                   allow_outside_root=allow_outside_root))
-    table = _concat(parts, name=path.stem if path.is_file() else path.name)
+                                   allow_outside_root=allow_outside_root, writer=writer))
+    table = _concat(parts, name=path.stem if path.is_file() else path.name, writer=writer)
     if len(table) == 0:
         raise DatasetError(f"{str(path)!r} holds no readable face with one of the seven emotions")
     return table
@@ -266,9 +293,10 @@ def read_hub(repo_id: str, *, progress: bool = True, allow_outside_root: bool = 
     except Exception as err:  # offline, unknown repo, gated...: all the user can act on is the message
         raise DatasetError(f"cannot load the hub data set {repo_id!r}: {err}") from None
     splits = loaded.items() if isinstance(loaded, hf.DatasetDict) else [(UNSPLIT, loaded)]
+    writer = FaceWriter()
     parts = [
         _from_dataset(ds, split=SPLIT_ALIASES.get(name.lower(), name), where=f"{repo_id}[{name}]", progress=progress,
-                      allow_outside_root=allow_outside_root)
+                      allow_outside_root=allow_outside_root, writer=writer)
         for name, ds in splits
     ]
-    return _concat(parts, name=repo_id)
+    return _concat(parts, name=repo_id, writer=writer)
