@@ -25,6 +25,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from fer_core._validation import DatasetError, ImageError
+from fer_core.config import default_cache_dir
 from fer_core.constants import IMAGE_SIZE, SPLIT_ALIASES, UNSPLIT
 from fer_core.images import DEFAULT_MAX_BYTES
 
@@ -251,6 +252,9 @@ def _concat(parts: list[tuple[pd.DataFrame, dict[str, int]]], name: str, writer:
 def read_parquet(path: Path, *, progress: bool = True, allow_outside_root: bool = False) -> FaceTable:
     """Read one Parquet file or a folder of them; the split comes from a split column, else the file name.
 
+    Files over :data:`~fer_core.datasets._stream.IN_MEMORY_BYTES` are converted once to Arrow files
+    under the cache folder's ``arrow`` (``datasets``' own cache) and read memory-mapped, batch by batch.
+
     Image entries given as file paths are read relative to ``path`` (its folder for a file)
     and refused when they lead outside it, unless ``allow_outside_root``.
     """
@@ -266,9 +270,10 @@ def read_parquet(path: Path, *, progress: bool = True, allow_outside_root: bool 
     # Small files are read into memory; larger ones become memory-mapped Arrow in the datasets
     # cache, read batch by batch.
     in_memory = sum(f.stat().st_size for f in files) <= _stream.IN_MEMORY_BYTES
+    arrow_dir = None if in_memory else str(default_cache_dir() / "arrow")
     for split, split_files in by_split.items():
         try:
-            dataset = hf.Dataset.from_parquet(split_files, keep_in_memory=in_memory)
+            dataset = hf.Dataset.from_parquet(split_files, keep_in_memory=in_memory, cache_dir=arrow_dir)
         except Exception as err:  # pyarrow raises many kinds for a broken file
             raise DatasetError(f"cannot read Parquet file(s) {split_files}: {err}") from None
         where = Path(split_files[0]).name if len(split_files) == 1 else f"{path.name}/{split}"
