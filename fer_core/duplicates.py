@@ -33,8 +33,11 @@ is the closest kind of pair the face is in (``exact``, then ``near``, then ``mir
 Search: pairs within ``k`` bits are found by bands (multi-index hashing): the 64 bits are cut
 into ``k + 1`` bands, two hashes within ``k`` bits agree exactly on at least one band, so only
 faces sharing a band's value are compared. When that would mean more than :data:`_BAND_LIMIT`
-candidate pairs (a large ``k``) the search checks every pair instead, in blocks of 256 x 4,096
-faces. Both give the same pairs.
+candidate pairs (a large ``k``, or many faces) the search uses multi-index hashing with one-bit
+variants on ``k // 2 + 1`` wider bands (:func:`_mih_search`): the same pairs, in time about
+linear in ``N`` for hashes that spread (a million faces: docs/scale.md); it never checks every
+pair. ``method="brute"`` (every pair, in blocks of 256 x 4,096 faces) is kept to check the
+others. Hashes and digests are computed in batches, so the faces may be memory-mapped.
 
 Cache: the pairs (rows, distance, kind) are kept by :mod:`fer_core._cache`, keyed by the
 faces' pixels and ids, ``max_distance``, ``mirrors`` and :data:`DUPLICATES_VERSION`. Groups,

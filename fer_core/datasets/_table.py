@@ -28,7 +28,9 @@ class FaceTable:
     Attributes
     ----------
     images : (N, 48, 48) uint8
-        Grey faces, row ``i`` belongs to ``frame.iloc[i]``.
+        Grey faces, row ``i`` belongs to ``frame.iloc[i]``. Above 256 MB of pixels (about
+        116,000 faces) a loaded table's faces are a read-only ``numpy.memmap`` of a file:
+        walk them with :func:`fer_core.datasets._stream.iter_batches` rather than copying them.
     frame : pandas.DataFrame, N rows
         ``sample_id`` (unique, stable across runs), ``emotion`` (FER2013 id 0-6),
         ``emotion_name``, ``split`` (``train``/``val``/``test``/``unsplit``),
