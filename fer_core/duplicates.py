@@ -437,20 +437,29 @@ def _compute_pairs(images: np.ndarray, max_distance: int, mirrors: bool) -> pd.D
 
 
 def _groups(n: int, row_a: np.ndarray, row_b: np.ndarray) -> np.ndarray:
-    """Connected component of each face over the pairs: 0, 1, ... by first face, -1 alone. Union-find."""
+    """Connected component of each face over the pairs: 0, 1, ... by first face, -1 alone.
+
+    Union-find in whole-array steps (hooking and pointer jumping, as in Shiloach and Vishkin's
+    parallel algorithm): each round hooks the larger root of every pair whose roots differ
+    under the smaller, then points every face at its root; pairs inside one tree are dropped.
+    Roots only ever get a smaller parent, so a group's root is its first face. A few rounds
+    suffice even for millions of pairs.
+    """
     parent = np.arange(n)
-
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for a, b in zip(row_a.tolist(), row_b.tolist()):
-        ra, rb = root(a), root(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)  # the smaller row is the root: groups ordered by first face
-    roots = np.array([root(x) for x in range(n)], dtype=np.int64)
+    a, b = np.asarray(row_a, dtype=np.int64), np.asarray(row_b, dtype=np.int64)
+    while len(a):
+        ra, rb = parent[a], parent[b]
+        differ = ra != rb
+        a, b, ra, rb = a[differ], b[differ], ra[differ], rb[differ]
+        if not len(a):
+            break
+        np.minimum.at(parent, np.maximum(ra, rb), np.minimum(ra, rb))
+        while True:  # pointer jumping: every face at its tree's root
+            grand = parent[parent]
+            if np.array_equal(grand, parent):
+                break
+            parent = grand
+    roots = parent
     sizes = np.bincount(roots, minlength=n)
     grouped = sizes[roots] > 1
     group = np.full(n, -1, dtype=np.int64)

@@ -25,6 +25,7 @@ from fer_core.duplicates import (
     MAX_DISTANCE,
     PAIR_COLUMNS,
     _close_pairs,
+    _groups,
     find_duplicates,
     get_args_parser,
     main,
@@ -246,6 +247,36 @@ class TestHashes:
 
             assert np.array_equal(ordered(found_bands), ordered(found_brute))
             assert (found_bands[:, 0] < found_bands[:, 1]).all() and (found_bands[:, 2] <= max_distance).all()
+
+
+class TestGroups:
+    @staticmethod
+    def reference(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Groups by a plain union-find, one pair at a time: 0, 1, ... by first face, -1 alone."""
+        parent = list(range(n))
+
+        def root(x: int) -> int:
+            while parent[x] != x:
+                x = parent[x]
+            return x
+
+        for x, y in zip(a.tolist(), b.tolist()):
+            rx, ry = root(x), root(y)
+            parent[max(rx, ry)] = min(rx, ry)
+        roots = np.array([root(x) for x in range(n)])
+        sizes = np.bincount(roots, minlength=n)
+        firsts = {r: k for k, r in enumerate(sorted({r for r in roots.tolist() if sizes[r] > 1}))}
+        return np.array([firsts.get(r, -1) if sizes[r] > 1 else -1 for r in roots.tolist()])
+
+    @pytest.mark.parametrize("pairs", [0, 50, 400, 3000])
+    def test_whole_array_union_find_matches_one_pair_at_a_time(self, pairs: int) -> None:
+        rng = np.random.default_rng(pairs)
+        n = 1000
+        a, b = rng.integers(0, n, pairs), rng.integers(0, n, pairs)
+        a, b = np.minimum(a, b)[a != b], np.maximum(a, b)[a != b]
+        chain = np.arange(500, 999)  # a long chain, as copies of copies make
+        a, b = np.concatenate([a, chain]), np.concatenate([b, chain + 1])
+        np.testing.assert_array_equal(_groups(n, a, b), self.reference(n, a, b))
 
 
 @needs_shared

@@ -197,7 +197,9 @@ def read_folder(root: Path, *, files: list[FolderFile] | None = None, skipped: d
     # file at a time, so the memory bound holds per thread. Faces go to the writer in batches
     # (to disk past its limit), so a million files never sit decoded in memory at once.
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-        decoded = pool.map(_read_and_decode, (f.path for f in files), chunksize=256)
+        # A window of files at a time: map() would otherwise hold a future per file (1 KB each).
+        decoded = (face for start in range(0, len(files), BATCH)
+                   for face in pool.map(_read_and_decode, (f.path for f in files[start : start + BATCH])))
         bar = progress_bar(decoded, total=len(files), desc=f"decoding {root.name}", enable=progress)
         for i, face in enumerate(bar):
             if isinstance(face, str):
