@@ -144,11 +144,11 @@ def enrich(table: FaceTable, *, weights: str | Path | None = None, predictor: An
     The model is ``predictor`` (a :class:`~fer_core.predict.Predictor`, for example a
     :class:`~fer_core.catalog.ModelCatalog`'s), else the one of ``weights`` (default: the bundled
     model). ``model=False`` leaves the model's columns out (the agreement filter and the
-    confidence orders then say they need them): running a model over a million faces takes
-    most of an hour on two CPU cores, the rest a few minutes. Quality fields a data set already
-    carries are kept as they are. The derived columns are read from the cache when the same
-    faces, ids, labels and model were enriched before. Every step reads the faces in batches,
-    so a memory-mapped table stays so.
+    confidence orders then say they need them): a model over a million faces takes about
+    20 minutes on two CPU cores, the other columns about three (docs/scale.md). Quality
+    fields a data set already carries are kept as they are. The derived columns are read from
+    the cache when the same faces, ids, labels and model were enriched before. Every step reads
+    the faces in batches, so a memory-mapped table stays so.
     """
     from fer_core.predict import get_predictor
     from fer_core.weights import DEFAULT_WEIGHTS
