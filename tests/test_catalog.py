@@ -55,6 +55,19 @@ class TestNames:
         assert catalog.default == BUNDLED and BUNDLED in catalog.names()
         assert catalog.entry().weights == DEFAULT_WEIGHTS and catalog.entry().bundled
 
+    def test_the_vote_trained_model_ships_beside_the_default_and_says_what_trained_it(self, faces) -> None:
+        catalog = ModelCatalog()
+        assert catalog.default == BUNDLED and "fer_votes" in catalog.names()
+        votes = catalog.entry("fer_votes")
+        assert votes.bundled and votes.trained_on == "corrections (vote distributions)"
+        assert catalog.entry().trained_on == "original labels"
+        figures = votes.card["training"]["val_by_labels"]
+        assert set(figures) == {"original", "ferplus"} and figures["ferplus"]["accuracy"] > 0.8
+        # Served from its own ONNX file: its answers are its own, not the default model's.
+        mine, default = catalog.predictor("fer_votes").predict_faces(faces), catalog.predictor().predict_faces(faces)
+        assert mine.shape == default.shape == (len(faces), 7) and np.allclose(mine.sum(axis=1), 1, atol=1e-4)
+        assert not np.allclose(mine, default, atol=1e-3)
+
     def test_unknown_name_lists_the_names(self, folder: Path) -> None:
         catalog = ModelCatalog(folder=folder)
         with pytest.raises(UnknownModel, match=f"no model named 'nonsense'; choose one of {COPY_NAME}, {BUNDLED}, "
