@@ -111,7 +111,9 @@ def _backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return request.getfixturevalue("pg_url")
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+# The PostgreSQL repeats of the store and queue tests run in the full suite; the quick subset keeps
+# tests/test_postgres.py (migrations, the write lock, a restarted server) for that backend.
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A new, empty annotation database on each backend: a SQLite file in ``tmp_path``, then a PostgreSQL database."""
     return _backend_url(request, tmp_path)

@@ -251,6 +251,14 @@ class TestParquet:
     def test_hub_id_without_network_is_a_clear_error(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
         monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+        # The libraries read those variables once, on import: set their flags too, or a session that
+        # imported them online waits for the network's timeouts.
+        import datasets.config
+        import huggingface_hub.constants
+
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
         with pytest.raises(DatasetError, match="cannot load the hub data set 'nobody/no-such-fer-copy'"):
             load_faces("nobody/no-such-fer-copy")
 
