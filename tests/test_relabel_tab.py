@@ -3,7 +3,10 @@ through the launched app."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -28,6 +31,27 @@ from ui.relabel_tab import (
     check_name,
 )
 
+#: The Relabel tab's queue settings as the API takes them: lowest quality first, whole range, no second opinion.
+RELABEL_SETTINGS = ["low_quality", [], 0.0, 1.0, False, 3]
+
+
+@contextlib.contextmanager
+def _launched_app(table, url: str) -> Iterator[tuple[Any, Any]]:
+    """The app over ``table`` with its store opened as ``--db url`` opens it, launched on a free port:
+    a ``gradio_client`` client and the store; both closed afterwards."""
+    from gradio_client import Client
+
+    import app
+
+    store = app.open_annotations(url)
+    demo = app.build_demo(table, store)
+    port = free_port()
+    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}", verbose=False), store
+    finally:
+        demo.close()
+        store.close()
 
 @pytest.fixture(scope="module")
 def table():
@@ -303,20 +327,13 @@ class TestLostConnection:
     @pytest.mark.slow
     def test_through_the_launched_app_the_annotator_reads_a_message_and_retries(self, table, pg_url, pg_server,
                                                                                monkeypatch) -> None:
-        from gradio_client import Client
         from gradio_client.exceptions import AppError
 
         import annotate.engine
-        import app
 
         monkeypatch.setattr(annotate.engine, "RECONNECT_DEADLINE_S", 0.5)
-        store = app.open_annotations(pg_url)
-        demo = app.build_demo(table, store)
-        port = free_port()
-        app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-        try:
-            client = Client(f"http://127.0.0.1:{port}", verbose=False)
-            settings = ["low_quality", [], 0.0, 1.0, False, 3]
+        settings = RELABEL_SETTINGS
+        with _launched_app(table, pg_url) as (client, store):
             client.predict("dee", "whole data set", *settings, api_name="/relabel_start")
             pg_server.stop_server()
             try:
@@ -328,9 +345,6 @@ class TestLostConnection:
             _, text, progress = client.predict("dee", "whole data set", *settings, api_name="/relabel_retry")
             assert "Given label" in text and "**1** done" in progress
             assert store.decisions(table.name)["label"].tolist() == ["sad"]
-        finally:
-            demo.close()
-            store.close()
 
     def test_retry_with_nothing_unsaved_starts_the_queue(self, pg_desk) -> None:
         session = Session()
@@ -340,17 +354,8 @@ class TestLostConnection:
 
 def test_relabel_through_the_launched_app(table, db_url_pg_slow: str) -> None:
     """On both backends: the app's store opened as ``--db`` opens it (a SQLite file, a PostgreSQL URL)."""
-    from gradio_client import Client
-
-    import app
-
-    store = app.open_annotations(db_url_pg_slow)
-    demo = app.build_demo(table, store)
-    port = free_port()
-    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        client = Client(f"http://127.0.0.1:{port}", verbose=False)
-        settings = ["low_quality", [], 0.0, 1.0, False, 3]
+    settings = RELABEL_SETTINGS
+    with _launched_app(table, db_url_pg_slow) as (client, store):
         image, text, progress = client.predict("dee", "whole data set", *settings, api_name="/relabel_start")
         assert "Given label" in text and "**0** done" in progress
         for answer in ("happy", "not_a_face", "sad"):
@@ -374,5 +379,3 @@ def test_relabel_through_the_launched_app(table, db_url_pg_slow: str) -> None:
         assert int(corrected["changed"].sum()) == real_changes  # the unsure answer keeps its face's label
         with pytest.raises(Exception, match="enter your name"):
             client.predict("", "whole data set", *settings, api_name="/relabel_start")
-    finally:
-        demo.close()
