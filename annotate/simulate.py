@@ -165,12 +165,18 @@ def _split(table: FaceTable, split: str) -> FaceTable:
     return table.select(rows)
 
 
+def _answers(args: argparse.Namespace) -> str:
+    """How the faces were answered, as results name it: ``majority``, ``one``, ``k3`` (three votes drawn), ``all ten``."""
+    if args.all_votes:
+        return "all ten"
+    return f"k{args.k}" if args.answer == "k" else args.answer
+
+
 def _campaign_name(args: argparse.Namespace) -> str:
-    """Names a campaign's files: strategy, answers (``k3`` for three votes drawn), soft labels, seed."""
+    """Names a campaign's files: strategy, answers, soft labels, seed."""
     if args.all_votes:
         return f"all-votes{'-soft' if args.soft_labels else ''}-seed{args.seed}"
-    answer = f"k{args.k}" if args.answer == "k" else args.answer
-    return f"{args.strategy}-{answer}{'-soft' if args.soft_labels else ''}-seed{args.seed}"
+    return f"{args.strategy}-{_answers(args)}{'-soft' if args.soft_labels else ''}-seed{args.seed}"
 
 
 def _train_point(args: argparse.Namespace, recipe: FineTune, out: Path, corrections: Path | None) -> Path:
@@ -233,9 +239,8 @@ def _run_points(args: argparse.Namespace, budgets: list[int | None], store: Any,
             corrections = point.with_suffix(".corrections.csv")
             changed = corrections_prefix(answered, shown, budget, corrections)
         seen = len(shown) if budget is None else min(budget, len(shown))
-        answer = "all ten" if args.all_votes else f"k{args.k}" if args.answer == "k" else args.answer
         strategy = "all-votes" if args.all_votes else args.strategy
-        line: dict[str, Any] = {"strategy": strategy, "answer": answer, "seed": args.seed, "budget": name,
+        line: dict[str, Any] = {"strategy": strategy, "answer": _answers(args), "seed": args.seed, "budget": name,
                                 "faces_seen": seen, "labels_changed": changed, "epochs": args.epochs,
                                 "soft_labels": args.soft_labels}
         print(f"budget {name}: {seen:,} faces seen, {changed:,} labels changed", flush=True)
