@@ -44,6 +44,11 @@ DELETE_CACHE = (600, 3600)
 #: Sessions Gradio keeps at most (each holds a copy of the components' settings); idle ones go
 #: sooner (ui.limits.SessionJanitor).
 SESSION_CAPACITY = 2000
+#: When the Browse tab's model opinion is computed (``--model-opinion``, see :func:`load_data`).
+MODEL_OPINION_CHOICES = ("auto", "at-start", "when-chosen")
+#: Faces up to which ``auto`` runs the default model over the data set at start: a few minutes on two
+#: CPU cores (about 900 faces/s); a million faces would hold the start for about 20 minutes.
+OPINION_AT_START_MAX = 250_000
 #: Events that may wait in the queue in all; heavy ones (images) have a smaller share of their own.
 QUEUE_MAX_SIZE = 256
 
@@ -57,17 +62,28 @@ def step(what: str):
     print(f"{what}: done in {time.monotonic() - started:.1f} s", file=sys.stderr, flush=True)
 
 
-def load_data(path: str | None, *, allow_outside_root: bool = False, weights: str | None = None, catalog=None):
+def load_data(path: str | None, *, allow_outside_root: bool = False, weights: str | None = None, catalog=None,
+              model_opinion: str = "auto"):
     """The data set to browse, with its quality, model and duplicate columns (cached after the first start).
 
     ``allow_outside_root``: follow links and Parquet image paths that leave the data set's folder.
     The model columns hold the opinion of ``catalog``'s default model (a
     :class:`~fer_core.catalog.ModelCatalog`), else of ``weights`` (default: the bundled model).
+    ``model_opinion`` (:data:`MODEL_OPINION_CHOICES`): ``at-start`` computes them now,
+    ``when-chosen`` leaves them to the Browse tab's model menu, ``auto`` computes them now for
+    data sets of at most :data:`OPINION_AT_START_MAX` faces.
     """
     from fer_core.browse import enrich
     from fer_core.datasets import load_faces
 
+    if model_opinion not in MODEL_OPINION_CHOICES:
+        raise FERError(f"--model-opinion must be one of {', '.join(MODEL_OPINION_CHOICES)}, got {model_opinion!r}")
     table = load_faces(path or SAMPLE_PATH, progress=True, allow_outside_root=allow_outside_root)
+    with_model = model_opinion == "at-start" or (model_opinion == "auto" and len(table) <= OPINION_AT_START_MAX)
+    if not with_model:
+        print(f"{len(table):,} faces: the model's opinion is computed when a model is chosen in the Browse tab "
+              "(--model-opinion at-start computes it now)", file=sys.stderr)
+        return enrich(table, progress=True, model=False)
     if catalog is not None:
         return enrich(table, predictor=catalog.predictor(), progress=True)
     return enrich(table, weights=weights, progress=True)
@@ -255,6 +271,10 @@ def get_args_parser(settings: Settings) -> argparse.ArgumentParser:
     parser.add_argument("--allow-outside-root", action="store_true",
                         help="follow links in a data set folder and Parquet image paths that lead outside the data "
                              "set's folder (by default they are skipped or refused)")
+    parser.add_argument("--model-opinion", choices=MODEL_OPINION_CHOICES, default="auto",
+                        help="when the default model classifies every face for the Browse tab: at-start, or "
+                             "when-chosen in the tab's model menu; auto: at start for data sets of at most "
+                             f"{OPINION_AT_START_MAX:,} faces")
     parser.add_argument("--auth", default=settings.auth, metavar="USER:PASS",
                         help="sign-in: only these users (comma-separated USER:PASS pairs) may use the app, and "
                              "each annotator is the signed-in user ($FER_AUTH); default: open to all, annotators "
@@ -292,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         with step(f"loading the model ({args.weights or 'the bundled weights'})"):
             catalog = load_models(args.weights)
         with step(f"loading the data set ({args.data or 'the bundled sample'})"):
-            table = load_data(args.data, allow_outside_root=args.allow_outside_root, catalog=catalog)
+            table = load_data(args.data, allow_outside_root=args.allow_outside_root, catalog=catalog,
+                              model_opinion=args.model_opinion)
         with step("opening the relabel store"):
             store, notice = open_annotations_saying(args.db)
     except FERError as err:

@@ -43,6 +43,7 @@ __all__ = [
     "BROWSE_VERSION",
     "PROBABILITY_COLUMNS",
     "OPINION_COLUMNS",
+    "has_opinion",
     "SORTS",
     "BrowseQuery",
     "enrich",
@@ -60,6 +61,13 @@ BROWSE_VERSION = 1
 PROBABILITY_COLUMNS: tuple[str, ...] = tuple(f"p_{e}" for e in EMOTIONS)
 #: The columns that hold one model's opinion of each face.
 OPINION_COLUMNS: tuple[str, ...] = (*PROBABILITY_COLUMNS, "model_label", "model_confidence", "model_agrees")
+
+
+def has_opinion(frame: pd.DataFrame) -> bool:
+    """Whether ``frame`` carries a model's opinion (every one of :data:`OPINION_COLUMNS`)."""
+    return all(column in frame for column in OPINION_COLUMNS)
+
+
 #: Orders a person can ask for.
 SORTS: tuple[str, ...] = (
     "quality, lowest first",

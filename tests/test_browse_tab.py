@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import free_port
-from fer_core.browse import OPINION_COLUMNS, PROBABILITY_COLUMNS, BrowseQuery
+from fer_core.browse import OPINION_COLUMNS, PROBABILITY_COLUMNS, BrowseQuery, has_opinion
 from fer_core.catalog import ModelCatalog, UnknownModel
 from fer_core.labels import EMOTIONS
 from fer_core.quality import COMPONENT_COLUMNS
@@ -170,6 +170,61 @@ class TestModelOpinion:
         assert _captions(second[0]) == [view.caption(int(r)) for r in rows[24:48]]
         with pytest.raises(AppError, match="no model named 'nonsense'; choose one of"):
             client.predict(*_filters(), "nonsense", api_name="/browse")
+
+
+class TestOpinionWhenChosen:
+    """A data set opened without the model's opinion (as the app opens a large one): the tab works, and the
+    opinion appears when a model is chosen."""
+
+    def test_load_data_leaves_the_opinion_out_when_asked_or_when_large(self, launched, catalog, monkeypatch) -> None:
+        import app
+
+        _, table = launched
+        bare = app.load_data(None, catalog=catalog, model_opinion="when-chosen")
+        assert not has_opinion(bare.frame) and has_opinion(table.frame)
+        pd.testing.assert_frame_equal(bare.frame, table.frame.drop(columns=list(OPINION_COLUMNS)))
+        monkeypatch.setattr(app, "OPINION_AT_START_MAX", len(table) - 1)
+        assert not has_opinion(app.load_data(None, catalog=catalog).frame)
+        assert has_opinion(app.load_data(None, catalog=catalog, model_opinion="at-start").frame)
+        monkeypatch.setattr(app, "OPINION_AT_START_MAX", len(table))
+        assert has_opinion(app.load_data(None, catalog=catalog).frame)
+        with pytest.raises(ValueError, match="--model-opinion must be one of auto, at-start, when-chosen"):
+            app.load_data(None, model_opinion="later")
+
+    def test_the_tab_browses_without_it_and_computes_it_when_a_model_is_chosen(self, launched, catalog,
+                                                                                 tmp_path: Path) -> None:
+        import app
+        from annotate import open_store
+        from gradio_client import Client
+        from gradio_client.exceptions import AppError
+
+        _, table = launched
+        bare = app.load_data(None, catalog=catalog, model_opinion="when-chosen")
+        browser = Browser(bare, catalog=catalog)
+        assert browser.model is None and browser.models() == ["fer_model", COPY_NAME, TUNED_NAME]
+        chosen = browser.for_model("fer_model")
+        assert chosen.model == "fer_model"
+        pd.testing.assert_frame_equal(chosen.frame[list(OPINION_COLUMNS)], table.frame[list(OPINION_COLUMNS)],
+                                      atol=1e-6)
+        store = open_store(tmp_path / "relabel.db")
+        demo = app.build_demo(bare, store, catalog=catalog)
+        port = free_port()
+        app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+        try:
+            client = Client(f"http://127.0.0.1:{port}", verbose=False)
+            plain = client.predict(*_filters(page_size=24), api_name="/browse")
+            assert _matches(plain[1]) == len(bare) and plain[1].endswith("no model's opinion yet: choose a model")
+            assert _captions(plain[0]) == [browser.caption(int(r)) for r in browser.select(BrowseQuery())[:24]]
+            assert all("=" not in c and "≠" not in c for c in _captions(plain[0]))
+            for needs_a_model in (_filters(agreement="disagrees"), _filters(sort="model confidence, lowest first")):
+                with pytest.raises(AppError, match="need a model's opinion of every face: choose a model"):
+                    client.predict(*needs_a_model, api_name="/browse")
+            opinion = client.predict(*_filters(page_size=24, agreement="disagrees"), "fer_model", api_name="/browse")
+            rows = chosen.select(BrowseQuery(agreement="disagrees"))
+            assert opinion[1].endswith("the model's opinion: fer_model") and _matches(opinion[1]) == len(rows)
+            assert _captions(opinion[0]) == [chosen.caption(int(r)) for r in rows[:24]]
+        finally:
+            demo.close()
 
 
 def test_query_from_inputs_maps_every_widget() -> None:

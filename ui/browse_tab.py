@@ -7,7 +7,7 @@ without a browser and replayed by ``python -m benchmarks.browse``. Gradio is imp
 
 The model's opinion (captions, the agreement filter and order, the selected face's
 probabilities) is that of the model chosen in the tab: the table's own (the app's default model)
-at first; another model of the catalog is run over the whole data set the first time it is
+at first, or none when the app opened a large data set without it (``app.py --model-opinion``); another model of the catalog is run over the whole data set the first time it is
 chosen (:func:`fer_core.browse.model_opinion`: cached on disk; 30-40 s for FER2013's 32,064
 faces on two CPU cores with a bundled model), then kept.
 """
@@ -31,6 +31,7 @@ from fer_core.browse import (
     BrowseQuery,
     class_counts,
     filter_faces,
+    has_opinion,
     histogram,
     model_opinion,
     page_of,
@@ -98,7 +99,9 @@ class Browser:
     ``votes``: one face's current votes per answer (typed in the Relabel tab or imported).
     Without a store all three are empty. ``catalog``: the models whose opinion may be shown
     instead of the table's (:meth:`for_model`); ``model``: the name of the model whose opinion the
-    table's columns hold (default: the catalog's default).
+    table's columns hold (default: the catalog's default). A table without a model's opinion
+    (``enrich(..., model=False)``, as the app opens a large data set) has no model until one is
+    chosen: :attr:`model` is then ``None``.
     """
 
     def __init__(self, table: FaceTable, *, corrected: Callable[[], set[str]] | None = None,
@@ -108,7 +111,8 @@ class Browser:
         self.table = table
         self.frame = table.frame
         self.catalog = catalog
-        self.model = model or (catalog.default if catalog is not None else None)
+        own = model or (catalog.default if catalog is not None else None)
+        self.model = own if has_opinion(table.frame) else None
         self._corrected = corrected or set
         self._history = history
         self._votes = votes
@@ -217,7 +221,8 @@ class Browser:
 
     def count_text(self, view: PageView) -> str:
         cross = self.cross_split_duplicates()
-        model = f" · the model's opinion: {html.escape(self.model)}" if self.model else ""
+        model = (f" · the model's opinion: {html.escape(self.model)}" if self.model else
+                 " · no model's opinion yet: choose a model" if self.catalog is not None else "")
         return (f"**{view.matches:,}** of {len(self.frame):,} faces match · page {view.page} of {view.pages} · "
                 f"{cross:,} faces have a duplicate in another split{model}")
 
@@ -404,9 +409,11 @@ def _filter_widgets(browser: Browser) -> dict[str, Any]:
         q_max = gr.Slider(0, 1, value=1, step=0.01, label="Quality at most", elem_classes=[FILTER_SLIDER_CLASS])
         label_status = gr.Radio(["any", "original", "corrected"], value="any", label="Label status")
         # A name typed by an API caller is checked by the handlers (a model added since the start included).
-        model = gr.Dropdown(browser.models(), value=browser.model, label="Model's opinion", allow_custom_value=True,
-                            visible=browser.catalog is not None, elem_id="browse-model", min_width=160,
-                            info="Whose probabilities the captions, agreement, order and details show")
+        info = ("Whose probabilities the captions, agreement, order and details show" if browser.model else
+                f"None yet: choose one to classify all {len(browser.frame):,} faces (once; then cached)")
+        model = gr.Dropdown(browser.models(), value=browser.model or "", label="Model's opinion",
+                            allow_custom_value=True,
+                            visible=browser.catalog is not None, elem_id="browse-model", min_width=160, info=info)
         agreement = gr.Radio(["any", "agrees", "disagrees"], value="any", label="Model vs label")
         duplicates = gr.Radio(["any", "unique", "duplicated", "cross-split"], value="any", label="Duplicates")
     with gr.Accordion("Component scores", open=False):
@@ -508,6 +515,11 @@ def _view(browser: Browser, model: str | None, on_chunk: Callable[[int, int], No
         raise gr.Error(html.escape(str(err), quote=False), print_exception=False) from None
 
 
+#: What the filters say when one needs a model's opinion and the data set was opened without one.
+NEEDS_A_MODEL = ("Model vs label and the model-confidence orders need a model's opinion of every face: "
+                 "choose a model in \"Model's opinion\" first")
+
+
 def _filter_handler(browser: Browser):
     """The filters' event function (also run after a model is chosen)."""
     import gradio as gr
@@ -519,7 +531,11 @@ def _filter_handler(browser: Browser):
         except FERError as err:
             raise gr.Error(str(err), print_exception=False) from None
         view = _view(browser, model)
-        rows = view.select(query)
+        try:
+            rows = view.select(query)
+        except FERError as err:
+            message = (NEEDS_A_MODEL if view.model is None else str(err))
+            raise gr.Error(html.escape(message, quote=False), print_exception=False) from None
         faces, text, page, shown = _show(view, rows, 1, size)
         plots = view.plots(rows)
         empty = pd.DataFrame({"bin": [], "faces": []})
