@@ -10,7 +10,7 @@ package.
 from __future__ import annotations
 
 from .engine import default_db_url
-from .errors import AnnotateError, StoreBusyError, UnknownFaceError
+from .errors import AnnotateError, StoreBusyError, StoreUnavailableError, UnknownFaceError
 from .export import corrections, export_corrections, export_ferplus, ferplus_votes
 from .labels import LABELS, NOT_A_FACE, SKIP, UNSURE, VOTE_LABELS
 from .queue import STRATEGIES, Progress, Queue, QueuedFace, Strategy
@@ -48,4 +48,5 @@ __all__ = [
     "AnnotateError",
     "UnknownFaceError",
     "StoreBusyError",
+    "StoreUnavailableError",
 ]

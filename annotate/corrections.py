@@ -20,7 +20,7 @@ from pathlib import Path
 from fer_core._cli import cli_main
 
 from .errors import AnnotateError
-from .export import _format, _write, corrections, ferplus_votes, open_existing_store
+from .export import corrections, ferplus_votes, open_existing_store, table_format, write_table
 
 __all__ = ["get_args_parser", "main"]
 
@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> int:
 
     if args.only_changed and args.table != "corrections":
         raise AnnotateError("--only-changed applies to the corrections table only")
-    _format(Path(args.out), args.format)  # refused before the store is opened
+    table_format(Path(args.out), args.format)  # refused before the store is opened
     store = open_existing_store(args.db or default_db_url())
     try:
         table = (corrections(store, args.dataset, only_changed=args.only_changed) if args.table == "corrections"
@@ -58,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
     if known:
         print(f"warning: the store holds no votes for data set {args.dataset!r} "
               f"(it has votes for: {', '.join(map(repr, known))})", file=sys.stderr)
-    path = _write(table, args.out, args.format)
+    path = write_table(table, args.out, args.format)
     print(f"wrote {path} ({len(table)} faces with votes)")
     return 0
 

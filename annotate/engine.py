@@ -55,7 +55,7 @@ from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
 
-from .errors import AnnotateError, StoreBusyError
+from .errors import AnnotateError, StoreBusyError, StoreUnavailableError
 
 __all__ = [
     "DB_FILENAME",
@@ -65,7 +65,6 @@ __all__ = [
     "RETRY_DEADLINE_S",
     "RECONNECT_DEADLINE_S",
     "CONNECT_TIMEOUT_S",
-    "StoreUnavailableError",
     "DbChoice",
     "choose_default_db",
     "default_db_url",
@@ -111,14 +110,6 @@ _PG_REFUSALS = ("authentication failed", "does not exist", "no pg_hba.conf entry
 _PG_WRITE_LOCK = 0x4645525F
 
 T = TypeVar("T")
-
-
-class StoreUnavailableError(StoreBusyError):
-    """The database server could not be reached for :data:`RECONNECT_DEADLINE_S` seconds (down, restarting).
-
-    Nothing half-written stays behind: the transaction that met the lost connection was rolled
-    back by the server, or committed whole. Try again once the server is back.
-    """
 
 
 @dataclass(frozen=True)

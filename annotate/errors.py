@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fer_core._validation import FERError
 
-__all__ = ["AnnotateError", "UnknownFaceError", "StoreBusyError"]
+__all__ = ["AnnotateError", "UnknownFaceError", "StoreBusyError", "StoreUnavailableError"]
 
 
 class AnnotateError(FERError):
@@ -20,4 +20,13 @@ class StoreBusyError(AnnotateError):
 
     Ordinary contention never reaches a caller: busy and locked errors are retried with
     backoff for :data:`annotate.engine.RETRY_DEADLINE_S` seconds first.
+    """
+
+
+class StoreUnavailableError(StoreBusyError):
+    """The database server could not be reached for :data:`annotate.engine.RECONNECT_DEADLINE_S` seconds
+    (down, restarting).
+
+    Nothing half-written stays behind: the transaction that met the lost connection was rolled
+    back by the server, or committed whole. Try again once the server is back.
     """

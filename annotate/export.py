@@ -40,6 +40,8 @@ __all__ = [
     "export_corrections",
     "export_ferplus",
     "open_existing_store",
+    "table_format",
+    "write_table",
 ]
 
 #: Columns of :func:`corrections`, in order.
@@ -71,16 +73,18 @@ def ferplus_votes(store: Store, dataset: str | None = None) -> pd.DataFrame:
     return out
 
 
-def _format(path: Path, fmt: str | None) -> str:
+def table_format(path: Path, fmt: str | None = None) -> str:
+    """``fmt``, else the format ``path``'s suffix names: ``csv`` or ``parquet``; anything else is refused."""
     fmt = (fmt or path.suffix.lstrip(".")).lower()
     if fmt not in ("csv", "parquet"):
         raise AnnotateError(f"cannot tell the export format of {path.name!r}; use a .csv or .parquet file name")
     return fmt
 
 
-def _write(table: pd.DataFrame, path: str | os.PathLike[str], fmt: str | None) -> Path:
+def write_table(table: pd.DataFrame, path: str | os.PathLike[str], fmt: str | None = None) -> Path:
+    """Write ``table`` whole or not at all (CSV or Parquet, :func:`table_format`); lists of annotators as JSON in CSV."""
     path = Path(path).expanduser()
-    fmt = _format(path, fmt)
+    fmt = table_format(path, fmt)
     if not path.parent.is_dir():
         raise AnnotateError(f"cannot write {str(path)!r}: folder {str(path.parent)!r} does not exist")
     if fmt == "csv" and "annotators" in table.columns:
@@ -96,13 +100,13 @@ def _write(table: pd.DataFrame, path: str | os.PathLike[str], fmt: str | None) -
 def export_corrections(store: Store, path: str | os.PathLike[str], dataset: str | None = None, *,
                        only_changed: bool = False, fmt: str | None = None) -> Path:
     """Write :func:`corrections` to ``path`` (``.csv`` or ``.parquet``, or ``fmt``); returns the path."""
-    return _write(corrections(store, dataset, only_changed=only_changed), path, fmt)
+    return write_table(corrections(store, dataset, only_changed=only_changed), path, fmt)
 
 
 def export_ferplus(store: Store, path: str | os.PathLike[str], dataset: str | None = None, *,
                    fmt: str | None = None) -> Path:
     """Write :func:`ferplus_votes` to ``path`` (``.csv`` or ``.parquet``, or ``fmt``); returns the path."""
-    return _write(ferplus_votes(store, dataset), path, fmt)
+    return write_table(ferplus_votes(store, dataset), path, fmt)
 
 
 def open_existing_store(db: str) -> Store:

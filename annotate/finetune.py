@@ -60,7 +60,7 @@ from fer_core.config import SAMPLE_PATH
 from fer_core.labels import EMOTIONS
 
 from .errors import AnnotateError
-from .export import _write, corrections
+from .export import corrections, write_table
 
 if TYPE_CHECKING:
     from fer_core.datasets import FaceTable
@@ -690,7 +690,7 @@ class FineTuneJob:
         if not len(on_train):
             raise AnnotateError(f"the store holds no answer yet on a training face of {self.dataset!r}: answer some "
                                 "faces of the train split first (the queue, or the Browse tab's selection)")
-        _write(table, folder / "corrections.csv", None)
+        write_table(table, folder / "corrections.csv")
         answers = {"train_faces": len(on_train), "relabelled": int(on_train["changed"].sum()),
                    "dropped": int((on_train["resolved_label"] == "not_a_face").sum()), "val_faces": 0,
                    "val_labelled": 0}

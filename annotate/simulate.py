@@ -106,9 +106,12 @@ def parse_budgets(values: Sequence[str]) -> list[int | None]:
     return sorted(budgets, key=lambda b: (b is None, b or 0))
 
 
-def vote_counts(table: FaceTable, votes_path: Path, data_root: Path) -> np.ndarray:
-    """(N, len(VOTE_LABELS)) vote counts row-aligned with ``table`` (zeros where the table has no votes)."""
-    votes = read_vote_table(votes_path)
+def vote_counts(table: FaceTable, votes: VoteTable | Path, data_root: Path) -> np.ndarray:
+    """(N, len(VOTE_LABELS)) vote counts row-aligned with ``table`` (zeros where the table has no votes).
+
+    ``votes``: a vote table read by :func:`~annotate.import_votes.read_vote_table`, or its file.
+    """
+    votes = votes if isinstance(votes, VoteTable) else read_vote_table(votes)
     rows = rows_of_faces(votes, table, data_root, missing_ok=True)
     counts = np.zeros((len(table), len(VOTE_LABELS)), dtype=np.int64)
     found = rows >= 0
@@ -116,9 +119,8 @@ def vote_counts(table: FaceTable, votes_path: Path, data_root: Path) -> np.ndarr
     return counts
 
 
-def _votes_on(table: FaceTable, votes_path: Path, data_root: Path) -> VoteTable:
-    """The rows of the vote table whose faces ``table`` holds (a vote table may cover more faces)."""
-    votes = read_vote_table(votes_path)
+def _votes_on(table: FaceTable, votes: VoteTable, data_root: Path) -> VoteTable:
+    """The rows of ``votes`` whose faces ``table`` holds (a vote table may cover more faces)."""
     keep = rows_of_faces(votes, table, data_root, missing_ok=True) >= 0
     return replace(votes, keys=[k for k, kept in zip(votes.keys, keep) if kept], counts=votes.counts[keep],
                    lines=votes.lines[keep])
@@ -135,11 +137,11 @@ def campaign_queue(store: Any, train: FaceTable, dataset: str, *, seed: int) -> 
 def corrections_prefix(table: pd.DataFrame, shown: list[str], budget: int | None, path: Path) -> int:
     """Write the rows of ``table`` (the campaign's corrections, :func:`annotate.export.corrections`) for the
     first ``budget`` faces shown to ``path``; returns how many labels they change."""
-    from .export import _write
+    from .export import write_table
 
     keep = set(shown if budget is None else shown[:budget])
     table = table[table["sample_id"].isin(keep)].reset_index(drop=True)
-    _write(table, path, None)  # as export_corrections writes the store's
+    write_table(table, path)  # as export_corrections writes the store's
     return int(table["changed"].sum())
 
 
@@ -263,7 +265,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     table = load_faces(args.data)
     train = _split(table, "train")
     val = load_faces(args.val) if args.val else _split(table, "val")
-    counts = vote_counts(train, Path(args.votes), data_root)
+    votes = read_vote_table(Path(args.votes))
+    counts = vote_counts(train, votes, data_root)
     ferplus = ferplus_labels_for(val, args.votes, data_root if not args.val else Path(args.val).parent)
     db = out / f"{_campaign_name(args)}.db"
     db.unlink(missing_ok=True)  # each campaign starts from an empty store
@@ -271,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with open_store(str(db)) as store:
         if args.all_votes:
             # Every face, all of its votes: the corrections resolve each face to its plurality.
-            import_votes(store, _votes_on(table, Path(args.votes), data_root), table, data_root=data_root,
+            import_votes(store, _votes_on(table, votes, data_root), table, data_root=data_root,
                          dataset=table.name)
             shown = [str(s) for s, n in zip(train.frame["sample_id"], counts.sum(axis=1)) if n > 0]
             print(f"imported the votes of {len(shown):,} training faces in {time.perf_counter() - started:.0f} s")

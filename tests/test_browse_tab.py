@@ -193,10 +193,11 @@ class TestOpinionWhenChosen:
 
     def test_the_tab_browses_without_it_and_computes_it_when_a_model_is_chosen(self, launched, catalog,
                                                                                  tmp_path: Path) -> None:
-        import app
-        from annotate import open_store
         from gradio_client import Client
         from gradio_client.exceptions import AppError
+
+        import app
+        from annotate import open_store
 
         _, table = launched
         bare = app.load_data(None, catalog=catalog, model_opinion="when-chosen")

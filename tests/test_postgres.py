@@ -25,8 +25,8 @@ from sqlalchemy import create_engine, func, insert, inspect, select
 from sqlalchemy.exc import OperationalError
 
 import annotate.engine
-from annotate import AnnotateError, open_store
-from annotate.engine import StoreUnavailableError, create_store_engine, is_disconnect, writer
+from annotate import AnnotateError, StoreUnavailableError, open_store
+from annotate.engine import create_store_engine, is_disconnect, writer
 from annotate.export import export_corrections, ferplus_votes
 from annotate.import_votes import import_votes, read_vote_table
 from annotate.migrate import current_revision, head_revision, upgrade

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from annotate import STRATEGIES, AnnotateError, Queue, QueuedFace, Store, StoreBusyError
-from annotate.engine import StoreUnavailableError
+from annotate.errors import StoreUnavailableError
 from annotate.export import export_corrections, export_ferplus
 from annotate.labels import ANSWER_NAMES
 from annotate.probabilities import oof_probabilities
