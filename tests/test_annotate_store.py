@@ -544,6 +544,60 @@ def test_leasing_reads_the_order_in_slices_and_finds_faces_far_down_it(tmp_path:
     store.close()
 
 
+def _answer_next(store: Store, annotator: str, order: np.ndarray, n: int, **mode) -> list[int]:
+    """``annotator`` takes and answers the next ``n`` faces of ``order``; their positions."""
+    positions = []
+    for _ in range(n):
+        grant = store.lease_next(annotator, "deep", order, **mode)
+        store.record_decision(annotator, "deep", grant.sample_id, "happy", require_lease=True)
+        positions.append(grant.position)
+    return positions
+
+
+def test_leasing_skips_the_faces_done_for_good_and_reads_them_again_after_an_undo(tmp_path: Path,
+                                                                                   clock: Clock) -> None:
+    """A lease does not read again the leading faces that are done for good (answered by the annotator, or voted
+    on), so it costs the same after many answers; faces that may come back (leased by someone else, an
+    undone answer, a second opinion wanted) are found again, also when the undo comes from another process."""
+    path = str(tmp_path / "deep.db")
+    store = open_store(path, now=clock)
+    ids = store.register_faces("deep", [f"d{i}" for i in range(1200)], np.zeros(1200, dtype=int))
+    order = ids.copy()
+    store.lease_face("holder", "deep", "d0")  # the first face is held by someone else: not done
+    for i in range(1, 600):
+        store.record_decision("earlier", "deep", f"d{i}", "sad")
+    assert _answer_next(store, "me", order, 3) == [600, 601, 602]
+    read: list[np.ndarray] = []
+    state_of = store._queue_state
+    store._queue_state = lambda conn, aid, dataset, now, *, face_ids=None: (
+        read.append(face_ids), state_of(conn, aid, dataset, now, face_ids=face_ids))[1]
+    assert _answer_next(store, "me", order, 1) == [603]
+    assert read[0][0] == ids[0]  # the held face keeps the whole order in view ...
+    clock.advance(minutes=11)  # ... until its lease runs out: it is the next face
+    assert _answer_next(store, "me", order, 1) == [0]
+    assert _answer_next(store, "me", order, 1) == [604]  # this lease reads from the front, and remembers
+    read.clear()
+    assert _answer_next(store, "me", order, 1) == [605]
+    assert read[0][0] == ids[604] and sum(len(r) for r in read) <= 256  # the 604 done faces are not read again
+    # An undo (here by another process on the same database) makes its face wanted again.
+    other = open_store(path, now=clock)
+    other.undo_last("earlier", dataset="deep")  # d599, at position 599
+    read.clear()
+    assert _answer_next(store, "me", order, 1) == [599]
+    assert read[0][0] == ids[0]
+    assert _answer_next(store, "me", order, 1) == [606]
+    # Second opinions: a face without a vote is not done, and becomes wanted once someone votes on it.
+    store.record_decision("earlier", "deep", "d607", "sad")
+    assert store.lease_next("second", "deep", order, second_opinion=True, opinions_needed=3).position == 0
+    store.record_decision("second", "deep", "d0", "sad")
+    store.record_decision("third", "deep", "d0", "sad")  # d0: three votes, done for second opinions too
+    assert _answer_next(store, "second", order, 2, second_opinion=True, opinions_needed=3) == [1, 2]
+    store.record_decision("earlier", "deep", "d700", "sad")
+    assert store.lease_next("fresh", "deep", order).position == 608  # d607 and d700 voted, d608 not
+    other.close()
+    store.close()
+
+
 def test_agreement_is_computed_again_only_when_older_than_asked(store: Store) -> None:
     for annotator, label in (("a", "happy"), ("b", "happy")):
         vote(store, annotator, "f0", label)
