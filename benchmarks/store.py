@@ -1,6 +1,6 @@
 """Reliability bench of the annotation store: ``python -m benchmarks.store --db FILE_OR_URL``.
 
-Three checks against one store, a SQLite file or a PostgreSQL database
+Four checks against one store, a SQLite file or a PostgreSQL database
 (``postgresql+psycopg://user:password@host:port/database``), each in fresh processes
 (multiprocessing, spawn):
 
@@ -18,6 +18,11 @@ collisions
     Annotator processes ask the queue for the next face at the same instant (behind a
     barrier), answer it, and do it again, for ``--rounds`` rounds. Pass: no face was ever
     handed to two annotators.
+depth
+    One annotator answers ``--depth`` faces of a 28,000-face data set in the queue's order
+    (lease, answer with ``require_lease``), in this process. Prints the rate over the first and
+    the last tenth of the answers. Pass: every answer recorded, no face shown twice, and the
+    last tenth at least half as fast as the first (a lease does not slow down as answers pile up).
 
 The bench writes thousands of test rows, so it refuses an existing SQLite file, or a PostgreSQL
 database that already holds an annotation store, unless ``--overwrite`` (which deletes the file,
@@ -46,8 +51,8 @@ import pandas as pd
 from annotate import LABELS, Queue, open_store
 from fer_core.hardware import cpu_description
 
-__all__ = ["ThroughputResult", "KillResult", "CollisionResult", "bench_throughput", "bench_kill",
-           "bench_collisions", "get_args_parser", "main"]
+__all__ = ["ThroughputResult", "KillResult", "CollisionResult", "DepthResult", "bench_throughput", "bench_kill",
+           "bench_collisions", "bench_depth", "get_args_parser", "main"]
 
 # A worker that has not reported after this long is stuck: fail rather than hang the bench.
 _WORKER_TIMEOUT_S = 300.0
@@ -103,6 +108,19 @@ class CollisionResult:
     @property
     def ok(self) -> bool:
         return self.collisions == 0 and self.same_round_collisions == 0 and self.empty == 0 and self.errors == 0
+
+
+@dataclass
+class DepthResult:
+    faces: int
+    answered: int
+    repeats: int  #: faces shown twice (must be 0)
+    first_rate: float  #: answers per second over the first tenth
+    last_rate: float  #: answers per second over the last tenth
+
+    @property
+    def ok(self) -> bool:
+        return self.repeats == 0 and self.last_rate >= 0.5 * self.first_rate
 
 
 # -- workers (top-level functions: spawn pickles them by name) ---------------------------------------------
@@ -278,6 +296,25 @@ def bench_collisions(path: str | Path, *, processes: int = 8, rounds: int = 10) 
     )
 
 
+def bench_depth(path: str | Path, *, answers: int = 5000, faces: int = 28_000) -> DepthResult:
+    """One annotator answers ``answers`` faces in the queue's order; the rate at the start and at the end."""
+    dataset = f"bench-depth-{uuid.uuid4().hex[:8]}"
+    store = open_store(str(path))
+    queue = Queue(store, _bench_candidates(faces), dataset=dataset)
+    tenth = max(answers // 10, 1)
+    shown: list[str] = []
+    times = [time.perf_counter()]
+    for i in range(answers):
+        face = queue.next_face("deep", "low_quality")
+        queue.submit("deep", face.sample_id, LABELS[i % 7], strategy="low_quality", require_lease=True)
+        shown.append(face.sample_id)
+        times.append(time.perf_counter())
+    answered = int((store.decisions(dataset)["annotator"] == "deep").sum())
+    store.close()
+    return DepthResult(faces=faces, answered=answered, repeats=len(shown) - len(set(shown)),
+                       first_rate=tenth / (times[tenth] - times[0]), last_rate=tenth / (times[-1] - times[-1 - tenth]))
+
+
 # -- command line ----------------------------------------------------------------------------------------------
 
 
@@ -295,6 +332,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="decisions submitted in the throughput check (default 1000)")
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLed writers (default 3)")
     parser.add_argument("--rounds", type=int, default=10, help="simultaneous next-face rounds (default 10)")
+    parser.add_argument("--depth", type=int, default=5000,
+                        help="faces one annotator answers in the depth check (default 5000; 0: skip it)")
     return parser
 
 
@@ -372,6 +411,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    error: {e}")
 
     ok = t.ok and k.ok and c.ok
+    if args.depth > 0:
+        d = bench_depth(db, answers=args.depth)
+        print(f"depth      : one annotator, {d.answered} of {args.depth} answers recorded in a {d.faces:,}-face "
+              f"queue, {d.repeats} faces shown twice; {d.first_rate:.0f} answers/s over the first tenth, "
+              f"{d.last_rate:.0f} over the last -> {'PASS' if d.ok else 'FAIL'}")
+        ok = ok and d.ok and d.answered == args.depth
     print(f"{'all checks passed' if ok else 'SOME CHECKS FAILED'} in {time.perf_counter() - began:.1f} s")
     return 0 if ok else 1
 

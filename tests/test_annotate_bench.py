@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, inspect
 
-from benchmarks.store import _prepare_server, bench_collisions, bench_kill, bench_throughput, main
+from benchmarks.store import _prepare_server, bench_collisions, bench_depth, bench_kill, bench_throughput, main
 from fer_core.hardware import cpu_description
 
 
@@ -38,19 +38,27 @@ def test_simultaneous_next_face_never_collides(db_url: str) -> None:
 
 
 @pytest.mark.slow
+def test_one_annotator_deep_in_the_queue_is_served_as_fast_as_at_its_start(db_url: str) -> None:
+    result = bench_depth(db_url, answers=300, faces=3000)
+    assert (result.answered, result.repeats) == (300, 0)
+    assert result.first_rate > 0 and result.last_rate > 0
+
+
+@pytest.mark.slow
 def test_bench_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "cli.db"
-    args = ["--db", str(db), "--processes", "2", "--decisions", "20", "--kills", "1", "--rounds", "2"]
+    args = ["--db", str(db), "--processes", "2", "--decisions", "20", "--kills", "1", "--rounds", "2", "--depth", "50"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "20 rows present, 0 duplicated" in out and "0 lost" in out and "0 collisions" in out
+    assert "one annotator, 50 of 50 answers recorded in a 28,000-face queue, 0 faces shown twice" in out
     assert "all checks passed" in out
     assert f"cpu: {cpu_description()}\n" in out
 
 
 @pytest.mark.slow
 def test_bench_command_line_on_postgresql(pg_url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    args = ["--db", pg_url, "--processes", "2", "--decisions", "20", "--kills", "1", "--rounds", "2"]
+    args = ["--db", pg_url, "--processes", "2", "--decisions", "20", "--kills", "1", "--rounds", "2", "--depth", "0"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "(postgresql 1" in out and "integrity_check n/a" in out and "all checks passed" in out
