@@ -26,7 +26,7 @@ depth
 
 The bench writes thousands of test rows, so it refuses an existing SQLite file, or a PostgreSQL
 database that already holds an annotation store, unless ``--overwrite`` (which deletes the file,
-or drops the store's tables). The whole run takes well under a minute on two cores.
+or drops the store's tables). The whole run takes one to two minutes on two cores (SQLite).
 """
 
 from __future__ import annotations
