@@ -120,6 +120,12 @@ class TestFineTuning:
             if value.is_floating_point() and "running" not in name:
                 torch.testing.assert_close(copy.state_dict()[name], value)
         assert card["training"]["init"]["file"] == "model.safetensors" and len(card["training"]["init"]["sha256"]) == 64
+        # The card says how the weights it started from were trained, from theirs.
+        started_from = json.loads(trained.with_suffix(".json").read_text())["training"]
+        assert card["training"]["init"]["training"] == {
+            key: started_from[key] for key in ("command", "epochs", "best_epoch", "trained_on", "selected_on", "init")
+            if key in started_from}
+        assert card["training"]["init"]["training"]["init"] is None and card["training"]["init"]["training"]["epochs"] == 1
 
     def test_weights_of_another_kind_a_pickle_or_no_file_are_refused(self, tmp_path: Path, trained: Path,
                                                                       capsys: pytest.CaptureFixture) -> None:

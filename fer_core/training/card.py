@@ -73,6 +73,25 @@ def _distributed(log: list[dict[str, Any]], world_size: int, backend: str | None
             "augmentation": "drawn per face from the seed, the same whatever the number of processes"}
 
 
+#: What a fine-tune's card repeats of the training of the weights it started from.
+_INIT_TRAINING_KEYS = ("command", "epochs", "best_epoch", "trained_on", "selected_on", "init")
+
+
+def _init_entry(path: str | None) -> dict[str, Any] | None:
+    """The card's ``init``: the weights a fine-tune started from, and how those were trained (from their card
+    beside them, when there is one: command, epochs, labels and, in turn, their own ``init``)."""
+    if not path:
+        return None
+    entry: dict[str, Any] = {"file": Path(path).name, "sha256": _sha256(path)}
+    try:
+        training = json.loads(Path(path).with_suffix(".json").read_text(encoding="utf-8"))["training"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return entry  # weights without a readable card: the file and its hash say what they were
+    if isinstance(training, dict):
+        entry["training"] = {key: training[key] for key in _INIT_TRAINING_KEYS if key in training}
+    return entry
+
+
 def _training(args: argparse.Namespace, data: TrainingData, val_faces: int, state: dict[str, Any],
               device: torch.device, world_size: int, backend: str | None = None) -> dict[str, Any]:
     """The card's ``training`` block: data, command, epochs, time, machine (``processes``: the world size) and
@@ -89,7 +108,7 @@ def _training(args: argparse.Namespace, data: TrainingData, val_faces: int, stat
         "device": str(device), "device_name": device_name(device), "processes": world_size,
         "distributed": _distributed(state["log"], world_size, backend),
         "augment": asdict(AugmentConfig()) if not args.no_augment else None,
-        "init": {"file": Path(args.init).name, "sha256": _sha256(args.init)} if args.init else None,
+        "init": _init_entry(args.init),
         "self_kd": ({"weight": args.self_kd, "temperature": args.kd_temperature, "teacher": "weight EMA",
                      "ramp": "linear from 0 over the run"} if args.self_kd else None),
         "label_smoothing": args.label_smoothing,
