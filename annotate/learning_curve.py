@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fer_core._cli import cli_main
@@ -48,7 +49,9 @@ def read_results(paths: Sequence[str | Path]) -> pd.DataFrame:
                 raise AnnotateError(f"{path.name} line {number} is not a trained point of annotate.simulate") from None
     if not rows:
         raise AnnotateError("the results hold no trained point")
-    return pd.DataFrame(rows)
+    # A point trained again (a rerun, or several files naming it) counts once: its latest line.
+    keys = ["strategy", "answer", "soft_labels", "seed", "budget"]
+    return pd.DataFrame(rows).drop_duplicates(keys, keep="last").reset_index(drop=True)
 
 
 def summarise(results: pd.DataFrame) -> pd.DataFrame:
@@ -65,16 +68,23 @@ def summarise(results: pd.DataFrame) -> pd.DataFrame:
     return out.sort_values(["strategy", "answer", "soft_labels", "faces_seen"]).reset_index(drop=True)
 
 
-def gain_per_thousand(summary: pd.DataFrame, budget: str = "1000") -> pd.DataFrame:
-    """Val accuracy gained (points, against FER+ labels) per 1,000 answers, from budget 0 to ``budget``."""
+def gain_per_thousand(results: pd.DataFrame, *, most: int = 5000) -> pd.DataFrame:
+    """Val accuracy gained (points, against FER+ labels) per 1,000 answers, per strategy: the slope of a
+    straight line through one seed's points of at most ``most`` faces (budget 0 included), then the mean
+    and spread (half the range) over the seeds with at least two such points."""
+    numeric = results[results["budget"].astype(str).str.isdigit()]
+    numeric = numeric[numeric["faces_seen"] <= most]
     out = []
-    for (strategy, answer, soft), group in summary.groupby(["strategy", "answer", "soft_labels"], sort=False):
-        base = group[group["budget"] == "0"]
-        point = group[group["budget"] == budget]
-        if len(base) and len(point) and point["faces_seen"].iloc[0] > 0:
-            gain = (point["ferplus_acc"].iloc[0] - base["ferplus_acc"].iloc[0]) * 100
-            out.append({"strategy": strategy, "answer": answer, "soft_labels": soft,
-                        "points_per_1000": gain * 1000 / point["faces_seen"].iloc[0]})
+    for (strategy, answer, soft), group in numeric.groupby(["strategy", "answer", "soft_labels"], sort=False):
+        slopes = []
+        for _, seed in group.groupby("seed"):
+            if seed["faces_seen"].nunique() >= 2:
+                x, y = seed["faces_seen"].to_numpy(float) / 1000, seed["ferplus_acc"].to_numpy(float) * 100
+                slopes.append(float(np.polyfit(x, y, 1)[0]))
+        if slopes:
+            out.append({"strategy": strategy, "answer": answer, "soft_labels": soft, "seeds": len(slopes),
+                        "points_per_1000": float(np.mean(slopes)),
+                        "spread": (max(slopes) - min(slopes)) / 2})
     return pd.DataFrame(out)
 
 
@@ -130,15 +140,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--plot", default=None, help="write the plot here (.png)")
     parser.add_argument("--markdown", default=None, help="write the table here (.md)")
     args = parser.parse_args(argv)
-    summary = summarise(read_results(args.results))
+    results = read_results(args.results)
+    summary = summarise(results)
     table = to_markdown(summary)
     print(table)
-    gains = gain_per_thousand(summary)
+    gains = gain_per_thousand(results)
     if len(gains):
         print()
         for row in gains.itertuples(index=False):
             print(f"{row.strategy} ({row.answer}{', soft' if row.soft_labels else ''}): "
-                  f"{row.points_per_1000:+.2f} points of val accuracy (FER+) per 1,000 answers, from 0 to 1,000 faces")
+                  f"{row.points_per_1000:+.2f} ± {row.spread:.2f} points of val accuracy (FER+) per 1,000 answers "
+                  f"(a line through 0 to 5,000 faces; {row.seeds} seed{'s' if row.seeds > 1 else ''})")
     if args.markdown:
         Path(args.markdown).write_text(table + "\n", encoding="utf-8")
     if args.plot:

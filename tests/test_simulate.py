@@ -181,3 +181,34 @@ def test_all_votes_imports_every_vote_and_changes_the_labels_the_crowd_changes(s
     assert lines[1]["faces_seen"] == len(train) and lines[1]["labels_changed"] == changed > 0
     corrections = pd.read_csv(out / "all-votes-seed0-ball.corrections.csv")
     assert len(corrections) == len(train) and int(corrections["changed"].sum()) == changed
+
+
+def test_learning_curve_gain_is_a_line_per_seed_and_a_point_trained_again_counts_once(tmp_path) -> None:
+    import json
+
+    from annotate.learning_curve import gain_per_thousand, read_results, summarise
+
+    def point(strategy: str, seed: int, faces: int, accuracy: float, budget: str | None = None) -> str:
+        val = {"accuracy": accuracy, "macro_f1": accuracy - 0.1}
+        return json.dumps({"strategy": strategy, "answer": "majority", "seed": seed, "budget": budget or str(faces),
+                           "faces_seen": faces, "labels_changed": faces // 2, "soft_labels": False,
+                           "val": {"ferplus": val, "original": val}})
+
+    lines = []
+    for seed, per_thousand in ((0, 1.0), (1, 2.0)):  # points of accuracy per 1,000 faces
+        lines += [point("queue", seed, n, 0.68 + per_thousand * n / 100_000) for n in (0, 500, 1000, 2000, 5000)]
+        lines.append(point("queue", seed, 6490, 0.99, budget="all"))  # past 5,000 faces: not in the line
+    lines.append(point("random", 0, 0, 0.50))  # trained twice: the later line counts
+    lines += [point("random", 0, 0, 0.68), point("random", 0, 1000, 0.68)]
+    path = tmp_path / "results.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    results = read_results([path])
+    assert len(results) == 14
+    gains = gain_per_thousand(results).set_index("strategy")
+    assert gains.loc["queue", "points_per_1000"] == pytest.approx(1.5)
+    assert gains.loc["queue", "spread"] == pytest.approx(0.5) and gains.loc["queue", "seeds"] == 2
+    assert gains.loc["random", "points_per_1000"] == pytest.approx(0.0, abs=1e-9)
+    summary = summarise(results).set_index(["strategy", "budget"])
+    assert summary.loc[("random", "0"), "ferplus_acc"] == pytest.approx(0.68)
+    assert summary.loc[("queue", "5000"), "ferplus_acc"] == pytest.approx(0.68 + 0.075)
+    assert summary.loc[("queue", "5000"), "ferplus_acc_spread"] == pytest.approx(0.025)
