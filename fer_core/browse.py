@@ -253,12 +253,15 @@ def _between(values: pd.Series, bounds: tuple[float, float]) -> np.ndarray:
     return (array >= lo) & (array <= hi)
 
 
-def filter_faces(frame: pd.DataFrame, query: BrowseQuery, *, corrected: set[str] | None = None) -> np.ndarray:
+def filter_faces(frame: pd.DataFrame, query: BrowseQuery, *, corrected: set[str] | None = None,
+                 orders: dict[tuple[str, bool], np.ndarray] | None = None) -> np.ndarray:
     """Row positions of ``frame`` matching ``query``, in the asked order.
 
     ``corrected`` holds the ``sample_id`` of faces whose label the relabel store changed; the
     label-status filter needs it (``None`` counts every face as original). Faces whose sort key
     is missing come last. Ties keep the data set's order, so the result is the same every time.
+    ``orders``: a dict the caller keeps for one ``frame``, where each whole-frame sort order is
+    remembered once computed, so that a later query sorts in one pass instead of sorting again.
     """
     keep = np.ones(len(frame), dtype=bool)
     if query.split is not None:
@@ -290,10 +293,19 @@ def filter_faces(frame: pd.DataFrame, query: BrowseQuery, *, corrected: set[str]
         else:
             keep &= frame["dup_cross_split"].to_numpy(dtype=bool)
     rows = np.flatnonzero(keep)
-    return _order(frame, rows, query)
+    return _order(frame, rows, keep, query, orders)
 
 
-def _order(frame: pd.DataFrame, rows: np.ndarray, query: BrowseQuery) -> np.ndarray:
+def _sort_keys(frame: pd.DataFrame, column: str, descending: bool, rows: np.ndarray | None = None) -> np.ndarray:
+    keys = frame[column].to_numpy(dtype=np.float64)
+    keys = keys if rows is None else keys[rows]
+    if descending:
+        keys = -keys
+    return np.where(np.isnan(keys), np.inf, keys)  # missing scores last
+
+
+def _order(frame: pd.DataFrame, rows: np.ndarray, keep: np.ndarray, query: BrowseQuery,
+           orders: dict[tuple[str, bool], np.ndarray] | None) -> np.ndarray:
     if query.sort == "data set order" or len(rows) == 0:
         ordered = rows
     elif query.sort == "random":
@@ -302,11 +314,15 @@ def _order(frame: pd.DataFrame, rows: np.ndarray, query: BrowseQuery) -> np.ndar
         column = "quality_score" if query.sort.startswith("quality") else "model_confidence"
         if column not in frame:
             raise FERError(f"ordering by {query.sort.split(',')[0]} needs the {column} column")
-        keys = frame[column].to_numpy(dtype=np.float64)[rows]
-        if query.sort.endswith("highest first"):
-            keys = -keys
-        keys = np.where(np.isnan(keys), np.inf, keys)  # missing scores last
-        ordered = rows[np.argsort(keys, kind="stable")]
+        descending = query.sort.endswith("highest first")
+        if orders is None:
+            ordered = rows[np.argsort(_sort_keys(frame, column, descending, rows), kind="stable")]
+        else:
+            # The whole frame's stable order, kept: the selected rows in it are the selection's stable order.
+            whole = orders.get((column, descending))
+            if whole is None:
+                whole = orders[(column, descending)] = np.argsort(_sort_keys(frame, column, descending), kind="stable")
+            ordered = whole[keep[whole]]
     if query.duplicates in ("duplicated", "cross-split") and "dup_group" in frame:
         # Members of a group side by side, groups in the order of their first member.
         groups = frame["dup_group"].to_numpy()[ordered]
@@ -337,19 +353,22 @@ def histogram(frame: pd.DataFrame, rows: np.ndarray, column: str, *, bins: int =
               by_emotion: bool = False) -> pd.DataFrame:
     """Counts of ``column`` among ``rows`` in ``bins`` equal bins over [0, 1] (per emotion if asked).
 
-    Columns: ``bin`` (its lower edge), ``faces``, and ``emotion`` when ``by_emotion``.
+    Columns: ``bin`` (its lower edge), ``faces``, and ``emotion`` when ``by_emotion``. Bins are
+    half-open except the last, which holds 1.0, as :func:`numpy.histogram`'s; missing values and
+    values outside [0, 1] are not counted.
     """
     edges = np.linspace(0.0, 1.0, bins + 1)
     values = frame[column].to_numpy(dtype=np.float64)[rows]
+    # One pass over the values (a million faces: milliseconds), every emotion at once.
+    inside = (values >= 0.0) & (values <= 1.0)
+    index = np.minimum(np.searchsorted(edges, values[inside], side="right") - 1, bins - 1)
+    lower = edges[:-1].round(3)
     if not by_emotion:
-        counts, _ = np.histogram(values, bins=edges)
-        return pd.DataFrame({"bin": edges[:-1].round(3), "faces": counts})
-    labels = frame["emotion"].to_numpy()[rows]
-    parts = []
-    for i, emotion in enumerate(EMOTIONS):
-        counts, _ = np.histogram(values[labels == i], bins=edges)
-        parts.append(pd.DataFrame({"bin": edges[:-1].round(3), "faces": counts, "emotion": emotion}))
-    return pd.concat(parts, ignore_index=True)
+        return pd.DataFrame({"bin": lower, "faces": np.bincount(index, minlength=bins)})
+    labels = frame["emotion"].to_numpy()[rows][inside].astype(np.int64)
+    counts = np.bincount(labels * bins + index, minlength=len(EMOTIONS) * bins).reshape(len(EMOTIONS), bins)
+    return pd.DataFrame({"bin": np.tile(lower, len(EMOTIONS)), "faces": counts.ravel(),
+                         "emotion": np.repeat(list(EMOTIONS), bins)})
 
 
 def describe_face(frame: pd.DataFrame, row: int) -> dict[str, Any]:

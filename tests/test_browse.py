@@ -19,6 +19,7 @@ from fer_core.browse import (
 )
 from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import FaceTable, load_faces
+from fer_core.labels import EMOTIONS
 
 
 def known_frame() -> pd.DataFrame:
@@ -92,6 +93,19 @@ class TestFilters:
         assert np.array_equal(one, filter_faces(frame, BrowseQuery(sort="random", seed=3)))
         assert not np.array_equal(one, filter_faces(frame, BrowseQuery(sort="random", seed=4)))
 
+    def test_remembered_whole_table_orders_give_the_same_rows_as_sorting_each_selection(self) -> None:
+        # The bundled sample: real scores, with ties (rounded) and missing ones, filtered many ways.
+        frame = enrich(load_faces(SAMPLE_PATH, progress=False)).frame.copy()
+        frame["quality_score"] = frame["quality_score"].round(1).mask(frame.index % 9 == 0)
+        orders: dict = {}
+        for sort in ("quality, lowest first", "quality, highest first", "model confidence, lowest first",
+                     "model confidence, highest first"):
+            for query in (BrowseQuery(sort=sort), BrowseQuery(sort=sort, split="train", emotions=("happy", "sad")),
+                          BrowseQuery(sort=sort, quality=(0.3, 0.8)), BrowseQuery(sort=sort, duplicates="duplicated"),
+                          BrowseQuery(sort=sort, emotions=("disgust",), agreement="disagrees")):
+                np.testing.assert_array_equal(filter_faces(frame, query, orders=orders), filter_faces(frame, query))
+        assert len(orders) == 4 and all(len(order) == len(frame) for order in orders.values())
+
     @pytest.mark.parametrize("kwargs, message", [
         (dict(quality=(0.8, 0.2)), "0 <= min <= max <= 1"),
         (dict(components={"sharpness": (0, 1)}), "unknown quality components"),
@@ -125,6 +139,23 @@ class TestPagesAndPlots:
         assert hist["faces"].sum() == 5 and hist.loc[hist["bin"] == 0.1, "faces"].item() == 1
         per = histogram(frame, rows, "quality_score", bins=10, by_emotion=True)
         assert per.groupby("emotion")["faces"].sum()["happy"] == 2
+
+    @pytest.mark.parametrize("bins", [20, 10, 7])
+    def test_histograms_count_as_numpy_does_edges_and_missing_values_included(self, bins: int) -> None:
+        rng = np.random.default_rng(bins)
+        values = rng.random(5000)
+        values[::7], values[1::11], values[2::13] = np.nan, 1.0, 0.0
+        values[3::17] = np.round(values[3::17] * bins) / bins  # on the edges
+        values[4::19], values[5::23] = 1.5, -0.1  # outside [0, 1]
+        frame = pd.DataFrame({"q": values, "emotion": rng.integers(0, 7, len(values))})
+        rows = np.sort(rng.choice(len(values), 3000, replace=False))
+        edges = np.linspace(0, 1, bins + 1)
+        np.testing.assert_array_equal(histogram(frame, rows, "q", bins=bins)["faces"],
+                                      np.histogram(values[rows], bins=edges)[0])
+        per = histogram(frame, rows, "q", bins=bins, by_emotion=True)
+        for i, emotion in enumerate(EMOTIONS):
+            expected = np.histogram(values[rows][frame["emotion"].to_numpy()[rows] == i], bins=edges)[0]
+            np.testing.assert_array_equal(per.loc[per["emotion"] == emotion, "faces"], expected)
 
 
 class TestEnrich:

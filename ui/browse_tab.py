@@ -118,6 +118,7 @@ class Browser:
         self._votes = votes
         self._scale = np.ones((FACE_SCALE, FACE_SCALE), dtype=np.uint8)
         self._lock = threading.Lock()
+        self._orders: dict[tuple[str, bool], np.ndarray] = {}  # whole-table sort orders (filter_faces)
         self._others: dict[tuple[str, str, int], Browser] = {}  # (name, weights, mtime) -> that model's view
         self._computing: dict[tuple[str, str, int], threading.Lock] = {}
 
@@ -176,7 +177,7 @@ class Browser:
 
     def select(self, query: BrowseQuery) -> np.ndarray:
         corrected = self._corrected() if query.label_status != "any" else None
-        return filter_faces(self.frame, query, corrected=corrected)
+        return filter_faces(self.frame, query, corrected=corrected, orders=self._orders)
 
     @staticmethod
     def history_columns() -> pd.DataFrame:
