@@ -191,6 +191,7 @@ class TestOpinionWhenChosen:
         with pytest.raises(ValueError, match="--model-opinion must be one of auto, at-start, when-chosen"):
             app.load_data(None, model_opinion="later")
 
+    @pytest.mark.slow
     def test_the_tab_browses_without_it_and_computes_it_when_a_model_is_chosen(self, launched, catalog,
                                                                                  tmp_path: Path) -> None:
         from gradio_client import Client

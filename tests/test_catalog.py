@@ -72,6 +72,7 @@ class TestNames:
         assert mine.shape == default.shape == (len(faces), 7) and np.allclose(mine.sum(axis=1), 1, atol=1e-4)
         assert not np.allclose(mine, default, atol=1e-3)
 
+    @pytest.mark.slow
     @needs_shared
     def test_the_vote_models_val_figures_on_both_label_sets_are_those_of_its_card(self) -> None:
         from annotate.ferplus import ferplus_labels_for
