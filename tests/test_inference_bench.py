@@ -145,6 +145,7 @@ class TestCommandLine:
 
 
 class TestUntrainedDesign:
+    @pytest.mark.slow  # a few seconds of training: the full suite runs it
     def test_is_measured_with_its_own_widths(self, capsys: pytest.CaptureFixture[str]) -> None:
         pytest.importorskip("torch", reason="PyTorch is not installed (requirements-train.txt)")
         args = get_args_parser().parse_args(["--architecture", "fer_tiny", "--widths", "8,24", *QUICK,

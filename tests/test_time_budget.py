@@ -100,6 +100,7 @@ class TestBudgetedTraining:
         assert card["training"]["epochs"] == 9 and card["training"]["time_budget"]["max_epochs"] == 30
         assert "time budget: 9 of at most 30 epochs fit in 0:16:40" in capsys.readouterr().out
 
+    @pytest.mark.slow  # a few seconds of training: the full suite runs it
     def test_a_budget_too_short_for_a_second_epoch_trains_one(self, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture) -> None:
         code, out = _run(tmp_path, "--epochs", "20", "--time-budget", "1s")

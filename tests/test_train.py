@@ -60,6 +60,7 @@ class TestTraining:
         assert card["training"]["selected_on"] == "original" and set(card["training"]["val_by_labels"]) == {"original"}
         assert card["training"]["trained_on"] == "original labels"
 
+    @pytest.mark.slow  # a few seconds of training: the full suite runs it
     def test_same_seed_same_result(self, tmp_path: Path) -> None:
         _run(tmp_path, "--epochs", "2", out="a")
         _run(tmp_path, "--epochs", "2", out="b")
@@ -165,6 +166,7 @@ class TestValLabels:
     #: Two epochs that differ: no EMA, no augmentation, a high rate, four steps each.
     TWO_EPOCHS = ("--epochs", "2", "--max-steps", "4", "--ema-decay", "0", "--no-augment", "--lr", "0.02")
 
+    @pytest.mark.slow  # a few seconds of training: the full suite runs it
     def test_the_second_set_chooses_the_epoch_and_the_card_reports_both(self, tmp_path: Path,
                                                                         capsys: pytest.CaptureFixture) -> None:
         # A first run chooses on the val faces' own labels. Labels that its best epoch gets all wrong (its
