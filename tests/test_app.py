@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import app
-from conftest import REPO, free_port
+from conftest import REPO, free_port, serving
 from second_model import COPY_NAME, TUNED_NAME, copy_bundled, copy_model
 
 
@@ -162,12 +162,8 @@ def served(tmp_path_factory: pytest.TempPathFactory, tuned_weights: Path):
         patch.setenv("FER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         store = open_store(tmp_path_factory.mktemp("db") / "relabel.db")
         demo = app.build_demo(app.load_data(None, catalog=catalog), store, catalog=catalog)
-        port = free_port()
-        app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-        try:
-            yield api_client(f"http://127.0.0.1:{port}"), catalog, tmp_path_factory.mktemp("added")
-        finally:
-            demo.close()
+        with serving(demo) as url:
+            yield api_client(url), catalog, tmp_path_factory.mktemp("added")
 
 
 @pytest.mark.slow

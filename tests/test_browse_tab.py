@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import free_port
+from conftest import serving
 from fer_core.browse import OPINION_COLUMNS, PROBABILITY_COLUMNS, BrowseQuery, has_opinion
 from fer_core.catalog import ModelCatalog, UnknownModel
 from fer_core.labels import EMOTIONS
@@ -38,12 +38,8 @@ def launched(catalog: ModelCatalog, tmp_path_factory: pytest.TempPathFactory):
         patch.setenv("FER_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
         table = app.load_data(None, catalog=catalog)
         demo = app.build_demo(table, open_store(tmp_path_factory.mktemp("db") / "relabel.db"), catalog=catalog)
-        port = free_port()
-        app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-        try:
-            yield Client(f"http://127.0.0.1:{port}", verbose=False), table
-        finally:
-            demo.close()
+        with serving(demo) as url:
+            yield Client(url, verbose=False), table
 
 
 def _filters(split="all", emotions=(), q_min=0.0, q_max=1.0, agreement="any", duplicates="any",
@@ -210,10 +206,8 @@ class TestOpinionWhenChosen:
                                       atol=1e-6)
         store = open_store(tmp_path / "relabel.db")
         demo = app.build_demo(bare, store, catalog=catalog)
-        port = free_port()
-        app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-        try:
-            client = Client(f"http://127.0.0.1:{port}", verbose=False)
+        with serving(demo) as url:
+            client = Client(url, verbose=False)
             plain = client.predict(*_filters(page_size=24), api_name="/browse")
             assert _matches(plain[1]) == len(bare) and plain[1].endswith("no model's opinion yet: choose a model")
             assert _captions(plain[0]) == [browser.caption(int(r)) for r in browser.select(BrowseQuery())[:24]]
@@ -225,8 +219,6 @@ class TestOpinionWhenChosen:
             rows = chosen.select(BrowseQuery(agreement="disagrees"))
             assert opinion[1].endswith("the model's opinion: fer_model") and _matches(opinion[1]) == len(rows)
             assert _captions(opinion[0]) == [chosen.caption(int(r)) for r in rows[:24]]
-        finally:
-            demo.close()
 
 
 def test_query_from_inputs_maps_every_widget() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.webcam import CHROMIUM, CHROMIUM_ARGS, face_video, fake_camera_args
-from conftest import REPO, free_port
+from conftest import REPO, serving
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -54,12 +54,8 @@ def launched(tmp_path_factory: pytest.TempPathFactory):
         table = app.load_data(None)
         store = open_store(tmp_path_factory.mktemp("browser_db") / "relabel.db")
         demo = app.build_demo(table, store)
-        port = free_port()
-        app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-        try:
-            yield f"http://127.0.0.1:{port}", store, table
-        finally:
-            demo.close()
+        with serving(demo) as url:
+            yield url, store, table
 
 
 @pytest.fixture(scope="module")

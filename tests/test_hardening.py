@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.attack import RawClient, _relabel_inputs, photo_jpeg, post_raw
-from conftest import REPO, free_port
+from conftest import REPO, free_port, serving
 from fer_core.config import EXAMPLES_DIR, parse_auth
 from ui.limits import (
     HEAVY,
@@ -41,12 +41,8 @@ def launched(tmp_path_factory):
     import app
 
     demo = app.build_demo(app.load_data(None))
-    port = free_port()
-    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield demo, RawClient(f"http://127.0.0.1:{port}")
-    finally:
-        demo.close()
+    with serving(demo) as url:
+        yield demo, RawClient(url)
 
 
 @pytest.fixture(scope="module")

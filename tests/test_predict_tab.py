@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import SHARED_FER, free_port, needs_shared, read_grey
+from conftest import SHARED_FER, needs_shared, read_grey, serving
 from fer_core.config import EXAMPLES_DIR
 from fer_core.predict import get_predictor
 from fixtures_scenes import encode, exif_jpeg, fer_scene, flat_jpeg, gradient, match_faces, png_header_only
@@ -128,12 +128,8 @@ def launched():
     from benchmarks.app_bench import api_client
 
     demo = app.build_demo(app.load_data(None))
-    port = free_port()
-    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
-    try:
-        yield demo, api_client(f"http://127.0.0.1:{port}")  # the client of the README's API example
-    finally:
-        demo.close()
+    with serving(demo) as url:
+        yield demo, api_client(url)  # the client of the README's API example
 
 
 @pytest.fixture(scope="module")

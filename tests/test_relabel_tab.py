@@ -15,7 +15,7 @@ import pytest
 
 from annotate import AnnotateError, open_store
 from annotate.probabilities import oof_probabilities
-from conftest import free_port
+from conftest import serving
 from fer_core.browse import enrich
 from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import FaceTable, load_faces
@@ -45,12 +45,10 @@ def _launched_app(table, url: str) -> Iterator[tuple[Any, Any]]:
 
     store = app.open_annotations(url)
     demo = app.build_demo(table, store)
-    port = free_port()
-    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
-        yield Client(f"http://127.0.0.1:{port}", verbose=False), store
+        with serving(demo) as address:
+            yield Client(address, verbose=False), store
     finally:
-        demo.close()
         store.close()
 
 @pytest.fixture(scope="module")
