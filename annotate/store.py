@@ -743,6 +743,23 @@ class Store:
             query = query.where(Decision.face_id.in_(select(Face.id).where(Face.dataset == check_dataset(dataset))))
         return int(self._read(lambda conn: conn.scalar(query)))
 
+    def answer_times(self, annotator: str, *, dataset: str | None = None, last: int | None = None) -> list[datetime]:
+        """When ``annotator`` gave each answer (``skip`` and undone ones included: each took a look), oldest first.
+
+        ``last`` keeps only the most recent ones. Undo rows are not answers and are left out.
+        """
+        if last is not None and (isinstance(last, bool) or not isinstance(last, int) or last < 1):
+            raise AnnotateError(f"last must be a positive integer, got {last!r}")
+        aid = self._annotator_id(annotator, create=False)
+        if aid is None:
+            return []
+        query = (select(Decision.created_at).where(Decision.annotator_id == aid, Decision.label.is_not(None))
+                 .order_by(Decision.created_at.desc(), Decision.id.desc()).limit(last))
+        if dataset is not None:
+            query = query.where(Decision.face_id.in_(select(Face.id).where(Face.dataset == check_dataset(dataset))))
+        times = self._read(lambda conn: conn.scalars(query).all())
+        return list(reversed(times))  # aware UTC: see models.UTCDateTime
+
     def count_today(self, annotator: str, *, dataset: str | None = None) -> int:
         """Answers ``annotator`` gave since midnight UTC of the store's clock (``skip`` and undone ones not counted)."""
         midnight = self.now().replace(hour=0, minute=0, second=0, microsecond=0)

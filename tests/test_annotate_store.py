@@ -314,6 +314,24 @@ def test_count_today_uses_the_store_clock(store: Store, clock: Clock) -> None:
     assert store.count_today("nobody") == 0
 
 
+
+def test_answer_times_oldest_first_with_skips_without_undo_rows(store: Store, clock: Clock) -> None:
+    expected = []
+    for sample_id, label, seconds in [("f0", "happy", 0), ("f1", "skip", 4), ("f2", "sad", 3), ("f3", "sad", 5)]:
+        clock.advance(seconds=seconds)
+        expected.append(clock.t)
+        vote(store, "a", sample_id, label)
+    clock.advance(seconds=2)
+    store.undo_last("a")  # f3's answer is undone: it still took a look; the undo row itself is no answer
+    vote(store, "b", "f4", "angry")
+    assert store.answer_times("a") == expected
+    assert store.answer_times("a", last=2) == expected[-2:]
+    assert store.answer_times("a", dataset="other") == []
+    assert store.answer_times("nobody") == []
+    for bad in (0, -1, True, 1.5):
+        with pytest.raises(AnnotateError, match="last must be a positive integer"):
+            store.answer_times("a", last=bad)
+
 # -- agreement ---------------------------------------------------------------------------------------------
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from annotate import AnnotateError, open_store
 from annotate.probabilities import oof_probabilities
-from conftest import serving
+from conftest import Clock, serving
 from fer_core.browse import enrich
 from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import FaceTable, load_faces
@@ -150,8 +150,6 @@ class TestDesk:
         assert len(desk.store.decisions(desk.table.name)) == 3
 
     def test_an_answer_on_a_face_whose_lease_another_took_is_refused(self, table, tmp_path: Path) -> None:
-        from conftest import Clock
-
         clock = Clock()
         desk = RelabelDesk(open_store(tmp_path / "lease.db", now=clock), table, model_version="m")
         settings = Settings(strategy="random")
@@ -179,6 +177,24 @@ class TestDesk:
         text = desk.progress_text("ana", settings)
         assert text.startswith(f"**3** done, **{total - 3:,}** left for you")
         assert "you answered **2** and skipped **1**" in text
+
+    def test_progress_shows_the_annotators_own_pace(self, table, tmp_path: Path) -> None:
+        clock = Clock()
+        desk = RelabelDesk(open_store(tmp_path / "pace.db", now=clock), table, model_version="m")
+        settings = Settings(strategy="random")
+        ana, bob = Session(), Session()
+        desk.start(ana, "ana", settings)
+        desk.start(bob, "bob", settings)
+        assert "pace" not in desk.progress_text("ana", settings)  # nothing timed before two answers
+        for seconds, label in [(0, "happy"), (2, "skip"), (4, "sad"), (300, "happy"), (3, "sad")]:
+            clock.advance(seconds=seconds)  # 300 s: ana paused
+            desk.answer(ana, label, settings)
+        for _ in range(5):
+            clock.advance(seconds=5)
+            desk.answer(bob, "happy", settings)
+        text = desk.progress_text("ana", settings)
+        assert "your pace: **3.0 s** a face (median of your last 3 timed answers; pauses over 60 s left out)" in text
+        assert "your pace: **5.0 s** a face (median of your last 4 timed answers" in desk.progress_text("bob", settings)
 
     def test_a_one_emotion_selection_is_ranked_by_self_confidence(self, desk: RelabelDesk) -> None:
         """Real faces of one given label, sent from Browse: cleanlab cannot rank them, the model's confidence does."""

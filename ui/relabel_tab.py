@@ -29,6 +29,7 @@ from annotate import STRATEGIES, AnnotateError, Queue, QueuedFace, Store, StoreB
 from annotate.errors import StoreUnavailableError
 from annotate.export import export_corrections, export_ferplus
 from annotate.labels import ANSWER_NAMES
+from annotate.pace import PAUSE_SECONDS, annotator_pace
 from annotate.probabilities import oof_probabilities
 from fer_core.browse import PROBABILITY_COLUMNS
 from fer_core.catalog import ModelCatalog
@@ -299,7 +300,8 @@ class RelabelDesk:
         return session.annotator
 
     def progress_text(self, name: str, settings: Settings, selection: np.ndarray | None = None) -> str:
-        """Markdown: this annotator's answers and skips in this queue, what is left, everyone's progress, agreement."""
+        """Markdown: this annotator's answers and skips in this queue, what is left, everyone's progress, their
+        pace (:mod:`annotate.pace`), agreement."""
         queue = self.queue_for(selection)
         progress = queue.progress(check_name(name), settings.strategy, second_opinion=settings.second_opinion,
                                   opinions_needed=settings.opinions_needed, **settings.filters())
@@ -311,6 +313,10 @@ class RelabelDesk:
                  f"you answered **{progress.answered:,}** and skipped **{progress.skipped:,}**",
                  others,
                  f"{html.escape(check_name(name))}: **{progress.annotator_today}** answers today"]
+        pace = annotator_pace(self.store, check_name(name), dataset=self.table.name)
+        if pace is not None:
+            parts.append(f"your pace: **{pace.median_seconds:.1f} s** a face (median of your last "
+                         f"{pace.answers:,} timed answers; pauses over {PAUSE_SECONDS:.0f} s left out)")
         if agreement.faces:
             kappa = "n/a" if agreement.kappa is None or np.isnan(agreement.kappa) else f"{agreement.kappa:.2f}"
             parts.append(f"agreement on {agreement.faces:,} faces with 2+ answers: {agreement.agreement:.0%}, "
