@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from annotate import AnnotateError, open_store
-from annotate.pace import PAUSE_SECONDS, main, get_args_parser, pace_from_times
+from annotate.pace import PAUSE_SECONDS, get_args_parser, main, pace_from_times
 from conftest import Clock
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
