@@ -20,7 +20,7 @@ from pathlib import Path
 from fer_core._cli import cli_main
 
 from .errors import AnnotateError
-from .export import corrections, ferplus_votes, open_existing_store, table_format, write_table
+from .export import add_db_argument, corrections, ferplus_votes, open_existing_store, table_format, write_table
 
 __all__ = ["get_args_parser", "main"]
 
@@ -28,9 +28,7 @@ __all__ = ["get_args_parser", "main"]
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m annotate.corrections", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--db", default=None,
-                        help="the annotation store: SQLite file or SQLAlchemy URL; None: the app's "
-                             "(FER_DB_URL, else /data, else the working folder)")
+    add_db_argument(parser)
     parser.add_argument("--out", required=True, help="the file to write: .csv or .parquet")
     parser.add_argument("--dataset", default=None, help="one data set's faces only; None: every data set")
     parser.add_argument("--table", choices=["corrections", "ferplus"], default="corrections",

@@ -20,6 +20,7 @@ half a file.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from pathlib import Path
@@ -107,6 +108,13 @@ def export_ferplus(store: Store, path: str | os.PathLike[str], dataset: str | No
                    fmt: str | None = None) -> Path:
     """Write :func:`ferplus_votes` to ``path`` (``.csv`` or ``.parquet``, or ``fmt``); returns the path."""
     return write_table(ferplus_votes(store, dataset), path, fmt)
+
+
+def add_db_argument(parser: argparse.ArgumentParser) -> None:
+    """The ``--db`` option of the commands that read an existing store (opened by :func:`open_existing_store`)."""
+    parser.add_argument("--db", default=None,
+                        help="the annotation store: SQLite file or SQLAlchemy URL; None: the app's "
+                             "(FER_DB_URL, else /data, else the working folder)")
 
 
 def open_existing_store(db: str) -> Store:

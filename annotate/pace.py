@@ -24,6 +24,7 @@ import numpy as np
 from fer_core._cli import cli_main
 
 from .errors import AnnotateError
+from .export import add_db_argument, open_existing_store
 
 __all__ = ["PAUSE_SECONDS", "RECENT_ANSWERS", "Pace", "pace_from_times", "annotator_pace", "get_args_parser", "main"]
 
@@ -79,9 +80,7 @@ def annotator_pace(store, annotator: str, *, dataset: str | None = None, last: i
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m annotate.pace", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--db", default=None,
-                        help="the annotation store: SQLite file or SQLAlchemy URL; None: the app's "
-                             "(FER_DB_URL, else /data, else the working folder)")
+    add_db_argument(parser)
     parser.add_argument("--dataset", default=None, help="answers on one data set's faces only; None: every data set")
     parser.add_argument("--annotator", action="append", default=None, metavar="NAME",
                         help="this annotator only (repeatable); None: everyone in the store")
@@ -94,7 +93,6 @@ def get_args_parser() -> argparse.ArgumentParser:
 @cli_main
 def main(args: argparse.Namespace) -> int:
     from .engine import default_db_url
-    from .export import open_existing_store
 
     if args.last < 2:
         raise AnnotateError(f"--last must be at least 2 (one gap needs two answers), got {args.last}")
