@@ -42,14 +42,8 @@ from fer_core.labels import EMOTIONS, NUM_CLASSES, normalise
 
 from .errors import AnnotateError
 from .labels import check_dataset
-from .store import (
-    Agreement,
-    DecisionRecord,
-    Store,
-    _check_lease_args,
-    _eligible_mask,
-    content_hash,
-)
+from .leasing import check_lease_args, eligible_mask
+from .store import Agreement, DecisionRecord, Store, content_hash
 
 __all__ = [
     "Strategy",
@@ -386,7 +380,7 @@ class Queue:
         it ends when they submit, when they ask for another face, or when it expires (the
         face then returns to the queue). Asking again without answering gives the same face.
         """
-        _check_lease_args(second_opinion, opinions_needed, lease_minutes)
+        check_lease_args(second_opinion, opinions_needed, lease_minutes)
         rows = self.order(strategy, emotions=emotions, quality_range=quality_range)
         grant = self.store.lease_next(annotator, self.dataset, self.face_ids[rows], second_opinion=bool(second_opinion),
                                       opinions_needed=int(opinions_needed), lease_minutes=float(lease_minutes))
@@ -458,7 +452,7 @@ class Queue:
         ``total - done - remaining`` are faces this annotator skipped or answered and that
         still wait for others.
         """
-        _check_lease_args(second_opinion, opinions_needed, 10.0)
+        check_lease_args(second_opinion, opinions_needed, 10.0)
         rows = self.order(strategy, emotions=emotions, quality_range=quality_range)
         face_ids = self.face_ids[rows]
         state = self.store.queue_state(annotator, self.dataset)
@@ -467,7 +461,7 @@ class Queue:
             total, done = int((votes >= 1).sum()), int((votes >= opinions_needed).sum())
         else:
             total, done = len(face_ids), int((votes >= 1).sum())
-        eligible = _eligible_mask(face_ids, state, bool(second_opinion), int(opinions_needed), ignore_leases=True)
+        eligible = eligible_mask(face_ids, state, bool(second_opinion), int(opinions_needed), ignore_leases=True)
         remaining = int(eligible.sum())
         leased = int(np.isin(face_ids, _ids(state.leased)).sum())
         answered = int(np.isin(face_ids, _ids(state.my_votes)).sum())

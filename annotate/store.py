@@ -57,6 +57,7 @@ from .labels import (
     check_note,
     check_tag,
 )
+from .leasing import LeaseGrant, QueueState, check_holds_lease, check_lease_args, scan
 from .migrate import current_revision, upgrade
 from .models import Annotator, Decision, Face, Lease
 
@@ -81,6 +82,8 @@ VOTE_COLUMNS: tuple[str, ...] = tuple(f"votes_{label}" for label in VOTE_LABELS)
 _CONFLICT_RETRIES = 5
 # Rows per INSERT when registering many faces (keeps statements well under SQLite's variable limit).
 _CHUNK = 2000
+#: Orders whose done faces a Store remembers (annotators x strategies x modes); the oldest is forgotten first.
+_DONE_PREFIXES_KEPT = 1024
 
 T = TypeVar("T")
 
@@ -112,27 +115,6 @@ class DecisionRecord:
     strategy: str | None = None
     note: str | None = None
     reverses_id: int | None = None
-
-
-@dataclass(frozen=True)
-class LeaseGrant:
-    """A face leased to an annotator by :meth:`Store.lease_next`."""
-
-    face_id: int
-    sample_id: str
-    position: int  #: index of the face in the order that was given
-    opinions: int  #: annotators who have voted on it so far
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class QueueState:
-    """Per-face counters of one data set, seen by one annotator (see :meth:`Store.queue_state`)."""
-
-    votes: dict[int, int]  #: face id -> number of annotators with a vote on it (faces without votes absent)
-    mine: frozenset[int]  #: face ids this annotator answered (``skip`` included) and did not undo
-    leased: frozenset[int]  #: face ids under a live lease held by someone else
-    my_votes: frozenset[int] = frozenset()  #: the faces of ``mine`` with an answer other than ``skip``
 
 
 @dataclass(frozen=True)
@@ -383,7 +365,7 @@ class Store:
         again (their latest answer is their vote); the queue itself never shows them a face twice.
         With ``require_lease`` the answer is refused (:class:`AnnotateError`, nothing recorded)
         unless ``annotator`` holds the face's lease row: their own lease, live or run out but
-        not yet taken by anyone else (see :func:`_check_holds_lease`).
+        not yet taken by anyone else (see :func:`annotate.leasing.check_holds_lease`).
 
         ``created_at`` (aware; default the store's clock now) is the answer's time and makes the
         call idempotent: when ``annotator`` already has this answer on this face at this time
@@ -410,7 +392,7 @@ class Store:
                 return DecisionRecord(done.id, annotator, dataset, sample_id, label, done.created_at,
                                       done.model_version, done.strategy, done.note)
             if require_lease:
-                _check_holds_lease(conn, face_id, aid, sample_id, now)
+                check_holds_lease(conn, face_id, aid, sample_id, now)
             result = conn.execute(insert(Decision).values(
                 annotator_id=aid, face_id=face_id, created_at=now, label=label,
                 model_version=model_version, strategy=strategy, note=note,
@@ -654,7 +636,7 @@ class Store:
         again: any undo in the store (from any process) forgets what was remembered.
         """
         dataset = check_dataset(dataset)
-        _check_lease_args(second_opinion, opinions_needed, lease_minutes)
+        check_lease_args(second_opinion, opinions_needed, lease_minutes)
         aid = self._annotator_id(annotator, create=True)
         order = np.asarray(order, dtype=np.int64)
         key = (aid, dataset, second_opinion, opinions_needed, hashlib.blake2b(order.tobytes(), digest_size=16).digest())
@@ -668,7 +650,7 @@ class Store:
             with self._lock:
                 seen = self._done_prefixes.get(key)
             start = seen[1] if seen is not None and seen[0] == undos else 0
-            position, state, done = _scan(order, lambda ids: self._queue_state(conn, aid, dataset, now, face_ids=ids),
+            position, state, done = scan(order, lambda ids: self._queue_state(conn, aid, dataset, now, face_ids=ids),
                                           second_opinion, opinions_needed, start=start)
             with self._lock:
                 self._done_prefixes.pop(key, None)
@@ -690,7 +672,7 @@ class Store:
     ) -> datetime | None:
         """Lease one given face to ``annotator`` (e.g. after an undo); ``None`` if someone else holds it."""
         dataset = check_dataset(dataset)
-        _check_lease_args(False, 2, lease_minutes)
+        check_lease_args(False, 2, lease_minutes)
         aid = self._annotator_id(annotator, create=True)
 
         def take(conn: Connection) -> datetime | None:
@@ -769,13 +751,6 @@ class Store:
 # -- helpers shared with the queue and the exports ----------------------------------------------
 
 
-def _check_lease_args(second_opinion: bool, opinions_needed: int, lease_minutes: float) -> None:
-    if isinstance(opinions_needed, bool) or not isinstance(opinions_needed, (int, np.integer)) or opinions_needed < 2:
-        raise AnnotateError(f"opinions_needed must be an integer of at least 2, got {opinions_needed!r}")
-    if not isinstance(lease_minutes, (int, float)) or not np.isfinite(lease_minutes) or lease_minutes <= 0:
-        raise AnnotateError(f"lease_minutes must be a positive number, got {lease_minutes!r}")
-
-
 def _answer_columns(*extra: Any) -> Any:
     """SELECT of an answer's fields with its face's data set and ``sample_id`` (for undo)."""
     return (
@@ -783,83 +758,6 @@ def _answer_columns(*extra: Any) -> Any:
                Decision.strategy, Decision.note, Face.dataset, Face.sample_id, *extra)
         .join(Face, Face.id == Decision.face_id)
     )
-
-
-def _check_holds_lease(conn: Connection, face_id: int, aid: int, sample_id: str, now: datetime) -> None:
-    """Raise :class:`AnnotateError` unless annotator ``aid`` holds the lease row of ``face_id``.
-
-    Their own row counts even when it has run out, as long as no one else has taken the face
-    since (taking it replaces the row); a missing row or another person's row refuses.
-    """
-    holder = conn.execute(select(Lease.annotator_id, Lease.expires_at).where(Lease.face_id == face_id)).first()
-    if holder is not None and holder.annotator_id == aid:
-        return
-    if holder is not None and holder.expires_at > now:
-        raise AnnotateError(f"face {sample_id!r} is now leased to another annotator (your lease on it ran out "
-                            "or it was never yours); nothing was recorded: press Start for your next face")
-    raise AnnotateError(f"you do not hold face {sample_id!r} (it was not given to you, or your lease on it ran "
-                        "out); nothing was recorded: press Start for your next face")
-
-
-def _eligible_mask(order: np.ndarray, state: QueueState, second_opinion: bool, opinions_needed: int,
-                   *, ignore_leases: bool = False) -> np.ndarray:
-    """Which faces of ``order`` the annotator may be given."""
-    votes = np.array([state.votes.get(int(f), 0) for f in order], dtype=np.int64)
-    wanted = (votes >= 1) & (votes < opinions_needed) if second_opinion else votes == 0
-    blocked = set(state.mine) if ignore_leases else set(state.mine) | set(state.leased)
-    if blocked:
-        wanted &= ~np.isin(order, np.fromiter(blocked, dtype=np.int64, count=len(blocked)))
-    return wanted
-
-
-def _first_eligible(order: np.ndarray, state: QueueState, second_opinion: bool, opinions_needed: int) -> int | None:
-    hits = np.flatnonzero(_eligible_mask(order, state, second_opinion, opinions_needed))
-    return int(hits[0]) if len(hits) else None
-
-
-def _first_not_done(order: np.ndarray, state: QueueState, second_opinion: bool, opinions_needed: int) -> int | None:
-    """Position of the first face of ``order`` the annotator may still be given some day, unless an answer is undone.
-
-    Done for good: answered by the annotator, or holding every vote the mode takes (one without
-    second opinions, ``opinions_needed`` with them). A face leased by someone else, or without
-    a vote yet in second-opinion mode, may come back: it is not done.
-    """
-    votes = np.array([state.votes.get(int(f), 0) for f in order], dtype=np.int64)
-    done = votes >= (opinions_needed if second_opinion else 1)
-    if state.mine:
-        done |= np.isin(order, np.fromiter(state.mine, dtype=np.int64, count=len(state.mine)))
-    hits = np.flatnonzero(~done)
-    return int(hits[0]) if len(hits) else None
-
-
-#: Faces of a queue's order read at a time when looking for the next one to lease (then doubled).
-_SCAN_FIRST = 256
-_SCAN_MOST = 8192
-#: Orders whose done faces a Store remembers (annotators x strategies x modes); the oldest is forgotten first.
-_DONE_PREFIXES_KEPT = 1024
-
-
-def _scan(order: np.ndarray, state_of: Callable[[np.ndarray], QueueState], second_opinion: bool,
-          opinions_needed: int, *, start: int = 0) -> tuple[int | None, QueueState | None, int]:
-    """Position of the first eligible face of ``order`` at or after ``start``, the counters of its slice, and
-    how many of the order's leading faces are done for good (:func:`_first_not_done`).
-
-    The faces before ``start`` must be done for good. The order is read in slices (256 faces, then
-    twice as many each time), so a lease costs what the faces ahead of it cost, not what every
-    vote of the data set costs.
-    """
-    size, state, done = _SCAN_FIRST, None, None
-    while start < len(order):
-        ids = order[start:start + size]
-        state = state_of(ids)
-        if done is None:
-            not_done = _first_not_done(ids, state, second_opinion, opinions_needed)
-            done = None if not_done is None else start + not_done
-        position = _first_eligible(ids, state, second_opinion, opinions_needed)
-        if position is not None:
-            return start + position, state, done
-        start, size = start + len(ids), min(size * 2, _SCAN_MOST)
-    return None, state, len(order) if done is None else done
 
 
 def _resolve(faces: pd.DataFrame, votes: pd.DataFrame, *, include_undecided: bool) -> pd.DataFrame:
