@@ -344,6 +344,19 @@ def _get(url: str, timeout: float = 5) -> tuple[int, str]:
         return response.status, response.read().decode("utf-8", "replace")
 
 
+def _first_answer(process: subprocess.Popen, url: str, log: Path, *, deadline: float) -> tuple[int, str]:
+    """The app's answer to ``GET url/`` once it serves; fails the test if it exits or misses ``deadline``."""
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"the app exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            return _get(f"{url}/")
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no answer within {START_TIMEOUT:.0f} s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+
+
 def test_the_images_start_command_serves_the_app(tmp_path: Path) -> None:
     from gradio_client import Client, handle_file
 
@@ -389,18 +402,7 @@ def test_the_images_start_command_serves_the_app(tmp_path: Path) -> None:
     process = subprocess.Popen(docker.cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = started + START_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the app exited with {process.returncode}:\n{(tmp_path / 'app.log').read_text()[-4000:]}")
-            try:
-                status, body = _get(f"{url}/")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    log_tail = (tmp_path / "app.log").read_text()[-4000:]
-                    pytest.fail(f"no answer within {START_TIMEOUT:.0f} s:\n{log_tail}")
-                time.sleep(0.5)
+        status, body = _first_answer(process, url, tmp_path / "app.log", deadline=started + START_TIMEOUT)
         first_answer = time.monotonic() - started
         assert status == 200 and "gradio" in body.lower()
 
