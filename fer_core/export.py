@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from fer_core._torch import require_torch
-from fer_core._validation import FERError
+from fer_core._validation import FERError, check_face_batch
 from fer_core.constants import IMAGE_SIZE, INPUT_MEAN, INPUT_STD
 
 __all__ = ["ONNX_RUNTIMES", "OUTPUTS", "export_onnx", "quantize_int8", "with_feature_output", "normalise_faces"]
@@ -39,9 +39,11 @@ def normalise_faces(faces: np.ndarray) -> np.ndarray:
     return ((faces.astype(np.float32) / 255.0 - INPUT_MEAN) / INPUT_STD)[:, None]
 
 
-def export_onnx(weights: str | Path | None = None, *, runtime: str = "onnx") -> bytes:
+def export_onnx(weights: str | Path | None = None, *, runtime: str = "onnx",
+                calibration: np.ndarray | None = None) -> bytes:
     """The ONNX graph (bytes) of the model in ``weights`` (default: the bundled ones) for ``runtime``
-    (one of :data:`ONNX_RUNTIMES`), with the outputs :data:`OUTPUTS`.
+    (one of :data:`ONNX_RUNTIMES`), with the outputs :data:`OUTPUTS`. ``calibration``: the uint8
+    faces (N, 48, 48) int8 is calibrated on (default: the bundled sample; see :func:`quantize_int8`).
 
     Raises :class:`~fer_core._torch.TorchMissing` (a FERError) where PyTorch is not installed.
     """
@@ -61,20 +63,24 @@ def export_onnx(weights: str | Path | None = None, *, runtime: str = "onnx") -> 
                           dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}}, dynamo=False)
     data = buffer.getvalue()
     if runtime == "onnx-int8":
-        data = quantize_int8(data)
+        data = quantize_int8(data, calibration)
     return with_feature_output(data)
 
 
-def quantize_int8(onnx_model: bytes) -> bytes:
-    """Static int8 quantisation (QDQ, per-channel weights) of a graph with the one output ``logits``,
-    calibrated on the bundled sample of real faces. Deterministic for a given ONNX Runtime version."""
+def quantize_int8(onnx_model: bytes, calibration: np.ndarray | None = None) -> bytes:
+    """Static int8 quantisation (QDQ, per-channel weights, min-max ranges) of a graph with the one output
+    ``logits``, calibrated on the uint8 faces ``calibration`` (N, 48, 48); default: the bundled sample
+    of real faces. The more faces, the steadier the activation ranges: ``tools.bundle_model
+    --calibration`` draws them from a training set. Deterministic for given faces and ONNX Runtime version."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from fer_core.config import SAMPLE_PATH
     from fer_core.datasets import load_faces
 
-    faces = normalise_faces(load_faces(SAMPLE_PATH, progress=False).images)
+    if calibration is None:
+        calibration = load_faces(SAMPLE_PATH, progress=False).images
+    faces = normalise_faces(check_face_batch(calibration, name="calibration faces"))
 
     class SampleFaces(CalibrationDataReader):
         def __init__(self) -> None:

@@ -127,3 +127,38 @@ class TestOptions:
         assert stop.value.code == 2
         assert message in capsys.readouterr().err
         assert not out.parent.exists()
+
+
+FER2013_TRAIN = REPO.parent / "shared" / "fer2013" / "train"
+
+
+@needs_votes
+@pytest.mark.slow
+@pytest.mark.skipif(not FER2013_TRAIN.is_dir(), reason="../shared/fer2013/train is absent")
+def test_int8_calibrated_on_training_faces_is_recorded_and_reproducible(bundled, ferplus_labels: Path,
+                                                                         tmp_path: Path) -> None:
+    """--calibration draws real training faces for int8; the card says so, and its command rebuilds the same file."""
+    from fer_core.predict import Predictor
+
+    sample_calibrated, _ = bundled
+    out = tmp_path / "assets" / "fer_votes.safetensors"
+    out.parent.mkdir()
+    done = _run("tools.bundle_model", str(sample_calibrated.parents[1] / "run"), "--val", str(SAMPLE_PATH),
+                "--val-labels", str(ferplus_labels), "--name", "fer_votes", "--out", str(out),
+                "--calibration", str(FER2013_TRAIN), "--calibration-faces", "300")
+    assert done.returncode == 0, done.stderr
+    entry = json.loads(card_path(out).read_text())["onnx"]["onnx-int8"]
+    assert entry["calibration"] == "300 faces of train (seed 0)"
+    assert entry["command"].endswith(f"--runtime onnx-int8 --calibration {FER2013_TRAIN} --calibration-faces 300")
+    int8 = out.with_name(entry["file"])
+    assert int8.read_bytes() != sample_calibrated.with_name("fer_votes.int8.onnx").read_bytes()
+    first = int8.read_bytes()
+    again = _run("tools.export_onnx", str(out), "--runtime", "onnx-int8", "--calibration", str(FER2013_TRAIN),
+                 "--calibration-faces", "300")
+    assert again.returncode == 0, again.stderr
+    assert int8.read_bytes() == first  # the same faces, the same file
+    assert Predictor(out, runtime="onnx-int8").onnx_file == int8
+    refused = _run("tools.export_onnx", str(out), "--runtime", "onnx-int8", "--calibration", str(FER2013_TRAIN),
+                   "--calibration-faces", "0")
+    assert refused.returncode == 2 and "--calibration-faces must be a positive integer" in refused.stderr
+    assert int8.read_bytes() == first  # nothing written

@@ -42,7 +42,8 @@ from fer_core.catalog import check_model_name
 from fer_core.datasets import load_faces
 from fer_core.predict import Predictor
 from fer_core.training.val_labels import ORIGINAL, ValLabels, read_val_labels
-from fer_core.weights import DEFAULT_WEIGHTS, card_path, load_model, save_model
+from fer_core.weights import DEFAULT_WEIGHTS, card_path, load_model, read_card, save_model
+from tools.export_onnx import CALIBRATION_FACES
 
 #: Faces per emotion in the fixed val sample.
 CHECK_PER_CLASS = 40
@@ -162,6 +163,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", default=None,
                         help="the model's name in the app and for --model (the card's 'name'); None: the run's "
                              "card's name, else the file's stem")
+    parser.add_argument("--calibration", default=None, metavar="DATA",
+                        help="calibrate int8 on faces drawn from this data set's train split (e.g. "
+                             "../shared/fer2013/train; see tools.export_onnx); None: the bundled sample")
+    parser.add_argument("--calibration-faces", type=int, default=CALIBRATION_FACES, metavar="N",
+                        help="with --calibration: faces drawn (seed 0)")
     parser.add_argument("--out", default=str(DEFAULT_WEIGHTS), metavar="FILE",
                         help="where the bundled weights go (the card and ONNX file beside them); another name in "
                              "fer_core/assets bundles a second model beside the default one")
@@ -279,6 +285,7 @@ def record_check(card: dict, val_folder: str, weights: Path = DEFAULT_WEIGHTS) -
 
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
+    from tools.export_onnx import calibration_args
     from tools.export_onnx import get_args_parser as export_parser
     from tools.export_onnx import main as export_main
 
@@ -291,11 +298,14 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     run, out = Path(args.run), Path(args.out)
     card.pop("checks", None)  # measured again below, for these weights
     copy_weights(run, card, args)
+    if args.calibration is not None:  # the int8 file first, so that int8 is measured as it will be served
+        export_main(export_parser().parse_args([str(out), "--runtime", "onnx-int8", *calibration_args(args)]))
+        card["onnx"] = read_card(out)["onnx"]
     choose_on_val(card, val, labels, out)
     record_val_by_labels(card, val, labels, out)
     accuracy, faces = record_check(card, args.val, out)
     print(f"bundled {run / 'model.safetensors'} as {out}; val-sample accuracy {accuracy:.4f} on {faces} faces")
-    return export_main(export_parser().parse_args([str(out)]))  # the ONNX file the app serves
+    return export_main(export_parser().parse_args([str(out), *calibration_args(args)]))  # the file the app serves
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Writes ``<name>.onnx`` (float32) or ``<name>.int8.onnx`` (int8) beside ``<name>.
 the outputs ``logits`` and ``features`` (see :mod:`fer_core.export`), and records it in the card
 under ``onnx.<runtime>``: file name, its sha256 and that of the weights it came from (the
 Predictor checks both on load), the opset and the versions that made it. The int8 file is
-deterministic for a given ONNX Runtime version (calibrated on the bundled sample). Needs
+deterministic for given calibration faces and ONNX Runtime version: the bundled sample, or
+``--calibration DATA`` (``--calibration-faces`` of its training faces drawn with seed 0). Needs
 PyTorch (``requirements-train.txt``); serving the result needs ONNX Runtime only.
 """
 
@@ -18,9 +19,12 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from fer_core._cli import cli_main
 from fer_core._io import atomic_write_bytes, atomic_write_text
 from fer_core._torch import require_torch
+from fer_core._validation import FERError
 from fer_core.export import ONNX_RUNTIMES, OUTPUTS, export_onnx
 from fer_core.weights import DEFAULT_WEIGHTS, WeightsError, card_path, file_sha256, read_card
 
@@ -38,7 +42,39 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", choices=["card", *ONNX_RUNTIMES], default="card",
                         help="the form to export: the runtime the card serves (inference.runtime), "
                              "float32 (onnx) or int8 (onnx-int8)")
+    parser.add_argument("--calibration", default=None, metavar="DATA",
+                        help="int8: calibrate on faces drawn from this data set (its train split, e.g. "
+                             "../shared/fer2013/train); None: the bundled sample")
+    parser.add_argument("--calibration-faces", type=int, default=CALIBRATION_FACES, metavar="N",
+                        help="int8 with --calibration: faces drawn (seed 0)")
     return parser
+
+
+#: Faces drawn from ``--calibration`` for int8 calibration.
+CALIBRATION_FACES = 2000
+
+
+def calibration_faces(data: str | None, count: int = CALIBRATION_FACES) -> np.ndarray | None:
+    """``count`` faces of data set ``data`` (its train split, else all) drawn with seed 0, or None for
+    the bundled sample; :class:`FERError` for a count below 1."""
+    if data is None:
+        return None
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise FERError(f"--calibration-faces must be a positive integer, got {count!r}")
+    from fer_core.datasets import load_faces
+
+    table = load_faces(data, progress=False)
+    if "train" in set(table.frame["split"]):
+        table = table.split("train")
+    rows = np.random.default_rng(0).choice(len(table), size=min(count, len(table)), replace=False)
+    return table.images[np.sort(rows)]
+
+
+def calibration_args(args: argparse.Namespace) -> list[str]:
+    """The command-line form of ``args``' calibration options (empty without ``--calibration``)."""
+    if args.calibration is None:
+        return []
+    return ["--calibration", str(args.calibration), "--calibration-faces", str(args.calibration_faces)]
 
 
 @cli_main
@@ -55,7 +91,8 @@ def main(args: argparse.Namespace) -> int:
     if runtime not in ONNX_RUNTIMES:
         raise WeightsError(f"{card_path(weights).name} names the runtime {runtime!r}; choose --runtime from "
                            f"{list(ONNX_RUNTIMES)}")
-    data = export_onnx(weights, runtime=runtime)
+    calibration = calibration_faces(args.calibration, args.calibration_faces) if runtime == "onnx-int8" else None
+    data = export_onnx(weights, runtime=runtime, calibration=calibration)
     out = weights.with_name(onnx_name(weights, runtime))
     atomic_write_bytes(out, data)
     weights_sha256 = file_sha256(weights)
@@ -67,7 +104,11 @@ def main(args: argparse.Namespace) -> int:
         "outputs": list(OUTPUTS), "opset": onnx.load_from_string(data).opset_import[0].version,
         "made_with": {"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
                       "onnxruntime": onnxruntime.__version__},
-        "command": f"python -m tools.export_onnx {'' if bundled else str(args.weights) + ' '}--runtime {runtime}"}
+        "command": " ".join(["python -m tools.export_onnx", *([] if bundled else [str(args.weights)]),
+                             "--runtime", runtime, *(calibration_args(args) if calibration is not None else [])])}
+    if runtime == "onnx-int8":
+        entries[runtime]["calibration"] = ("the bundled sample" if calibration is None else
+                                           f"{len(calibration)} faces of {Path(args.calibration).name} (seed 0)")
     card["onnx"] = entries
     atomic_write_text(card_path(weights), json.dumps(card, indent=2) + "\n")
     predictor = Predictor(weights, runtime=runtime)
