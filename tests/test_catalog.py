@@ -64,9 +64,9 @@ class TestNames:
         assert catalog.entry().trained_on == "original labels"
         figures = votes.card["training"]["val_by_labels"]
         assert set(figures) == {"original", "ferplus"} and figures["ferplus"]["accuracy"] > 0.8
-        # Fine-tuned from a model trained from scratch on the votes; the card says so.
-        started_from = votes.card["training"]["init"]["training"]
-        assert started_from["trained_on"] == "corrections (vote distributions)" and started_from["init"] is None
+        # Trained from scratch, its epoch chosen on the FER+ labels, int8 calibrated on training faces; the card says so.
+        assert votes.card["training"]["init"] is None and votes.card["training"]["selected_on"] == "ferplus"
+        assert votes.card["onnx"]["onnx-int8"]["calibration"] == "2000 faces of train (seed 0)"
         # Served from its own ONNX file: its answers are its own, not the default model's.
         mine, default = catalog.predictor("fer_votes").predict_faces(faces), catalog.predictor().predict_faces(faces)
         assert mine.shape == default.shape == (len(faces), 7) and np.allclose(mine.sum(axis=1), 1, atol=1e-4)
