@@ -78,7 +78,7 @@ def check_holds_lease(conn: Connection, face_id: int, aid: int, sample_id: str, 
 
 
 def eligible_mask(order: np.ndarray, state: QueueState, second_opinion: bool, opinions_needed: int,
-                   *, ignore_leases: bool = False) -> np.ndarray:
+                  *, ignore_leases: bool = False) -> np.ndarray:
     """Which faces of ``order`` the annotator may be given."""
     votes = np.array([state.votes.get(int(f), 0) for f in order], dtype=np.int64)
     wanted = (votes >= 1) & (votes < opinions_needed) if second_opinion else votes == 0
@@ -115,7 +115,7 @@ SCAN_MOST = 8192
 
 
 def scan(order: np.ndarray, state_of: Callable[[np.ndarray], QueueState], second_opinion: bool,
-          opinions_needed: int, *, start: int = 0) -> tuple[int | None, QueueState | None, int]:
+         opinions_needed: int, *, start: int = 0) -> tuple[int | None, QueueState | None, int]:
     """Position of the first eligible face of ``order`` at or after ``start``, the counters of its slice, and
     how many of the order's leading faces are done for good (:func:`first_not_done`).
 

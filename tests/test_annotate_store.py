@@ -314,7 +314,6 @@ def test_count_today_uses_the_store_clock(store: Store, clock: Clock) -> None:
     assert store.count_today("nobody") == 0
 
 
-
 def test_answer_times_oldest_first_with_skips_without_undo_rows(store: Store, clock: Clock) -> None:
     expected = []
     for sample_id, label, seconds in [("f0", "happy", 0), ("f1", "skip", 4), ("f2", "sad", 3), ("f3", "sad", 5)]:
@@ -331,6 +330,7 @@ def test_answer_times_oldest_first_with_skips_without_undo_rows(store: Store, cl
     for bad in (0, -1, True, 1.5):
         with pytest.raises(AnnotateError, match="last must be a positive integer"):
             store.answer_times("a", last=bad)
+
 
 # -- agreement ---------------------------------------------------------------------------------------------
 

@@ -113,6 +113,8 @@ class TestOptions:
         (["--val-labels", "missing.csv"], "--val-labels: no file at 'missing.csv'"),
         (["--name", "<b>"], "a model name may hold"),
         (["--out", "model.bin"], "--out must name a .safetensors file"),
+        (["--calibration", str(SAMPLE_PATH), "--calibration-faces", "0"], "--calibration-faces must be a positive"),
+        (["--calibration", "no_such_folder"], "no_such_folder"),
     ])
     def test_bad_options_are_refused_before_anything_is_written(self, run: Path, tmp_path: Path, extra: list[str],
                                                                 message: str, capsys: pytest.CaptureFixture[str]

@@ -285,7 +285,7 @@ def record_check(card: dict, val_folder: str, weights: Path = DEFAULT_WEIGHTS) -
 
 
 def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None) -> int:
-    from tools.export_onnx import calibration_args
+    from tools.export_onnx import calibration_args, calibration_faces
     from tools.export_onnx import get_args_parser as export_parser
     from tools.export_onnx import main as export_main
 
@@ -293,6 +293,7 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         card = read_run(args)
         val = load_faces(args.val, progress=False)
         labels = val_label_sets(card, val, args)
+        calibration_faces(args.calibration, args.calibration_faces)  # a bad data set or count stops here
     except ValueError as error:
         (parser or get_args_parser()).error(str(error))
     run, out = Path(args.run), Path(args.out)
@@ -305,7 +306,9 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
     record_val_by_labels(card, val, labels, out)
     accuracy, faces = record_check(card, args.val, out)
     print(f"bundled {run / 'model.safetensors'} as {out}; val-sample accuracy {accuracy:.4f} on {faces} faces")
-    return export_main(export_parser().parse_args([str(out), *calibration_args(args)]))  # the file the app serves
+    if args.calibration is not None and card["inference"]["runtime"] == "onnx-int8":
+        return 0  # the file the app serves was written above, with these calibration faces
+    return export_main(export_parser().parse_args([str(out)]))  # the ONNX file the app serves
 
 
 if __name__ == "__main__":

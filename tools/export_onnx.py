@@ -28,6 +28,9 @@ from fer_core._validation import FERError
 from fer_core.export import ONNX_RUNTIMES, OUTPUTS, export_onnx
 from fer_core.weights import DEFAULT_WEIGHTS, WeightsError, card_path, file_sha256, read_card
 
+#: Faces drawn from ``--calibration`` for int8 calibration.
+CALIBRATION_FACES = 2000
+
 
 def onnx_name(weights: Path, runtime: str) -> str:
     """The file name of ``weights``' ONNX export for ``runtime``: ``fer_model.int8.onnx`` ..."""
@@ -48,10 +51,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-faces", type=int, default=CALIBRATION_FACES, metavar="N",
                         help="int8 with --calibration: faces drawn (seed 0)")
     return parser
-
-
-#: Faces drawn from ``--calibration`` for int8 calibration.
-CALIBRATION_FACES = 2000
 
 
 def calibration_faces(data: str | None, count: int = CALIBRATION_FACES) -> np.ndarray | None:
