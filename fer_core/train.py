@@ -135,6 +135,9 @@ def _add_data_args(group: argparse._ArgumentGroup) -> None:
                             "set's name, as the Relabel tab names it")
     group.add_argument("--soft-labels", action="store_true",
                        help="train on the distribution of the annotators' emotion votes (needs --corrections)")
+    group.add_argument("--original-share", type=float, default=0.0, metavar="W",
+                       help="with --soft-labels: give this share (0 to 1) of each face's target to its original "
+                            "label and the rest to the votes, so that the model learns both label sets")
     group.add_argument("--val-labels", default=None, metavar="FILE",
                        help="a second label set for the val faces (sample_id,label CSV or Parquet, e.g. their FER+ "
                             "majority labels from `python -m annotate.ferplus`): the best epoch, the mirror gate and "

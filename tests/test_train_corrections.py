@@ -17,6 +17,7 @@ from annotate.corrections import get_args_parser as export_parser
 from annotate.corrections import main as export_main
 from annotate.export import export_corrections
 from annotate.store import content_hash
+from fer_core._validation import FERError
 from fer_core.config import SAMPLE_PATH
 from fer_core.datasets import load_faces
 from fer_core.train import get_args_parser, main
@@ -127,6 +128,26 @@ class TestPrepare:
         np.testing.assert_array_equal(t[untouched].argmax(1), sample.labels[untouched])
         assert t[untouched].max(1).min() == 1.0
         assert data.corrections["soft_labelled"] == 5  # relabelled x2, tie, confirmed, disgust vote (dropped excluded)
+
+    def test_original_share_mixes_the_original_label_into_the_votes(self, sample, corrections_file) -> None:
+        path, faces = corrections_file
+        data = prepare_training_data(_args("--corrections", str(path), "--soft-labels", "--original-share", "0.3"),
+                                     sample, LabelMap())
+        t = data.targets
+        np.testing.assert_allclose(t.sum(axis=1), 1.0, rtol=1e-6)
+        relabelled = t[_row(sample, faces["relabelled"])]  # originally angry, both votes happy
+        np.testing.assert_allclose(relabelled, 0.3 * np.eye(7)[ANGRY] + 0.7 * np.eye(7)[HAPPY], rtol=1e-6)
+        tie = t[_row(sample, faces["tie"])]  # angry, one vote happy and one sad
+        np.testing.assert_allclose(tie, 0.3 * np.eye(7)[ANGRY] + 0.35 * (np.eye(7)[HAPPY] + np.eye(7)[SAD]),
+                                   rtol=1e-6)
+        np.testing.assert_array_equal(data.labels[_row(sample, faces["relabelled"])], HAPPY)  # hard labels as before
+
+    @pytest.mark.parametrize("extra, message", [(["--soft-labels", "--original-share", "1.5"], "from 0 to 1"),
+                                                (["--original-share", "0.3"], "add --soft-labels")])
+    def test_original_share_is_checked(self, sample, corrections_file, extra: list[str], message: str) -> None:
+        path, _ = corrections_file
+        with pytest.raises(FERError, match=message):
+            prepare_training_data(_args("--corrections", str(path), *extra), sample, LabelMap())
 
     def test_soft_labels_follow_merges(self) -> None:
         votes = np.zeros((2, 7), dtype=np.int64)

@@ -3,7 +3,8 @@
 Corrections (``--corrections FILE``, see :mod:`fer_core.training.corrections`) apply to the
 training faces only; val keeps its labels, so val accuracy stays comparable between runs.
 ``--soft-labels`` trains on the distribution of the emotion votes instead (faces without
-emotion votes keep their one-hot label).
+emotion votes keep their one-hot label); ``--original-share W`` gives a share W of each target
+back to the face's original label.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ def prepare_training_data(args: argparse.Namespace, train: FaceTable, label_map:
     """Labels or targets and kept rows of the training faces, after ``--corrections`` (and ``--soft-labels``)."""
     if args.soft_labels and not args.corrections:
         raise FERError("--soft-labels trains on the annotators' votes: give the corrections file with --corrections")
+    share = getattr(args, "original_share", 0.0)
+    if not 0.0 <= share <= 1.0:
+        raise FERError(f"--original-share is a share of the target from 0 to 1; got {share}")
+    if share and not args.soft_labels:
+        raise FERError("--original-share mixes the original labels into the vote distributions: add --soft-labels")
     if not args.corrections:
         return TrainingData(train, label_map(train.labels), None, np.ones(len(train), dtype=bool), None)
     found = read_corrections(args.corrections, args.corrections_dataset or train.name, train,
@@ -113,6 +119,9 @@ def prepare_training_data(args: argparse.Namespace, train: FaceTable, label_map:
     labels, keep, summary, targets = label_map(found.labels), ~found.drop, found.summary, None
     if args.soft_labels:
         targets, voted = soft_targets(found.votes, labels, label_map)
+        if share:
+            original = np.eye(targets.shape[1], dtype=np.float32)[label_map(train.labels)]
+            targets = ((1.0 - share) * targets + share * original).astype(np.float32)
         summary["soft_labelled"] = int((voted & keep).sum())
     if not keep.any():
         raise FERError("no training face is left after the corrections")
