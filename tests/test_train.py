@@ -216,12 +216,14 @@ class TestValLabels:
         assert _run(tmp_path, "--epochs", "1", "--val-labels", str(empty))[0] == 2
         assert "gives none of the 350 val faces a label" in capsys.readouterr().err
 
-    @pytest.mark.parametrize(("corrections", "soft", "expected"), [
-        (None, False, "original labels"), ({"file": "c.csv"}, False, "corrections (majority)"),
-        ({"file": "c.csv"}, True, "corrections (vote distributions)")])
-    def test_trained_on(self, corrections: dict | None, soft: bool, expected: str) -> None:
+    @pytest.mark.parametrize(("corrections", "soft", "share", "expected"), [
+        (None, False, 0.0, "original labels"), ({"file": "c.csv"}, False, 0.0, "corrections (majority)"),
+        ({"file": "c.csv"}, True, 0.0, "corrections (vote distributions)"),
+        ({"file": "c.csv"}, True, 0.3, "corrections (vote distributions, 30% original labels)")])
+    def test_trained_on(self, corrections: dict | None, soft: bool, share: float, expected: str) -> None:
         labels = np.zeros(3, dtype=np.int64)
-        data = TrainingData(None, labels, np.ones((3, 7), np.float32) if soft else None, np.ones(3, bool), corrections)
+        data = TrainingData(None, labels, np.ones((3, 7), np.float32) if soft else None, np.ones(3, bool), corrections,
+                            share)
         assert trained_on(data) == expected
 
 

@@ -114,7 +114,7 @@ def _training(args: argparse.Namespace, data: TrainingData, val_faces: int, stat
         "label_smoothing": args.label_smoothing,
         "corrections": data.corrections,
         "soft_labels": data.targets is not None,
-        "original_share": getattr(args, "original_share", 0.0),
+        "original_share": data.original_share,
         "trained_on": trained_on(data),
     }
 

@@ -53,6 +53,7 @@ class TrainingData:
     targets: np.ndarray | None  #: (N, C) float32 probability targets with --soft-labels, else None
     keep: np.ndarray  #: (N,) bool: the faces trained on (not dropped as not_a_face)
     corrections: dict[str, Any] | None  #: :attr:`Corrections.summary`, or None without --corrections
+    original_share: float = 0.0  #: share of each soft target given to the face's original label
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -130,4 +131,4 @@ def prepare_training_data(args: argparse.Namespace, train: FaceTable, label_map:
               f"{summary['relabelled']} relabelled, {summary['confirmed']} confirmed, {summary['dropped']} dropped "
               f"as not a face, {summary['kept_original']} kept as given (unsure or tied)"
               + (f", {summary['soft_labelled']} soft-labelled" if args.soft_labels else ""), flush=True)
-    return TrainingData(train, labels.astype(np.int64), targets, keep, summary)
+    return TrainingData(train, labels.astype(np.int64), targets, keep, summary, share if args.soft_labels else 0.0)

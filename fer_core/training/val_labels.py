@@ -118,8 +118,13 @@ def check_selection(state: dict[str, Any], val_labels: ValLabels, resume: bool) 
 
 
 def trained_on(data: TrainingData) -> str:
-    """Which labels trained the model: ``original labels``, ``corrections (majority)`` or
-    ``corrections (vote distributions)``."""
+    """Which labels trained the model: ``original labels``, ``corrections (majority)``,
+    ``corrections (vote distributions)`` or, with ``--original-share``, ``corrections (vote
+    distributions, 30% original labels)``."""
     if data.corrections is None:
         return "original labels"
-    return "corrections (vote distributions)" if data.targets is not None else "corrections (majority)"
+    if data.targets is None:
+        return "corrections (majority)"
+    if data.original_share:
+        return f"corrections (vote distributions, {data.original_share:.0%} original labels)"
+    return "corrections (vote distributions)"
