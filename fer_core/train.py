@@ -173,7 +173,7 @@ def _add_optimisation_args(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--warmup-epochs", type=float, default=2.0, help="linear warm-up, then cosine decay to zero")
     group.add_argument("--label-smoothing", type=float, default=0.1, help="of the cross-entropy's targets")
     group.add_argument("--class-weighting", default="sqrt", choices=CLASS_WEIGHTINGS,
-                       help="loss weights per class: 1/sqrt(frequency), 1/frequency, or none")
+                       help="loss weights per class: 1/sqrt(frequency), or none")
     group.add_argument("--ema-decay", type=float, default=0.999, help="weight EMA evaluated and kept (0 turns it off)")
     group.add_argument("--self-kd", type=float, default=0.7, metavar="WEIGHT",
                        help="self-distillation: the weight EMA teaches the model on every augmented batch, its share "

@@ -243,11 +243,8 @@ class TestOptions:
         assert w[labels].mean() == pytest.approx(1.0)
         assert w[3] > 0  # a class without faces: a weight that never reaches the loss
         np.testing.assert_array_equal(class_weights(labels, 4, "none").numpy(), np.ones(4))
-        balanced = class_weights(labels, 4, "balanced").numpy()
-        np.testing.assert_allclose(balanced[:3] / balanced[0], 90 / np.array([90, 10, 40]), rtol=1e-6)
-        assert balanced[labels].mean() == pytest.approx(1.0)  # each class then weighs the same in the loss
-        with pytest.raises(ValueError, match="choose one of sqrt, balanced, none"):
-            class_weights(labels, 4, "inverse")
+        with pytest.raises(ValueError, match="choose one of sqrt, none"):
+            class_weights(labels, 4, "balanced")
 
 
 def test_validation_flip_tta_averages_the_logits_of_each_face_and_its_mirror() -> None:

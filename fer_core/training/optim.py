@@ -25,7 +25,7 @@ __all__ = [
 #: The choices of ``--opt``.
 OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 #: The choices of ``--class-weighting``.
-CLASS_WEIGHTINGS: tuple[str, ...] = ("sqrt", "balanced", "none")
+CLASS_WEIGHTINGS: tuple[str, ...] = ("sqrt", "none")
 
 
 def build_optimizer(model: nn.Module, name: str, *, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -57,8 +57,7 @@ def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMo
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor:
     """Loss weight per class (C,): ``sqrt``, the square root of scikit-learn's ``balanced`` weights
-    (so 1/sqrt(frequency)), ``balanced`` (1/frequency), or ``none``; scaled so that the average
-    weight per face is 1.
+    (so 1/sqrt(frequency)), or ``none``; scaled so that the average weight per face is 1.
 
     A class without faces gets weight 1 (it never reaches the loss).
     """
@@ -68,10 +67,9 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tens
         raise FERError(f"unknown class weighting {mode!r}; choose one of {', '.join(CLASS_WEIGHTINGS)}")
     labels = np.asarray(labels, dtype=np.int64)
     weights = np.ones(num_classes)
-    if mode != "none" and len(labels):
+    if mode == "sqrt" and len(labels):
         present = np.unique(labels)
-        balanced = compute_class_weight("balanced", classes=present, y=labels)
-        weights[present] = np.sqrt(balanced) if mode == "sqrt" else balanced
+        weights[present] = np.sqrt(compute_class_weight("balanced", classes=present, y=labels))
         weights /= weights[labels].mean()
     return torch.tensor(weights, dtype=torch.float32)
 
