@@ -252,6 +252,7 @@ def combine(out: Path, parts: list[pd.DataFrame], data: TrainingData, label_map:
         "data": args.data, "val": args.val or f"{args.data} (val split)", "architecture": args.model,
         "epochs": args.epochs, "training_faces": len(data), "stratified_by": "label as given (before corrections)",
         "corrections": data.corrections, "soft_labels": data.targets is not None,
+        "original_share": data.original_share,
         "per_fold": per_fold,
         "val_accuracy_mean": float(accuracies.mean()), "val_accuracy_sd": float(accuracies.std(ddof=1)),
         "oof_accuracy_vs_given_label": float((oof[label_map.names].to_numpy().argmax(1) == given).mean()),
