@@ -248,7 +248,7 @@ class TestEndToEnd:
         corrections = card["training"]["corrections"]
         assert (corrections["relabelled"], corrections["dropped"], corrections["soft_labelled"]) == (3, 1, 5)
         assert corrections["file"] == path.name
-        assert card["training"]["soft_labels"] is True
+        assert card["training"]["soft_labels"] is True and card["training"]["original_share"] == 0.0
         assert card["training"]["faces_trained_on"] == len(sample) - 1
         assert seen and all(t.dtype == torch.float32 and t.shape[1] == 7 for t in seen)
         targets = torch.cat(seen).numpy()
@@ -260,6 +260,15 @@ class TestEndToEnd:
         expected = np.delete(expected, [_row(sample, faces["dropped"]), _row(sample, faces["tie"])])
         hard = targets[targets.max(1) == 1.0].argmax(1)
         np.testing.assert_array_equal(np.bincount(hard, minlength=7), np.bincount(expected, minlength=7))
+
+    def test_the_card_says_what_share_the_original_labels_had(self, tmp_path: Path, corrections_file) -> None:
+        path, _ = corrections_file
+        out = tmp_path / "mixed"
+        assert main(_args("--corrections", str(path), "--soft-labels", "--original-share", "0.25", "--epochs", "1",
+                          out=str(out))) == 0
+        training = load_model(out / "model.safetensors")[1]["training"]
+        assert training["original_share"] == 0.25
+        assert training["trained_on"] == "corrections (vote distributions, 25% original labels)"
 
     def test_no_rows_for_the_data_set_warns_and_trains(self, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
         empty = tmp_path / "empty.db"
