@@ -293,20 +293,23 @@ def main(args: argparse.Namespace, parser: argparse.ArgumentParser | None = None
         card = read_run(args)
         val = load_faces(args.val, progress=False)
         labels = val_label_sets(card, val, args)
-        calibration_faces(args.calibration, args.calibration_faces)  # a bad data set or count stops here
+        drawn = calibration_faces(args.calibration, args.calibration_faces)  # a bad data set or count stops here
     except ValueError as error:
         (parser or get_args_parser()).error(str(error))
     run, out = Path(args.run), Path(args.out)
     card.pop("checks", None)  # measured again below, for these weights
     copy_weights(run, card, args)
-    if args.calibration is not None:  # the int8 file first, so that int8 is measured as it will be served
-        export_main(export_parser().parse_args([str(out), "--runtime", "onnx-int8", *calibration_args(args)]))
+    if drawn is not None:  # the int8 file first, so that int8 is measured as it will be served
+        code = export_main(export_parser().parse_args([str(out), "--runtime", "onnx-int8", *calibration_args(args)]),
+                           drawn=drawn)
+        if code:
+            return code
         card["onnx"] = read_card(out)["onnx"]
     choose_on_val(card, val, labels, out)
     record_val_by_labels(card, val, labels, out)
     accuracy, faces = record_check(card, args.val, out)
     print(f"bundled {run / 'model.safetensors'} as {out}; val-sample accuracy {accuracy:.4f} on {faces} faces")
-    if args.calibration is not None and card["inference"]["runtime"] == "onnx-int8":
+    if drawn is not None and card["inference"]["runtime"] == "onnx-int8":
         return 0  # the file the app serves was written above, with these calibration faces
     return export_main(export_parser().parse_args([str(out)]))  # the ONNX file the app serves
 

@@ -77,7 +77,9 @@ def calibration_args(args: argparse.Namespace) -> list[str]:
 
 
 @cli_main
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, *, drawn: np.ndarray | None = None) -> int:
+    """Export as ``args`` say; ``drawn``: the faces :func:`calibration_faces` already drew for
+    ``args.calibration`` (``tools.bundle_model`` checks them before writing anything)."""
     torch = require_torch("exporting weights to ONNX")
     import onnx
     import onnxruntime
@@ -90,7 +92,9 @@ def main(args: argparse.Namespace) -> int:
     if runtime not in ONNX_RUNTIMES:
         raise WeightsError(f"{card_path(weights).name} names the runtime {runtime!r}; choose --runtime from "
                            f"{list(ONNX_RUNTIMES)}")
-    calibration = calibration_faces(args.calibration, args.calibration_faces) if runtime == "onnx-int8" else None
+    calibration = None
+    if runtime == "onnx-int8":
+        calibration = drawn if drawn is not None else calibration_faces(args.calibration, args.calibration_faces)
     data = export_onnx(weights, runtime=runtime, calibration=calibration)
     out = weights.with_name(onnx_name(weights, runtime))
     atomic_write_bytes(out, data)

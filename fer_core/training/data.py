@@ -131,4 +131,4 @@ def prepare_training_data(args: argparse.Namespace, train: FaceTable, label_map:
               f"{summary['relabelled']} relabelled, {summary['confirmed']} confirmed, {summary['dropped']} dropped "
               f"as not a face, {summary['kept_original']} kept as given (unsure or tied)"
               + (f", {summary['soft_labelled']} soft-labelled" if args.soft_labels else ""), flush=True)
-    return TrainingData(train, labels.astype(np.int64), targets, keep, summary, share if args.soft_labels else 0.0)
+    return TrainingData(train, labels.astype(np.int64), targets, keep, summary, share)
